@@ -1,0 +1,182 @@
+#pragma once
+/// @file
+/// The orchestrator: agent kinds and supervision, task scheduling and events.
+///
+/// Scheduling rules:
+/// - A submitted task is `pending` until its dependencies succeeded, then
+///   `awaiting_approval` (if it requires approval) or `queued`.
+/// - Queued tasks are dispatched in priority order (higher first, then
+///   submission order) to the **least-loaded** live agent that has the
+///   task's capability and a free slot (`concurrency` per agent).
+/// - A failed attempt with attempts left goes to `retrying` and is queued
+///   again after `retry_initial_backoff · multiplier^(attempt-1)` (capped at
+///   `retry_max_backoff`) with ±`retry_jitter` random spread.
+/// - A timed-out attempt (per-task `timeout`) is cancelled (its token is
+///   set) and counts as a failed attempt with `timeout`.
+/// - A task past its `deadline` fails with `timeout`, without retry.
+/// - A failed or cancelled task cancels (policy `cancel`, the default) or
+///   fails (policy `fail`) every pending dependent, transitively.
+/// - Cancellation works in every non-terminal state; a running handler sees
+///   its token set, and its later completion is ignored.
+///
+/// Supervision: an agent spawned through the orchestrator that fails (a
+/// handler threw, or it called `crash`) loses its running attempts (they
+/// fail with `unavailable` and are retried by the rules above) and is
+/// restarted under the same name after `restart_initial_backoff ·
+/// multiplier^(n-1)`, restored from its last snapshot — unless it failed
+/// more than `max_restarts` times within `restart_window`, in which case it
+/// stays down (`agent.gave_up`).
+///
+/// Every state change is written to the store (task row, attempt row and
+/// event in one call) before it is announced to event listeners.
+///
+/// Thread safety: every public member may be called from any thread,
+/// including from agent handlers. Members that wait (`wait`) refuse to run
+/// on an executor thread. Listeners run on an executor thread, in sequence
+/// order, one at a time; they must not block.
+///
+/// Errors: `invalid_argument` (bad spec), `not_found` (unknown id or kind),
+/// `cycle`, `already_exists`, `illegal_transition` (e.g. approving a task
+/// that does not await approval), `unavailable` (a store failure: the
+/// change was not made).
+
+#include <aise/agent.hpp>
+#include <aise/clock.hpp>
+#include <aise/core_export.hpp>
+#include <aise/error.hpp>
+#include <aise/event.hpp>
+#include <aise/store.hpp>
+#include <aise/task.hpp>
+#include <aise/task_context.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace aise {
+
+class runtime;
+
+namespace detail {
+class orchestrator_impl;
+}
+
+/// Creates a fresh agent of one kind.
+using agent_factory = std::function<std::unique_ptr<agent>()>;
+
+/// Orchestrator options, with defaults for an interactive application.
+struct AISE_CORE_EXPORT orchestrator_options {
+  /// Where state goes; default: a new in-memory store.
+  std::shared_ptr<aise::store> store;
+  /// Tasks one agent works on at once unless its spawn says otherwise.
+  std::size_t default_concurrency = 1;
+
+  duration retry_initial_backoff = std::chrono::milliseconds(200);
+  duration retry_max_backoff = std::chrono::seconds(60);
+  double retry_multiplier = 2.0;
+  double retry_jitter = 0.2;  ///< Fraction of the backoff, 0 … 1.
+
+  int max_restarts = 5;  ///< Restarts allowed within `restart_window`.
+  duration restart_window = std::chrono::seconds(60);
+  duration restart_initial_backoff = std::chrono::milliseconds(100);
+  duration restart_max_backoff = std::chrono::seconds(10);
+  double restart_multiplier = 2.0;
+
+  /// Seed of the jitter generator; 0 = random. Fix it for reproducible tests.
+  std::uint64_t seed = 0;
+};
+
+/// How to spawn an agent of a registered kind.
+struct AISE_CORE_EXPORT agent_spawn {
+  std::string kind;      ///< Registered kind. Required.
+  std::string name;      ///< Address; generated ("<kind>-<n>") when empty.
+  std::string project = "default";
+  std::size_t concurrency = 0;       ///< Concurrent tasks; 0 = default_concurrency.
+  std::size_t mailbox_capacity = 0;  ///< 0 = the runtime's default.
+};
+
+/// Status of a supervised agent.
+struct AISE_CORE_EXPORT agent_status {
+  std::string name;
+  std::string kind;
+  std::string project;
+  std::string status;  ///< "running", "restarting", "stopped", "failed".
+  std::vector<std::string> capabilities;
+  std::size_t running_tasks = 0;
+  std::size_t concurrency = 0;
+  int restarts = 0;
+};
+
+/// Receives stored events.
+using event_listener = std::function<void(const event&)>;
+
+/// The orchestrator. Non-copyable; destroy it before its runtime.
+class AISE_CORE_EXPORT orchestrator {
+ public:
+  /// Creates an orchestrator on `rt`. Fails (throws std::invalid_argument —
+  /// a construction-time programming error) on invalid options.
+  explicit orchestrator(runtime& rt, orchestrator_options options = {});
+  ~orchestrator();
+  orchestrator(const orchestrator&) = delete;
+  orchestrator& operator=(const orchestrator&) = delete;
+
+  // ---- agents ----
+  /// Registers a kind. `already_exists` if registered; `invalid_argument`
+  /// for an empty name or factory.
+  result<void> register_kind(std::string kind, agent_factory factory);
+  /// Registered kinds, sorted.
+  [[nodiscard]] std::vector<std::string> kinds() const;
+  /// Spawns a supervised agent (restored from its stored snapshot if the
+  /// store has one for that name) and returns its name.
+  result<std::string> spawn(agent_spawn spec);
+  /// Stops a supervised agent for good (no restart); its running attempts
+  /// are cancelled and retried elsewhere.
+  result<void> stop_agent(std::string_view name);
+  /// Restarts an agent now (stop, then spawn the same name from its snapshot).
+  result<void> restart_agent(std::string_view name);
+  /// Status of every supervised agent, sorted by name.
+  [[nodiscard]] std::vector<agent_status> agents() const;
+  result<agent_status> agent_info(std::string_view name) const;
+
+  // ---- tasks ----
+  /// Submits one task; returns its id.
+  result<std::string> submit(task_spec spec);
+  /// Submits a set of tasks atomically; dependencies may name tasks of the
+  /// batch or existing tasks. `cycle` for a cyclic batch, `not_found` for
+  /// an unknown dependency; nothing is stored then. Returns ids in order.
+  result<std::vector<std::string>> submit_all(std::vector<task_spec> specs);
+  /// Cancels a non-terminal task (and, by policy, its dependents).
+  result<void> cancel(std::string_view id, std::string reason = "cancelled by request");
+  /// Approves a task awaiting approval: it is queued.
+  result<void> approve(std::string_view id, std::string by = {});
+  /// Rejects a task awaiting approval: it is cancelled with `rejected`.
+  result<void> reject(std::string_view id, std::string by = {}, std::string reason = {});
+  /// The task's current record.
+  result<task> get(std::string_view id) const;
+  /// Calls `fn` once when the task is terminal (at once, on the calling
+  /// thread, if it already is; otherwise on an executor thread).
+  result<void> when_done(std::string_view id, std::function<void(const task&)> fn);
+  /// Blocks until the task is terminal or `timeout` (real time) passes.
+  /// `invalid_argument` on an executor thread; `timeout` when time runs out.
+  result<task> wait(std::string_view id, std::chrono::milliseconds timeout);
+
+  // ---- events ----
+  /// Adds a listener of every event from now on; returns its key.
+  std::size_t subscribe(event_listener listener);
+  /// Removes a listener; afterwards it is not called again.
+  void unsubscribe(std::size_t key);
+
+  /// The store in use.
+  [[nodiscard]] aise::store& store() const noexcept;
+  /// The runtime in use.
+  [[nodiscard]] runtime& rt() const noexcept;
+
+ private:
+  std::shared_ptr<detail::orchestrator_impl> impl_;
+};
+
+}  // namespace aise

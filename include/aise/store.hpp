@@ -1,0 +1,192 @@
+#pragma once
+/// @file
+/// The store seam: where projects, agents and their snapshots, tasks and
+/// their attempts, events and artifact metadata live. libaise ships an
+/// in-memory store (below); `aise::sql` adds SQLite and PostgreSQL. Every
+/// implementation passes the same conformance suite
+/// (tests/conformance/store_suite.hpp, see docs/conformance.md).
+///
+/// Contract for implementations:
+/// - Thread safety: every member may be called from any thread concurrently.
+/// - Calls are synchronous and may block (a SQL store waits for its
+///   database); callers that must not block run them off their executor.
+/// - Atomicity: `insert_tasks` and `update_task` write the task rows, the
+///   attempt row and the events of one call in one transaction: all or nothing.
+/// - Events: `sequence` is assigned per project at write time, starting at
+///   1, with no gaps or duplicates, in commit order.
+/// - Errors are values: not_found, already_exists, conflict (a lost
+///   compare-and-set), invalid_argument, unavailable (the backend is down).
+///   No exception escapes a member function.
+
+#include <aise/clock.hpp>
+#include <aise/core_export.hpp>
+#include <aise/error.hpp>
+#include <aise/event.hpp>
+#include <aise/task.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace aise {
+
+/// A project: the unit of ownership, event numbering and (later) access control.
+struct AISE_CORE_EXPORT project {
+  std::string id;           ///< Required, unique.
+  std::string name;
+  std::string description;
+  nlohmann::json metadata = nlohmann::json::object();
+  bool archived = false;
+  time_point created_at{};
+  time_point updated_at{};
+};
+
+/// What the store knows about an agent instance.
+struct AISE_CORE_EXPORT agent_record {
+  std::string id;       ///< The agent's name (its address). Required, unique.
+  std::string project = "default";
+  std::string kind;
+  std::vector<std::string> capabilities;
+  std::string status;   ///< "starting", "running", "restarting", "stopped", "failed".
+  int restarts = 0;
+  time_point last_heartbeat{};
+  time_point created_at{};
+};
+
+/// The last saved state of an agent; restored when it restarts.
+struct AISE_CORE_EXPORT agent_snapshot {
+  std::string agent_id;
+  std::uint64_t version = 0;  ///< Assigned by the store: 1, 2, … per agent.
+  time_point taken_at{};
+  nlohmann::json state;
+};
+
+/// Metadata of one stored artifact version (the bytes live in an artifact store).
+struct AISE_CORE_EXPORT artifact_meta {
+  std::string id;          ///< Required, unique (e.g. "a-…").
+  std::string project;     ///< Required.
+  std::string task;        ///< Producing task, or empty.
+  std::string name;        ///< User-facing name; never used as a file path.
+  std::string media_type = "application/octet-stream";
+  std::uint64_t size = 0;
+  std::string sha256;      ///< Lower-case hex digest of the content.
+  int version = 0;         ///< Assigned by the store: 1, 2, … per (project, name).
+  time_point created_at{};
+};
+
+/// A page of a listing; `next_cursor` is empty on the last page.
+template <class T>
+struct page {
+  std::vector<T> items;
+  std::string next_cursor;
+};
+
+/// Which tasks `list_tasks` returns. Results are ordered by task id
+/// ascending (ids sort by creation within one runtime); `after` is the
+/// cursor (the last id of the previous page).
+struct AISE_CORE_EXPORT task_filter {
+  std::string project;               ///< Empty = every project.
+  std::vector<task_state> states;    ///< Empty = every state.
+  std::string capability;            ///< Empty = any; matches the effective capability.
+  std::string parent;                ///< Empty = any.
+  std::string after;                 ///< Cursor.
+  std::size_t limit = 100;           ///< 1 … 1000; larger values are clamped.
+};
+
+/// One compare-and-set change of a task, with its attempt row and event.
+struct AISE_CORE_EXPORT task_update {
+  std::string id;                    ///< Task id. Required.
+  std::uint64_t expected_version = 0;  ///< Must equal the stored version, else `conflict`.
+  task_state state = task_state::pending;
+  int attempt = 0;
+  std::string agent;
+  std::optional<nlohmann::json> result;  ///< Replaces the stored result when set.
+  std::optional<aise::error> error;      ///< Replaces the stored error when set.
+  bool clear_error = false;              ///< Clears the stored error (a new attempt).
+  time_point at{};                       ///< Becomes `updated_at`.
+  time_point not_before{};
+  std::optional<task_attempt> attempt_row;  ///< Inserted or replaced (key: task id + number).
+  event_draft event;                        ///< Written in the same transaction.
+};
+
+/// The store interface. See the file comment for the contract.
+class AISE_CORE_EXPORT store {
+ public:
+  virtual ~store() = default;
+
+  /// A short name for logs ("memory", "sqlite", "postgresql").
+  [[nodiscard]] virtual std::string_view backend() const noexcept = 0;
+
+  // ---- projects ----
+  /// Inserts `p` (created_at/updated_at kept if set, else now). `already_exists` on a taken id.
+  virtual result<project> create_project(project p) = 0;
+  virtual result<project> get_project(std::string_view id) = 0;
+  /// Projects ordered by id, after cursor `after`, at most `limit` (clamped to 1 … 1000).
+  virtual result<page<project>> list_projects(std::string_view after, std::size_t limit) = 0;
+  /// Replaces name, description, metadata, archived, updated_at. `not_found` if absent.
+  virtual result<project> update_project(project p) = 0;
+
+  // ---- agents ----
+  /// Inserts or replaces the record with `a.id`.
+  virtual result<void> put_agent(agent_record a) = 0;
+  virtual result<agent_record> get_agent(std::string_view id) = 0;
+  /// Agents of `project` (every project when empty), ordered by id.
+  virtual result<std::vector<agent_record>> list_agents(std::string_view project) = 0;
+  /// Stores a new snapshot version for `s.agent_id` (version assigned); returns it.
+  virtual result<agent_snapshot> save_snapshot(agent_snapshot s) = 0;
+  /// The latest snapshot, or `not_found` when the agent has none.
+  virtual result<agent_snapshot> load_snapshot(std::string_view agent_id) = 0;
+
+  // ---- tasks ----
+  /// Inserts tasks (version set to 1) and events in one transaction.
+  /// `already_exists` when an id is taken; `invalid_argument` for a task
+  /// without id, project or kind. Returns the stored events (numbered).
+  virtual result<std::vector<event>> insert_tasks(const std::vector<task>& tasks,
+                                                  std::vector<event_draft> events) = 0;
+  /// Applies `u` if the stored version equals `u.expected_version`
+  /// (`conflict` otherwise, `not_found` for an unknown id); bumps the
+  /// version; writes the attempt row and the event. Returns the event.
+  virtual result<event> update_task(const task_update& u) = 0;
+  virtual result<task> get_task(std::string_view id) = 0;
+  virtual result<page<task>> list_tasks(const task_filter& f) = 0;
+  /// Attempts of a task ordered by number; empty for a task never started.
+  virtual result<std::vector<task_attempt>> list_attempts(std::string_view task_id) = 0;
+
+  // ---- events ----
+  /// Appends one event outside a task change (agent events).
+  virtual result<event> append_event(event_draft e) = 0;
+  /// Events of `project` with sequence > `after_sequence`, ascending, at most `limit`.
+  virtual result<std::vector<event>> read_events(std::string_view project,
+                                                 std::uint64_t after_sequence,
+                                                 std::size_t limit) = 0;
+  /// Highest sequence of `project`, 0 when it has no events.
+  virtual result<std::uint64_t> last_sequence(std::string_view project) = 0;
+
+  // ---- artifact metadata ----
+  /// Inserts `a` with version = 1 + the highest version of (project, name).
+  virtual result<artifact_meta> put_artifact(artifact_meta a) = 0;
+  virtual result<artifact_meta> get_artifact(std::string_view id) = 0;
+  /// Latest version of every name in `project`, ordered by name.
+  virtual result<std::vector<artifact_meta>> list_artifacts(std::string_view project) = 0;
+  /// Every version of (project, name), ascending.
+  virtual result<std::vector<artifact_meta>> artifact_versions(std::string_view project,
+                                                               std::string_view name) = 0;
+};
+
+/// Options of the in-memory store.
+struct AISE_CORE_EXPORT memory_store_options {
+  /// Clock for timestamps the store fills in; default: the system clock.
+  std::shared_ptr<aise::clock> clock;
+};
+
+/// An in-memory store: fast, thread-safe (one mutex), gone when the process
+/// ends. The embedded default until `aise::sql` is linked; ideal for tests.
+/// It keeps everything it is given (no retention); use a SQL store for long runs.
+AISE_CORE_EXPORT std::shared_ptr<store> make_memory_store(memory_store_options options = {});
+
+}  // namespace aise

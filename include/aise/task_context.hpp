@@ -1,0 +1,75 @@
+#pragma once
+/// @file
+/// What a task handler gets: the task, its dependencies' results, a
+/// cancellation token and the ways to finish, fan out and fan in.
+///
+/// A `task_context` is a cheap shared handle (copies refer to one attempt).
+/// Completion (`succeed`/`fail`) is idempotent per attempt: the first call
+/// wins, later ones return `conflict`; a completion after the attempt was
+/// cancelled or timed out returns `cancelled` and changes nothing. When the
+/// last copy is destroyed without a completion, the attempt fails with
+/// `handler_failed` ("handler dropped the task"). Every member is
+/// thread-safe; continuations (`when_all`) run on the owning agent's strand.
+
+#include <aise/cancellation.hpp>
+#include <aise/core_export.hpp>
+#include <aise/error.hpp>
+#include <aise/task.hpp>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace aise {
+
+class agent;
+
+namespace detail {
+struct task_run;
+}
+
+/// Handle to one running attempt of a task.
+class AISE_CORE_EXPORT task_context {
+ public:
+  /// Wraps a run (libaise creates contexts; users receive them).
+  explicit task_context(std::shared_ptr<detail::task_run> run);
+
+  /// The task as it was when this attempt started (state running).
+  [[nodiscard]] const aise::task& task() const noexcept;
+  /// Shorthand for `task().payload`.
+  [[nodiscard]] const nlohmann::json& payload() const noexcept;
+  /// Results of the dependencies, by task id (all of them succeeded).
+  [[nodiscard]] const std::map<std::string, nlohmann::json>& dependency_results() const noexcept;
+  /// Set when the task is cancelled or its attempt timed out; handlers
+  /// doing long work should check it or register `on_cancel`.
+  [[nodiscard]] const cancellation_token& cancellation() const noexcept;
+  /// Shorthand for `cancellation().cancelled()`.
+  [[nodiscard]] bool cancelled() const noexcept;
+  /// The agent running the attempt. Use its members only on its strand.
+  [[nodiscard]] agent& self() const noexcept;
+
+  /// Completes the attempt successfully with `result`.
+  result<void> succeed(nlohmann::json result = nullptr);
+  /// Fails the attempt. A `retryable` failure is retried while attempts
+  /// remain (with backoff); otherwise the task fails now.
+  result<void> fail(aise::error e, bool retryable = true);
+  /// True once completed (by this or another copy).
+  [[nodiscard]] bool done() const noexcept;
+
+  /// Submits a subtask (fan-out): its parent is this task, its project this
+  /// task's project. Validated like `orchestrator::submit`.
+  result<std::string> spawn(task_spec spec);
+  /// Fan-in: runs `then` on this agent's strand once every task in `ids`
+  /// is terminal, with their final records in the same order. If this
+  /// attempt ends first (cancelled, timed out), `then` does not run.
+  void when_all(std::vector<std::string> ids,
+                std::function<void(task_context&, std::vector<aise::task>)> then);
+
+ private:
+  std::shared_ptr<detail::task_run> run_;
+};
+
+}  // namespace aise

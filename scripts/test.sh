@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# THE test command of libaise (CI runs it through .ci/run).
+#
+#   1. setup    install missing Debian packages (scripts/setup.sh)
+#   2. release  build the release variant; run every CTest test (all labels)
+#   3. tsan     build with ThreadSanitizer; run the unit tests (ctest -L unit)
+#   4. asan     build with ASan+UBSan; run the unit tests
+#   5. format   clang-format --dry-run --Werror over the C++ sources
+#
+# Every phase runs even when an earlier one failed (except after a failed
+# setup); the exit status is non-zero if any failed. Timings go to stderr,
+# the summary to stdout. Run only some phases with AISE_TEST_PHASES, e.g.
+#   AISE_TEST_PHASES="release format" scripts/test.sh
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$AISE_ROOT"
+
+# Folders whose *.hpp/*.cpp must be clang-formatted (missing ones are skipped).
+FORMAT_DIRS=(include src tests examples bench server bindings)
+
+AISE_TEST_PHASES=${AISE_TEST_PHASES:-setup release tsan asan format}
+read -r -a phases <<<"$AISE_TEST_PHASES"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# run_ctest <variant> [ctest args...]: runs CTest in build/<variant>, keeps the
+# pass/fail counts for the summary.
+run_ctest() {
+  local variant=$1
+  shift
+  local log="$work/ctest-$variant.log"
+  local rc=0
+  aise_run "$variant" ctest --test-dir "$(aise_build_dir "$variant")" --output-on-failure \
+    --no-tests=error "$@" 2>&1 | tee "$log" || rc=$?
+  # "100% tests passed, 0 tests failed out of 57"
+  sed -nE 's/^[0-9]+% tests passed, ([0-9]+) tests? failed out of ([0-9]+).*/\1 \2/p' "$log" \
+    >>"$work/counts"
+  return "$rc"
+}
+
+# One function per phase, phase_<name>; a new phase (e.g. starting
+# PostgreSQL and RabbitMQ before the service tests) is a function here plus
+# its name in the default AISE_TEST_PHASES above.
+phase_setup() { bash scripts/setup.sh; }
+
+phase_release() {
+  aise_build release
+  run_ctest release
+}
+
+phase_tsan() {
+  aise_build tsan
+  run_ctest tsan -L unit
+}
+
+phase_asan() {
+  aise_build asan
+  run_ctest asan -L unit
+}
+
+phase_format() {
+  local dirs=() dir
+  for dir in "${FORMAT_DIRS[@]}"; do [[ -d $dir ]] && dirs+=("$dir"); done
+  local files=()
+  if ((${#dirs[@]})); then
+    mapfile -d '' files < <(find "${dirs[@]}" -type f \( -name '*.hpp' -o -name '*.cpp' \) -print0 | sort -z)
+  fi
+  if ((${#files[@]} == 0)); then
+    echo "format: no C++ files, skipped"
+    return 0
+  fi
+  local log="$work/format.log"
+  if clang-format --dry-run --Werror "${files[@]}" >"$log" 2>&1; then
+    echo "format: ${#files[@]} files clean"
+    return 0
+  fi
+  head -n 30 "$log"
+  echo "format: these files are not clang-formatted (violations per file):"
+  grep -oE '^[^:]+:[0-9]+:[0-9]+: (error|warning)' "$log" | cut -d: -f1 | sort | uniq -c
+  echo "format: fix with: clang-format -i <files>"
+  return 1
+}
+
+declare -a summary=()
+failed=0
+for phase in "${phases[@]}"; do
+  if ! declare -F "phase_$phase" >/dev/null; then
+    aise_log "unknown phase '$phase'"
+    exit 2
+  fi
+  aise_log "=== phase $phase"
+  start=$(date +%s.%N)
+  set +e
+  (
+    set -euo pipefail
+    "phase_$phase"
+  )
+  rc=$?
+  set -e
+  seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  if ((rc == 0)); then status=ok; else status="FAILED($rc)"; failed=1; fi
+  aise_log "=== phase $phase: $status in ${seconds}s"
+  summary+=("$(printf '  %-8s %-10s %8ss' "$phase" "$status" "$seconds")")
+  if [[ $phase == setup && $rc -ne 0 ]]; then
+    aise_log "setup failed: nothing else can run"
+    break
+  fi
+done
+
+echo
+echo "=== libaise test summary"
+printf '%s\n' "${summary[@]}"
+if [[ -s $work/counts ]]; then
+  awk '{ failed += $1; total += $2 } END { printf "tests: %d passed, %d failed\n", total - failed, failed }' \
+    "$work/counts"
+fi
+if ((failed)); then
+  echo "RESULT: FAILED"
+  exit 1
+fi
+echo "RESULT: ok"

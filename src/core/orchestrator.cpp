@@ -1,0 +1,1160 @@
+#include "orchestrator_impl.hpp"
+
+#include <aise/runtime.hpp>
+
+#include <algorithm>
+#include <boost/asio/post.hpp>
+#include <fmt/format.h>
+#include <future>
+#include <spdlog/logger.h>
+
+#include "agent_core.hpp"
+#include "runtime_impl.hpp"
+
+namespace aise::detail {
+
+namespace {
+// Live delivery keeps at most this many undelivered events; beyond it the
+// oldest are dropped (listeners see the gap in `sequence` and can read the
+// missing ones from the store's event log).
+constexpr std::size_t max_outbox = 65536;
+
+nlohmann::json error_json(const aise::error& e) {
+  return {{"code", to_string(e.code())}, {"message", e.message()}};
+}
+}  // namespace
+
+task_run::~task_run() {
+  if (done.load()) return;
+  if (auto o = orch.lock()) {
+    try {
+      (void)o->complete(*this, std::nullopt,
+                        error(errc::handler_failed,
+                              "the handler dropped the task without completing it"),
+                        true);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): nothing may escape a destructor
+    }
+  }
+}
+
+orchestrator_impl::ops::~ops() {
+  if (lock.owns_lock()) lock.unlock();
+  for (auto& fn : after) {
+    try {
+      fn();
+    } catch (...) {  // NOLINT(bugprone-empty-catch): user callbacks must not throw; contained
+    }
+  }
+}
+
+orchestrator_impl::orchestrator_impl(runtime& r, orchestrator_options opts)
+    : rt(r), rti(r.impl()), options(std::move(opts)) {
+  if (options.default_concurrency == 0) {
+    throw std::invalid_argument("orchestrator_options: default_concurrency must be >= 1");
+  }
+  if (options.retry_multiplier < 1.0 || options.restart_multiplier < 1.0) {
+    throw std::invalid_argument("orchestrator_options: multipliers must be >= 1");
+  }
+  if (options.retry_jitter < 0.0 || options.retry_jitter > 1.0) {
+    throw std::invalid_argument("orchestrator_options: retry_jitter must be within 0 … 1");
+  }
+  if (options.max_restarts < 0) {
+    throw std::invalid_argument("orchestrator_options: max_restarts must be >= 0");
+  }
+  if (!options.store) options.store = make_memory_store(memory_store_options{rt.clock_ptr()});
+  store_ = options.store;
+  rng_.seed(options.seed != 0 ? options.seed : std::random_device{}());
+}
+
+orchestrator_impl::~orchestrator_impl() = default;
+
+void orchestrator_impl::start() {
+  std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+  exit_listener_ = rt.on_agent_exit([weak](const agent_exit& ex) {
+    if (auto self = weak.lock()) self->on_agent_exit(ex);
+  });
+}
+
+void orchestrator_impl::close() {
+  rt.remove_exit_listener(exit_listener_);
+  std::vector<std::string> names;
+  std::vector<cancellation_token> tokens;
+  {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+    for (auto& [n, a] : agents_) {
+      a.stop_for_good = true;
+      if (a.restart_timer != 0) rt.cancel_timer(a.restart_timer);
+      if (a.instance) names.push_back(n);
+    }
+    for (auto& [id, e] : tasks_) {
+      for (auto t : {e.timeout_timer, e.retry_timer, e.deadline_timer}) {
+        if (t != 0) rt.cancel_timer(t);
+      }
+      if (e.t.state == task_state::running) tokens.push_back(e.token);
+    }
+  }
+  for (auto& t : tokens) t.cancel();
+  for (auto& n : names) (void)rt.stop(n);
+}
+
+// ----------------------------------------------------------------- agents --
+
+result<void> orchestrator_impl::register_kind(std::string kind, agent_factory factory) {
+  if (kind.empty()) return error(errc::invalid_argument, "register_kind: empty kind");
+  if (!factory) return error(errc::invalid_argument, "register_kind: empty factory");
+  std::lock_guard lock(mutex_);
+  if (!kinds_.emplace(kind, std::move(factory)).second) {
+    return error(errc::already_exists, fmt::format("agent kind '{}' is registered", kind));
+  }
+  return {};
+}
+
+std::vector<std::string> orchestrator_impl::kinds() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::string> out;
+  for (const auto& [k, f] : kinds_) out.push_back(k);
+  return out;
+}
+
+result<std::string> orchestrator_impl::spawn(agent_spawn spec) {
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return error(errc::unavailable, "spawn: the orchestrator is closing");
+    if (kinds_.find(spec.kind) == kinds_.end()) {
+      return error(errc::not_found, fmt::format("spawn: unknown agent kind '{}'", spec.kind));
+    }
+    if (spec.name.empty()) {
+      do {
+        spec.name = fmt::format("{}-{}", spec.kind, ++name_counters_[spec.kind]);
+      } while (agents_.count(spec.name) != 0 || rt.has_agent(spec.name));
+    }
+    if (agents_.count(spec.name) != 0) {
+      return error(errc::already_exists, fmt::format("an agent named '{}' exists", spec.name));
+    }
+    agent_entry a;
+    a.name = spec.name;
+    a.kind = spec.kind;
+    a.project = spec.project.empty() ? std::string("default") : spec.project;
+    a.concurrency = spec.concurrency != 0 ? spec.concurrency : options.default_concurrency;
+    a.mailbox_capacity = spec.mailbox_capacity;
+    agents_.emplace(spec.name, std::move(a));
+  }
+  auto started = start_agent(spec.name, false);
+  if (!started) {
+    std::lock_guard lock(mutex_);
+    agents_.erase(spec.name);
+  }
+  return started;
+}
+
+// Creates an instance from the kind's factory, restores its snapshot and
+// starts it. Runs without the lock: factories and restore are user code.
+result<std::string> orchestrator_impl::start_agent(const std::string& name, bool restart) {
+  agent_factory factory;
+  std::string kind;
+  std::string project;
+  std::size_t mailbox = 0;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = agents_.find(name);
+    if (it == agents_.end()) return error(errc::not_found, fmt::format("no agent '{}'", name));
+    kind = it->second.kind;
+    project = it->second.project;
+    mailbox = it->second.mailbox_capacity;
+    factory = kinds_.at(kind);
+    it->second.restart_timer = 0;
+  }
+  std::unique_ptr<agent> instance;
+  try {
+    instance = factory();
+  } catch (const std::exception& e) {
+    return error(errc::handler_failed, fmt::format("factory of kind '{}' threw: {}", kind, e.what()));
+  }
+  if (!instance) return error(errc::handler_failed, fmt::format("factory of kind '{}' returned null", kind));
+
+  std::optional<nlohmann::json> restore;
+  if (auto snap = store_->load_snapshot(name)) {
+    restore = std::move(snap->state);
+  } else if (snap.error().code() != errc::not_found) {
+    return snap.error();
+  }
+  agent* raw = instance.get();
+  std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+  auto hook = [weak, raw] {
+    if (auto self = weak.lock()) self->checkpoint(*raw);
+  };
+  std::vector<std::string> caps(raw->capabilities().begin(), raw->capabilities().end());
+  auto spawned = rti.spawn(std::move(instance), spawn_options{name, kind, project, mailbox},
+                           std::move(restore), hook);
+  if (!spawned) return spawned.error();
+
+  ops o(mutex_);
+  auto it = agents_.find(name);
+  if (it == agents_.end()) return name;
+  agent_entry& a = it->second;
+  a.instance = rti.find(name);
+  if (!a.instance) return name;  // it already exited; the exit listener handled it
+  a.capabilities = std::move(caps);
+  a.status = "running";
+  agent_record rec;
+  rec.id = name;
+  rec.project = project;
+  rec.kind = kind;
+  rec.capabilities = a.capabilities;
+  rec.status = a.status;
+  rec.restarts = a.restarts;
+  rec.last_heartbeat = rt.clock().now();
+  rec.created_at = rec.last_heartbeat;
+  if (auto put = store_->put_agent(rec); !put) {
+    rt.logger().error("store: agent '{}' not recorded: {}", name, put.error().describe());
+  }
+  agent_event(o, a, "agent.started", {{"kind", kind}, {"restarts", a.restarts}, {"restored", restart}});
+  index_agent(a);
+  dispatch_for(o, a);
+  return name;
+}
+
+void orchestrator_impl::index_agent(agent_entry& a) {
+  for (const auto& c : a.capabilities) capable_[c].push_back(&a);
+}
+
+void orchestrator_impl::unindex_agent(const agent_entry& a) {
+  for (const auto& c : a.capabilities) {
+    auto it = capable_.find(c);
+    if (it == capable_.end()) continue;
+    std::erase(it->second, &a);
+    if (it->second.empty()) capable_.erase(it);
+  }
+}
+
+result<void> orchestrator_impl::stop_agent(std::string_view name) {
+  {
+    ops o(mutex_);
+    auto it = agents_.find(name);
+    if (it == agents_.end()) return error(errc::not_found, fmt::format("no agent '{}'", name));
+    agent_entry& a = it->second;
+    a.stop_for_good = true;
+    if (!a.instance) {  // down (restarting or failed): just mark it stopped
+      if (a.restart_timer != 0) rt.cancel_timer(a.restart_timer);
+      a.restart_timer = 0;
+      a.status = "stopped";
+      agent_event(o, a, "agent.stopped", nullptr);
+      return {};
+    }
+  }
+  return rt.stop(name);
+}
+
+result<void> orchestrator_impl::restart_agent(std::string_view name) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = agents_.find(name);
+    if (it == agents_.end()) return error(errc::not_found, fmt::format("no agent '{}'", name));
+    agent_entry& a = it->second;
+    if (!a.instance) {
+      if (a.restart_timer != 0) rt.cancel_timer(a.restart_timer);
+      a.stop_for_good = false;
+      a.failures.clear();
+    } else {
+      a.restart_now = true;
+    }
+    if (!a.instance) {
+      // Down: start it again now, outside the lock.
+    } else {
+      return rt.stop(name);
+    }
+  }
+  auto r = start_agent(std::string(name), true);
+  if (!r) return r.error();
+  return {};
+}
+
+agent_status orchestrator_impl::status_of(const agent_entry& a) const {
+  return agent_status{a.name,         a.kind,          a.project,   a.status,
+                      a.capabilities, a.running.size(), a.concurrency, a.restarts};
+}
+
+std::vector<agent_status> orchestrator_impl::agents() const {
+  std::lock_guard lock(mutex_);
+  std::vector<agent_status> out;
+  for (const auto& [n, a] : agents_) out.push_back(status_of(a));
+  return out;
+}
+
+result<agent_status> orchestrator_impl::agent_info(std::string_view name) const {
+  std::lock_guard lock(mutex_);
+  auto it = agents_.find(name);
+  if (it == agents_.end()) return error(errc::not_found, fmt::format("no agent '{}'", name));
+  return status_of(it->second);
+}
+
+void orchestrator_impl::checkpoint(agent& a) {
+  nlohmann::json state = agent_access::snapshot(a);
+  if (state.is_null()) return;
+  agent_snapshot s;
+  s.agent_id = a.name();
+  s.taken_at = rt.clock().now();
+  s.state = std::move(state);
+  if (auto r = store_->save_snapshot(std::move(s)); !r) {
+    rt.logger().error("store: snapshot of '{}' not saved: {}", a.name(), r.error().describe());
+  }
+}
+
+void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
+  std::string restart_name;
+  {
+    ops o(mutex_);
+    auto it = agents_.find(ex.name);
+    if (it == agents_.end()) return;
+    agent_entry& a = it->second;
+    unindex_agent(a);
+    a.instance.reset();
+    // Its attempts are lost with it: fail them (retryable) so they run elsewhere.
+    const std::vector<std::string> lost(a.running.begin(), a.running.end());
+    for (const auto& id : lost) {
+      auto t = tasks_.find(id);
+      if (t == tasks_.end()) continue;
+      if (auto run = t->second.run.lock()) {
+        run->aborted.store(true);
+        run->done.store(true);
+      }
+      cancel_token(o, t->second.token);
+      finish_attempt(o, t->second, std::nullopt,
+                     error(errc::unavailable, fmt::format("agent '{}' {}", ex.name,
+                                                          ex.failed ? "failed" : "stopped")),
+                     true);
+    }
+    a.running.clear();
+    const time_point now = rt.clock().now();
+    if (closed_ || a.stop_for_good) {
+      a.status = "stopped";
+      agent_event(o, a, "agent.stopped", nullptr);
+    } else if (a.restart_now) {
+      a.restart_now = false;
+      a.status = "restarting";
+      agent_event(o, a, "agent.restarting", {{"reason", "restart requested"}, {"backoff_ms", 0}});
+      restart_name = a.name;
+    } else if (!ex.failed) {
+      a.status = "stopped";
+      agent_event(o, a, "agent.stopped", nullptr);
+    } else {
+      a.failures.push_back(now);
+      while (!a.failures.empty() && a.failures.front() < now - options.restart_window) {
+        a.failures.pop_front();
+      }
+      nlohmann::json why = ex.reason ? error_json(*ex.reason) : nlohmann::json(nullptr);
+      agent_event(o, a, "agent.failed", {{"error", why}});
+      if (static_cast<int>(a.failures.size()) > options.max_restarts) {
+        a.status = "failed";
+        agent_event(o, a, "agent.gave_up",
+                     {{"failures_in_window", a.failures.size()}, {"max_restarts", options.max_restarts}});
+      } else {
+        const auto n = static_cast<int>(a.failures.size());
+        double backoff = static_cast<double>(options.restart_initial_backoff.count()) *
+                         std::pow(options.restart_multiplier, n - 1);
+        backoff = std::min(backoff, static_cast<double>(options.restart_max_backoff.count()));
+        const duration delay(static_cast<duration::rep>(backoff));
+        a.status = "restarting";
+        agent_event(o, a, "agent.restarting",
+                    {{"attempt", n},
+                     {"backoff_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}});
+        std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+        std::string name = a.name;
+        a.restart_timer = rt.schedule(delay, [weak, name] {
+          auto self = weak.lock();
+          if (!self) return;
+          {
+            std::lock_guard lock(self->mutex_);
+            auto it2 = self->agents_.find(name);
+            if (it2 == self->agents_.end() || it2->second.stop_for_good || self->closed_) return;
+            ++it2->second.restarts;
+          }
+          if (auto r = self->start_agent(name, true); !r) {
+            self->rt.logger().error("restart of agent '{}' failed: {}", name, r.error().describe());
+          }
+        });
+      }
+    }
+    agent_record rec;
+    rec.id = a.name;
+    rec.project = a.project;
+    rec.kind = a.kind;
+    rec.capabilities = a.capabilities;
+    rec.status = a.status;
+    rec.restarts = a.restarts;
+    rec.last_heartbeat = now;
+    (void)store_->put_agent(rec);
+  }
+  if (!restart_name.empty()) {
+    if (auto r = start_agent(restart_name, true); !r) {
+      rt.logger().error("restart of agent '{}' failed: {}", restart_name, r.error().describe());
+    }
+  }
+}
+
+// ------------------------------------------------------------------ tasks --
+
+result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_spec> specs) {
+  if (specs.empty()) return std::vector<std::string>{};
+  ops o(mutex_);
+  if (closed_) return error(errc::unavailable, "submit: the orchestrator is closing");
+  const time_point now = rt.clock().now();
+
+  std::unordered_map<std::string, std::size_t> batch;  // id → index
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    task_spec& s = specs[i];
+    if (s.kind.empty()) return error(errc::invalid_argument, fmt::format("task {}: kind is required", i));
+    if (s.project.empty()) return error(errc::invalid_argument, fmt::format("task {}: project is required", i));
+    if (s.max_attempts < 1) {
+      return error(errc::invalid_argument, fmt::format("task {}: max_attempts must be >= 1", i));
+    }
+    if (s.timeout && s.timeout->count() <= 0) {
+      return error(errc::invalid_argument, fmt::format("task {}: timeout must be positive", i));
+    }
+    if (s.id.empty()) s.id = rti.make_id("t");
+    if (!batch.emplace(s.id, i).second || tasks_.count(s.id) != 0) {
+      return error(errc::already_exists, fmt::format("task id '{}' is taken", s.id));
+    }
+  }
+  // Dependencies: in the batch, live here, or finished (in the store).
+  std::unordered_map<std::string, aise::task> finished;
+  for (const auto& s : specs) {
+    for (const auto& d : s.depends_on) {
+      if (batch.count(d) != 0 || tasks_.count(d) != 0 || finished.count(d) != 0) continue;
+      auto stored = store_->get_task(d);
+      if (!stored) {
+        if (stored.error().code() == errc::not_found) {
+          return error(errc::not_found, fmt::format("task '{}' depends on unknown task '{}'", s.id, d));
+        }
+        return stored.error();
+      }
+      finished.emplace(d, std::move(stored.value()));
+    }
+  }
+  // Cycles can only run through the batch: Kahn's algorithm over its edges.
+  {
+    std::vector<std::size_t> indegree(specs.size(), 0);
+    std::vector<std::vector<std::size_t>> out(specs.size());
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+      for (const auto& d : specs[i].depends_on) {
+        if (auto b = batch.find(d); b != batch.end()) {
+          out[b->second].push_back(i);
+          ++indegree[i];
+        }
+      }
+    }
+    std::vector<std::size_t> stack;
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+      if (indegree[i] == 0) stack.push_back(i);
+    }
+    std::size_t seen = 0;
+    while (!stack.empty()) {
+      const std::size_t i = stack.back();
+      stack.pop_back();
+      ++seen;
+      for (auto j : out[i]) {
+        if (--indegree[j] == 0) stack.push_back(j);
+      }
+    }
+    if (seen != specs.size()) {
+      std::vector<std::string> in_cycle;
+      for (std::size_t i = 0; i < specs.size(); ++i) {
+        if (indegree[i] != 0) in_cycle.push_back(specs[i].id);
+      }
+      return error(errc::cycle, fmt::format("dependency cycle among tasks: {}", fmt::join(in_cycle, ", ")));
+    }
+  }
+
+  std::vector<aise::task> records;
+  std::vector<event_draft> drafts;
+  records.reserve(specs.size());
+  drafts.reserve(specs.size());
+  for (auto& s : specs) {
+    aise::task t;
+    static_cast<task_spec&>(t) = std::move(s);
+    t.state = task_state::pending;
+    t.created_at = now;
+    t.updated_at = now;
+    drafts.push_back(event_draft{t.project, "task.pending", t.id, now, nullptr});
+    records.push_back(std::move(t));
+  }
+  auto stored = store_->insert_tasks(records, std::move(drafts));
+  if (!stored) return stored.error();
+
+  std::vector<std::string> ids;
+  ids.reserve(records.size());
+  for (auto& t : records) {
+    ids.push_back(t.id);
+    task_entry e;
+    e.seq = next_seq_++;
+    e.t = std::move(t);
+    e.t.version = 1;
+    tasks_.emplace(ids.back(), std::move(e));
+  }
+  for (auto& ev : stored.value()) emit(std::move(ev));
+
+  // Wire dependencies and parents, then let whatever is ready go.
+  std::vector<std::pair<std::string, aise::error>> doomed;
+  for (const auto& id : ids) {
+    task_entry& e = tasks_.at(id);
+    for (const auto& d : e.t.depends_on) {
+      if (auto f = finished.find(d); f != finished.end()) {
+        if (f->second.state == task_state::succeeded) {
+          e.dep_results[d] = f->second.result.value_or(nullptr);
+        } else if (is_terminal(f->second.state)) {
+          doomed.emplace_back(id, error(errc::cancelled, fmt::format("dependency '{}' {}", d,
+                                                                     to_string(f->second.state))));
+        } else {
+          ++e.unmet;  // unfinished but not ours (another orchestrator): wait for it
+        }
+        continue;
+      }
+      tasks_.at(d).dependents.push_back(id);
+      ++e.unmet;
+    }
+    if (!e.t.parent.empty()) {
+      if (auto p = tasks_.find(e.t.parent); p != tasks_.end()) p->second.children.push_back(id);
+    }
+    if (e.t.deadline) {
+      std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+      e.deadline_timer = rt.schedule(*e.t.deadline - now, [weak, id] {
+        if (auto self = weak.lock()) self->on_deadline(id);
+      });
+    }
+  }
+  for (auto& [id, why] : doomed) {
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || is_terminal(it->second.t.state)) continue;
+    const bool fail = it->second.t.on_dependency_failure == dependency_failure_policy::fail;
+    abort_task(o, it->second, fail ? task_state::failed : task_state::cancelled,
+               error(fail ? errc::handler_failed : errc::cancelled, why.message()));
+  }
+  for (const auto& id : ids) {
+    auto it = tasks_.find(id);
+    if (it != tasks_.end() && it->second.t.state == task_state::pending && it->second.unmet == 0) {
+      make_ready(o, it->second);
+    }
+  }
+  return ids;
+}
+
+task_update orchestrator_impl::base_update(const task_entry& e, task_state to) const {
+  task_update u;
+  u.id = e.t.id;
+  u.expected_version = e.t.version;
+  u.state = to;
+  u.attempt = e.t.attempt;
+  u.agent = e.t.agent;
+  u.at = rt.clock().now();
+  u.not_before = e.t.not_before;
+  u.event.project = e.t.project;
+  u.event.type = fmt::format("task.{}", to_string(to));
+  u.event.subject = e.t.id;
+  u.event.at = u.at;
+  return u;
+}
+
+// Writes the change; on success mirrors it in the cache and announces it.
+bool orchestrator_impl::apply(ops& o, task_entry& e, task_update& u) {
+  (void)o;
+  if (auto legal = check_transition(e.t.state, u.state); !legal) {
+    rt.logger().error("task {}: {}", e.t.id, legal.error().message());
+    return false;
+  }
+  auto r = store_->update_task(u);
+  if (!r) {
+    rt.logger().error("store: task {} not moved to {}: {}", e.t.id, to_string(u.state),
+                      r.error().describe());
+    return false;
+  }
+  e.t.state = u.state;
+  e.t.attempt = u.attempt;
+  e.t.agent = u.agent;
+  e.t.updated_at = u.at;
+  e.t.not_before = u.not_before;
+  if (u.result) e.t.result = std::move(u.result);
+  if (u.clear_error) e.t.error.reset();
+  if (u.error) e.t.error = std::move(u.error);
+  e.t.version = u.expected_version + 1;
+  emit(std::move(r.value()));
+  return true;
+}
+
+void orchestrator_impl::make_ready(ops& o, task_entry& e) {
+  if (e.t.requires_approval && !e.approved) {
+    task_update u = base_update(e, task_state::awaiting_approval);
+    apply(o, e, u);
+    return;
+  }
+  task_update u = base_update(e, task_state::queued);
+  if (!apply(o, e, u)) return;
+  enqueue_ready(e);
+  dispatch(o, capability_of(e.t));
+}
+
+void orchestrator_impl::enqueue_ready(task_entry& e) {
+  ready_[capability_of(e.t)].insert(ready_key{-e.t.priority, e.seq, e.t.id});
+}
+
+void orchestrator_impl::dispatch(ops& o, const std::string& capability) {
+  // No iterators are kept across start_attempt: it may re-enter dispatch
+  // (a failed hand-off) and insert into these maps. Sets stay allocated
+  // once created (one per capability), so the reference stays valid.
+  auto rq = ready_.find(capability);
+  if (rq == ready_.end() || rq->second.empty()) return;
+  std::set<ready_key>& queue = rq->second;
+  while (!queue.empty()) {
+    agent_entry* best = nullptr;
+    auto ci = capable_.find(capability);
+    if (ci == capable_.end()) return;
+    for (agent_entry* a : ci->second) {
+      if (a->status != "running" || !a->instance || a->running.size() >= a->concurrency) continue;
+      if (best == nullptr || a->running.size() < best->running.size()) best = a;
+    }
+    if (best == nullptr) return;
+    auto node = queue.extract(queue.begin());
+    auto t = tasks_.find(node.value().id);
+    if (t == tasks_.end() || t->second.t.state != task_state::queued) continue;
+    start_attempt(o, t->second, *best);
+  }
+}
+
+void orchestrator_impl::dispatch_for(ops& o, const agent_entry& a) {
+  for (const auto& c : a.capabilities) dispatch(o, c);
+}
+
+void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
+  task_update u = base_update(e, task_state::running);
+  u.attempt = e.t.attempt + 1;
+  u.agent = a.name;
+  u.clear_error = true;
+  u.attempt_row = task_attempt{e.t.id, u.attempt, a.name, u.at, std::nullopt, task_state::running,
+                               std::nullopt};
+  u.event.data = {{"attempt", u.attempt}, {"agent", a.name}};
+  if (!apply(o, e, u)) {
+    enqueue_ready(e);  // still queued in the store: try again on the next change
+    return;
+  }
+  a.running.insert(e.t.id);
+  auto run = std::make_shared<task_run>();
+  run->orch = weak_from_this();
+  run->task = e.t;
+  run->dep_results = e.dep_results;
+  run->runner = a.instance;
+  e.token = run->token;
+  e.run = run;
+  if (e.t.timeout) {
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    e.timeout_timer = rt.schedule(*e.t.timeout, [weak, id = e.t.id, n = e.t.attempt] {
+      if (auto self = weak.lock()) self->on_timeout(id, n);
+    });
+  }
+  agent& runner = *a.instance;
+  const bool posted = rti.post_job(runner, [run = std::move(run)]() mutable {
+    agent& self = *run->runner;
+    agent_core& core = agent_access::core(self);
+    auto h = core.task_handlers.find(run->task.kind);
+    if (h == core.task_handlers.end()) {
+      task_context ctx(std::move(run));
+      (void)ctx.fail(error(errc::no_handler, fmt::format("agent '{}' has no handler for task kind '{}'",
+                                                         core.name, ctx.task().kind)),
+                     false);
+      return;
+    }
+    if (h->second.sync) {
+      task_context ctx(std::move(run));
+      result<nlohmann::json> r = error(errc::internal, "unset");
+      try {
+        r = h->second.sync(ctx);
+      } catch (const std::exception& ex) {
+        r = error(errc::handler_failed, fmt::format("task handler threw: {}", ex.what()));
+      } catch (...) {
+        r = error(errc::handler_failed, "task handler threw a non-exception");
+      }
+      if (!ctx.done()) {
+        if (r) {
+          (void)ctx.succeed(std::move(r.value()));
+        } else {
+          (void)ctx.fail(r.error());
+        }
+      }
+      if (core.checkpoint_hook) core.checkpoint_hook();
+      return;
+    }
+    run->async = true;
+    try {
+      h->second.async(task_context(run));
+    } catch (const std::exception& ex) {
+      (void)task_context(run).fail(error(errc::handler_failed, fmt::format("task handler threw: {}", ex.what())));
+    } catch (...) {
+      (void)task_context(run).fail(error(errc::handler_failed, "task handler threw a non-exception"));
+    }
+  });
+  if (!posted) {
+    // The agent stopped between routing and hand-off: its exit listener has
+    // not run yet; fail the attempt now so it is retried.
+    finish_attempt(o, e, std::nullopt,
+                   error(errc::unavailable, fmt::format("agent '{}' stopped", a.name)), true);
+  }
+}
+
+result<void> orchestrator_impl::complete(task_run& run, std::optional<nlohmann::json> value,
+                                         std::optional<aise::error> failure, bool retryable) {
+  bool expected = false;
+  if (!run.done.compare_exchange_strong(expected, true)) {
+    if (run.aborted.load()) {
+      return error(errc::cancelled, fmt::format("attempt {} of task {} was cancelled or timed out",
+                                                run.task.attempt, run.task.id));
+    }
+    return error(errc::conflict, fmt::format("attempt {} of task {} is already complete",
+                                             run.task.attempt, run.task.id));
+  }
+  ops o(mutex_);
+  auto it = tasks_.find(run.task.id);
+  if (it == tasks_.end() || it->second.t.state != task_state::running ||
+      it->second.t.attempt != run.task.attempt) {
+    return error(errc::cancelled, fmt::format("attempt {} of task {} is no longer running",
+                                              run.task.attempt, run.task.id));
+  }
+  finish_attempt(o, it->second, std::move(value), std::move(failure), retryable);
+  if (run.async && run.runner) {
+    auto runner = run.runner;
+    o.after.push_back([this, runner] {
+      agent_core& core = agent_access::core(*runner);
+      if (core.checkpoint_hook) {
+        rti.post_job(*runner, [&core] { core.checkpoint_hook(); });
+      }
+    });
+  }
+  return {};
+}
+
+void orchestrator_impl::cancel_token(ops& o, const cancellation_token& token) {
+  auto callbacks = cancellation_access::mark(token);
+  if (callbacks.empty()) return;
+  o.after.push_back([callbacks = std::move(callbacks)] {
+    for (const auto& cb : callbacks) {
+      try {
+        cb();
+      } catch (...) {  // NOLINT(bugprone-empty-catch): documented: callbacks must not throw
+      }
+    }
+  });
+}
+
+void orchestrator_impl::release_slot(ops& o, task_entry& e, bool redispatch) {
+  if (e.timeout_timer != 0) {
+    rt.cancel_timer(e.timeout_timer);
+    e.timeout_timer = 0;
+  }
+  auto a = agents_.find(e.t.agent);
+  if (a == agents_.end()) return;
+  if (a->second.running.erase(e.t.id) != 0 && redispatch) dispatch_for(o, a->second);
+}
+
+void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
+                                       std::optional<aise::error> failure, bool retryable) {
+  const std::string id = e.t.id;
+  const time_point now = rt.clock().now();
+  task_attempt row{id, e.t.attempt, e.t.agent, {}, now, task_state::succeeded, std::nullopt};
+  if (auto r = e.run.lock()) row.started_at = r->task.updated_at;
+  if (!failure) {
+    task_update u = base_update(e, task_state::succeeded);
+    u.result = value ? std::move(value) : std::optional<nlohmann::json>(nullptr);
+    u.attempt_row = row;
+    u.event.data = {{"attempt", e.t.attempt}, {"agent", e.t.agent}};
+    if (!apply(o, e, u)) return;
+    release_slot(o, e, false);
+    const std::string agent_name = e.t.agent;
+    on_terminal(o, id);
+    if (auto a = agents_.find(agent_name); a != agents_.end()) dispatch_for(o, a->second);
+    return;
+  }
+  row.outcome = task_state::failed;
+  row.error = failure;
+  const bool deadline_passed = e.t.deadline && now >= *e.t.deadline;
+  const std::string agent_name = e.t.agent;
+  if (retryable && e.t.attempt < e.t.max_attempts && !deadline_passed) {
+    const duration delay = retry_backoff(e.t.attempt);
+    task_update u = base_update(e, task_state::retrying);
+    u.error = failure;
+    u.not_before = now + delay;
+    u.attempt_row = row;
+    u.event.data = {{"attempt", e.t.attempt},
+                    {"agent", e.t.agent},
+                    {"error", error_json(*failure)},
+                    {"retry_in_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}};
+    if (!apply(o, e, u)) return;
+    release_slot(o, e, false);
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    e.retry_timer = rt.schedule(delay, [weak, id, n = e.t.attempt] {
+      if (auto self = weak.lock()) self->on_retry_due(id, n);
+    });
+  } else {
+    task_update u = base_update(e, task_state::failed);
+    u.error = failure;
+    u.attempt_row = row;
+    u.event.data = {{"attempt", e.t.attempt}, {"agent", e.t.agent}, {"error", error_json(*failure)}};
+    if (!apply(o, e, u)) return;
+    release_slot(o, e, false);
+    on_terminal(o, id);
+  }
+  if (auto a = agents_.find(agent_name); a != agents_.end()) dispatch_for(o, a->second);
+}
+
+duration orchestrator_impl::retry_backoff(int attempt) {
+  double base = static_cast<double>(options.retry_initial_backoff.count()) *
+                std::pow(options.retry_multiplier, std::max(0, attempt - 1));
+  base = std::min(base, static_cast<double>(options.retry_max_backoff.count()));
+  std::uniform_real_distribution<double> spread(-options.retry_jitter, options.retry_jitter);
+  const double jittered = base * (1.0 + spread(rng_));
+  return duration(static_cast<duration::rep>(std::max(0.0, jittered)));
+}
+
+void orchestrator_impl::on_retry_due(const std::string& id, int attempt) {
+  ops o(mutex_);
+  auto it = tasks_.find(id);
+  if (it == tasks_.end()) return;
+  task_entry& e = it->second;
+  if (e.t.state != task_state::retrying || e.t.attempt != attempt) return;
+  e.retry_timer = 0;
+  task_update u = base_update(e, task_state::queued);
+  if (!apply(o, e, u)) return;
+  enqueue_ready(e);
+  dispatch(o, capability_of(e.t));
+}
+
+void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
+  ops o(mutex_);
+  auto it = tasks_.find(id);
+  if (it == tasks_.end()) return;
+  task_entry& e = it->second;
+  if (e.t.state != task_state::running || e.t.attempt != attempt) return;
+  e.timeout_timer = 0;
+  if (auto run = e.run.lock()) {  // a late completion changes nothing
+    run->aborted.store(true);
+    run->done.store(true);
+  }
+  cancel_token(o, e.token);
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*e.t.timeout).count();
+  finish_attempt(o, e, std::nullopt,
+                 error(errc::timeout, fmt::format("attempt {} timed out after {} ms", attempt, ms)), true);
+}
+
+void orchestrator_impl::on_deadline(const std::string& id) {
+  ops o(mutex_);
+  auto it = tasks_.find(id);
+  if (it == tasks_.end() || is_terminal(it->second.t.state)) return;
+  it->second.deadline_timer = 0;
+  abort_task(o, it->second, task_state::failed, error(errc::timeout, "the task's deadline passed"));
+}
+
+// Ends a task from outside its handler: cancel, reject, deadline, or a
+// failed dependency. A running attempt is cancelled (token set) first.
+void orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::error why) {
+  const task_state from = e.t.state;
+  std::optional<task_attempt> row;
+  if (from == task_state::running) {
+    if (auto run = e.run.lock()) {
+      run->aborted.store(true);
+      run->done.store(true);
+    }
+    cancel_token(o, e.token);
+    row = task_attempt{e.t.id, e.t.attempt, e.t.agent, {}, rt.clock().now(), to, why};
+    if (auto r = e.run.lock()) row->started_at = r->task.updated_at;
+  } else if (from == task_state::queued) {
+    if (auto rq = ready_.find(capability_of(e.t)); rq != ready_.end()) {
+      rq->second.erase(ready_key{-e.t.priority, e.seq, e.t.id});
+    }
+  } else if (from == task_state::retrying && e.retry_timer != 0) {
+    rt.cancel_timer(e.retry_timer);
+    e.retry_timer = 0;
+  }
+  task_update u = base_update(e, to);
+  u.error = why;
+  u.attempt_row = std::move(row);
+  u.event.data = {{"from", to_string(from)}, {"error", error_json(why)}};
+  if (!apply(o, e, u)) return;
+  std::string agent_name;
+  if (from == task_state::running) {
+    agent_name = e.t.agent;
+    release_slot(o, e, false);
+  }
+  on_terminal(o, e.t.id);
+  if (!agent_name.empty()) {
+    if (auto a = agents_.find(agent_name); a != agents_.end()) dispatch_for(o, a->second);
+  }
+}
+
+// A task reached a terminal state: wake waiters, resolve dependents and
+// children, then drop it from the cache (the store keeps it).
+void orchestrator_impl::on_terminal(ops& o, const std::string& id) {
+  auto it = tasks_.find(id);
+  if (it == tasks_.end()) return;
+  task_entry& e = it->second;
+  for (auto t : {e.timeout_timer, e.retry_timer, e.deadline_timer}) {
+    if (t != 0) rt.cancel_timer(t);
+  }
+  if (!e.waiters.empty()) {
+    auto snapshot = std::make_shared<aise::task>(e.t);
+    for (auto& w : e.waiters) {
+      boost::asio::post(rti.io(), [w = std::move(w), snapshot] { w(*snapshot); });
+    }
+    e.waiters.clear();
+  }
+  const task_state state = e.t.state;
+  const std::vector<std::string> dependents = std::move(e.dependents);
+  const std::vector<std::string> children = std::move(e.children);
+  std::optional<nlohmann::json> result = e.t.result;
+  const std::string project = e.t.project;
+  tasks_.erase(it);  // `e` is gone from here on
+
+  for (const auto& d : dependents) {
+    auto dit = tasks_.find(d);
+    if (dit == tasks_.end() || is_terminal(dit->second.t.state)) continue;
+    task_entry& de = dit->second;
+    if (state == task_state::succeeded) {
+      de.dep_results[id] = result.value_or(nullptr);
+      if (de.unmet > 0) --de.unmet;
+      if (de.unmet == 0 && de.t.state == task_state::pending) make_ready(o, de);
+    } else {
+      const bool fail = de.t.on_dependency_failure == dependency_failure_policy::fail;
+      const std::string msg = fmt::format("dependency '{}' {}", id, to_string(state));
+      abort_task(o, de, fail ? task_state::failed : task_state::cancelled,
+                 error(fail ? errc::handler_failed : errc::cancelled, msg));
+    }
+  }
+  if (state != task_state::succeeded) {
+    for (const auto& c : children) {
+      auto cit = tasks_.find(c);
+      if (cit == tasks_.end() || is_terminal(cit->second.t.state)) continue;
+      abort_task(o, cit->second, task_state::cancelled,
+                 error(errc::cancelled, fmt::format("parent task '{}' {}", id, to_string(state))));
+    }
+  }
+}
+
+result<void> orchestrator_impl::cancel(std::string_view id, std::string reason) {
+  ops o(mutex_);
+  auto it = tasks_.find(std::string(id));
+  if (it == tasks_.end()) {
+    auto stored = store_->get_task(id);
+    if (!stored) return stored.error();
+    return error(errc::illegal_transition,
+                 fmt::format("task {} is already {}", id, to_string(stored->state)));
+  }
+  abort_task(o, it->second, task_state::cancelled, error(errc::cancelled, std::move(reason)));
+  return {};
+}
+
+result<void> orchestrator_impl::approve(std::string_view id, std::string by) {
+  ops o(mutex_);
+  auto it = tasks_.find(std::string(id));
+  if (it == tasks_.end() || it->second.t.state != task_state::awaiting_approval) {
+    auto t = it != tasks_.end() ? result<aise::task>(it->second.t) : store_->get_task(id);
+    if (!t) return t.error();
+    return error(errc::illegal_transition,
+                 fmt::format("task {} is {}, not awaiting approval", id, to_string(t->state)));
+  }
+  task_entry& e = it->second;
+  e.approved = true;
+  task_update u = base_update(e, task_state::queued);
+  u.event.data = {{"approved_by", by}};
+  if (!apply(o, e, u)) return error(errc::unavailable, "approve: the store refused the change");
+  enqueue_ready(e);
+  dispatch(o, capability_of(e.t));
+  return {};
+}
+
+result<void> orchestrator_impl::reject(std::string_view id, std::string by, std::string reason) {
+  ops o(mutex_);
+  auto it = tasks_.find(std::string(id));
+  if (it == tasks_.end() || it->second.t.state != task_state::awaiting_approval) {
+    auto t = it != tasks_.end() ? result<aise::task>(it->second.t) : store_->get_task(id);
+    if (!t) return t.error();
+    return error(errc::illegal_transition,
+                 fmt::format("task {} is {}, not awaiting approval", id, to_string(t->state)));
+  }
+  std::string msg = by.empty() ? std::string("rejected") : fmt::format("rejected by {}", by);
+  if (!reason.empty()) msg += ": " + reason;
+  abort_task(o, it->second, task_state::cancelled, error(errc::rejected, msg));
+  return {};
+}
+
+result<task> orchestrator_impl::get(std::string_view id) const {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = tasks_.find(std::string(id));
+    if (it != tasks_.end()) return it->second.t;
+  }
+  return store_->get_task(id);
+}
+
+result<void> orchestrator_impl::when_done(std::string_view id, std::function<void(const task&)> fn) {
+  std::unique_lock lock(mutex_);
+  auto it = tasks_.find(std::string(id));
+  if (it != tasks_.end()) {
+    it->second.waiters.push_back(std::move(fn));
+    return {};
+  }
+  lock.unlock();
+  auto t = store_->get_task(id);
+  if (!t) return t.error();
+  if (!is_terminal(t->state)) {
+    return error(errc::unavailable, fmt::format("task {} is not scheduled by this orchestrator", id));
+  }
+  fn(*t);
+  return {};
+}
+
+// ----------------------------------------------------------------- events --
+
+void orchestrator_impl::agent_event(ops& o, const agent_entry& a, const std::string& type,
+                                    nlohmann::json data) {
+  (void)o;
+  auto r = store_->append_event(event_draft{a.project, type, a.name, rt.clock().now(), std::move(data)});
+  if (!r) {
+    rt.logger().error("store: event {} of agent '{}' not written: {}", type, a.name,
+                      r.error().describe());
+    return;
+  }
+  emit(std::move(r.value()));
+}
+
+void orchestrator_impl::emit(event ev) {
+  if (!has_listeners_.load(std::memory_order_acquire)) return;
+  std::lock_guard lock(events_mutex_);
+  if (listeners_.empty()) return;
+  if (outbox_.size() >= max_outbox) {
+    outbox_.pop_front();
+    if (dropped_events_++ % 1024 == 0) {
+      rt.logger().warn("event listeners are too slow: live events dropped (the store keeps them)");
+    }
+  }
+  outbox_.push_back(std::move(ev));
+  if (!delivering_) {
+    delivering_ = true;
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    boost::asio::post(rti.io(), [weak] {
+      if (auto self = weak.lock()) self->deliver_events();
+    });
+  }
+}
+
+void orchestrator_impl::deliver_events() {
+  for (;;) {
+    std::deque<event> batch;
+    std::vector<std::shared_ptr<event_listener>> listeners;
+    {
+      // Taking mutex_ first means every event in the batch belongs to a
+      // change that is complete (timers armed, slots released): a listener
+      // that reacts to an event sees the orchestrator in the state it names.
+      std::lock_guard state_lock(mutex_);
+      std::lock_guard lock(events_mutex_);
+      if (outbox_.empty()) {
+        delivering_ = false;
+        return;
+      }
+      batch.swap(outbox_);
+      for (auto& [k, l] : listeners_) listeners.push_back(l);
+    }
+    for (const auto& ev : batch) {
+      for (auto& l : listeners) {
+        try {
+          (*l)(ev);
+        } catch (const std::exception& e) {
+          rt.logger().warn("event listener threw: {}", e.what());
+        } catch (...) {
+          rt.logger().warn("event listener threw a non-exception");
+        }
+      }
+    }
+  }
+}
+
+std::size_t orchestrator_impl::subscribe(event_listener listener) {
+  std::lock_guard lock(events_mutex_);
+  const std::size_t key = next_listener_++;
+  listeners_.emplace_back(key, std::make_shared<event_listener>(std::move(listener)));
+  has_listeners_.store(true, std::memory_order_release);
+  return key;
+}
+
+void orchestrator_impl::unsubscribe(std::size_t key) {
+  std::lock_guard lock(events_mutex_);
+  std::erase_if(listeners_, [key](const auto& p) { return p.first == key; });
+  has_listeners_.store(!listeners_.empty(), std::memory_order_release);
+}
+
+}  // namespace aise::detail
+
+// ------------------------------------------------------ public interface --
+
+namespace aise {
+
+orchestrator::orchestrator(runtime& rt, orchestrator_options options)
+    : impl_(std::make_shared<detail::orchestrator_impl>(rt, std::move(options))) {
+  impl_->start();
+}
+
+orchestrator::~orchestrator() { impl_->close(); }
+
+result<void> orchestrator::register_kind(std::string kind, agent_factory factory) {
+  return impl_->register_kind(std::move(kind), std::move(factory));
+}
+std::vector<std::string> orchestrator::kinds() const { return impl_->kinds(); }
+result<std::string> orchestrator::spawn(agent_spawn spec) { return impl_->spawn(std::move(spec)); }
+result<void> orchestrator::stop_agent(std::string_view name) { return impl_->stop_agent(name); }
+result<void> orchestrator::restart_agent(std::string_view name) { return impl_->restart_agent(name); }
+std::vector<agent_status> orchestrator::agents() const { return impl_->agents(); }
+result<agent_status> orchestrator::agent_info(std::string_view name) const {
+  return impl_->agent_info(name);
+}
+
+result<std::string> orchestrator::submit(task_spec spec) {
+  std::vector<task_spec> one;
+  one.push_back(std::move(spec));
+  auto ids = impl_->submit_all(std::move(one));
+  if (!ids) return ids.error();
+  return std::move(ids.value().front());
+}
+result<std::vector<std::string>> orchestrator::submit_all(std::vector<task_spec> specs) {
+  return impl_->submit_all(std::move(specs));
+}
+result<void> orchestrator::cancel(std::string_view id, std::string reason) {
+  return impl_->cancel(id, std::move(reason));
+}
+result<void> orchestrator::approve(std::string_view id, std::string by) {
+  return impl_->approve(id, std::move(by));
+}
+result<void> orchestrator::reject(std::string_view id, std::string by, std::string reason) {
+  return impl_->reject(id, std::move(by), std::move(reason));
+}
+result<task> orchestrator::get(std::string_view id) const { return impl_->get(id); }
+result<void> orchestrator::when_done(std::string_view id, std::function<void(const task&)> fn) {
+  return impl_->when_done(id, std::move(fn));
+}
+
+result<task> orchestrator::wait(std::string_view id, std::chrono::milliseconds timeout) {
+  if (impl_->rt.on_executor()) {
+    return error(errc::invalid_argument, "wait() on an executor thread would deadlock; use when_done()");
+  }
+  auto promise = std::make_shared<std::promise<task>>();
+  auto future = promise->get_future();
+  auto registered = impl_->when_done(id, [promise](const task& t) { promise->set_value(t); });
+  if (!registered) return registered.error();
+  if (future.wait_for(timeout) != std::future_status::ready) {
+    return error(errc::timeout, fmt::format("task {} not finished within {} ms", id, timeout.count()));
+  }
+  return future.get();
+}
+
+std::size_t orchestrator::subscribe(event_listener listener) {
+  return impl_->subscribe(std::move(listener));
+}
+void orchestrator::unsubscribe(std::size_t key) { impl_->unsubscribe(key); }
+aise::store& orchestrator::store() const noexcept { return *impl_->options.store; }
+runtime& orchestrator::rt() const noexcept { return impl_->rt; }
+
+}  // namespace aise

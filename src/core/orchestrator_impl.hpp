@@ -1,0 +1,194 @@
+#pragma once
+// The private half of aise::orchestrator. One mutex guards the scheduling
+// state; store writes happen under it so that the order of stored events is
+// the order of changes. Anything that may call user code (cancellation
+// callbacks, completion callbacks, listeners) runs after the lock is released.
+
+#include <aise/orchestrator.hpp>
+#include <aise/runtime.hpp>
+
+#include <atomic>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+namespace aise::detail {
+
+class orchestrator_impl;
+class runtime_impl;
+
+// Sets a token's flag now and hands back its callbacks, for callers that
+// must run them later (the orchestrator: after releasing its lock).
+struct cancellation_access {
+  static std::vector<std::function<void()>> mark(const cancellation_token& t);
+};
+
+// One attempt of one task, shared by the task_context copies a handler holds.
+struct task_run {
+  std::weak_ptr<orchestrator_impl> orch;
+  aise::task task;
+  std::map<std::string, nlohmann::json> dep_results;
+  cancellation_token token;
+  std::shared_ptr<agent> runner;
+  std::atomic<bool> done{false};
+  std::atomic<bool> aborted{false};  // ended from outside: cancelled, timed out, agent lost
+  bool async = false;
+
+  task_run() = default;
+  task_run(const task_run&) = delete;
+  task_run& operator=(const task_run&) = delete;
+  ~task_run();
+};
+
+class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl> {
+ public:
+  orchestrator_impl(runtime& rt, orchestrator_options options);
+  ~orchestrator_impl();
+  void start();  // after construction: hooks that need shared_from_this
+  void close();  // before destruction: unhook from the runtime
+
+  // agents
+  result<void> register_kind(std::string kind, agent_factory factory);
+  std::vector<std::string> kinds() const;
+  result<std::string> spawn(agent_spawn spec);
+  result<void> stop_agent(std::string_view name);
+  result<void> restart_agent(std::string_view name);
+  std::vector<agent_status> agents() const;
+  result<agent_status> agent_info(std::string_view name) const;
+
+  // tasks
+  result<std::vector<std::string>> submit_all(std::vector<task_spec> specs);
+  result<void> cancel(std::string_view id, std::string reason);
+  result<void> approve(std::string_view id, std::string by);
+  result<void> reject(std::string_view id, std::string by, std::string reason);
+  result<task> get(std::string_view id) const;
+  result<void> when_done(std::string_view id, std::function<void(const task&)> fn);
+
+  // attempts (task_context)
+  result<void> complete(task_run& run, std::optional<nlohmann::json> value,
+                        std::optional<aise::error> failure, bool retryable);
+
+  // events
+  std::size_t subscribe(event_listener listener);
+  void unsubscribe(std::size_t key);
+
+  runtime& rt;
+  runtime_impl& rti;
+  orchestrator_options options;
+
+ private:
+  struct ready_key {
+    int neg_priority;
+    std::uint64_t seq;
+    std::string id;
+    bool operator<(const ready_key& o) const {
+      return std::tie(neg_priority, seq, id) < std::tie(o.neg_priority, o.seq, o.id);
+    }
+  };
+
+  struct task_entry {
+    aise::task t;
+    std::uint64_t seq = 0;
+    std::size_t unmet = 0;
+    bool approved = false;
+    std::vector<std::string> dependents;
+    std::vector<std::string> children;
+    std::map<std::string, nlohmann::json> dep_results;
+    std::weak_ptr<task_run> run;
+    cancellation_token token;
+    std::uint64_t timeout_timer = 0;
+    std::uint64_t retry_timer = 0;
+    std::uint64_t deadline_timer = 0;
+    std::vector<std::function<void(const task&)>> waiters;
+  };
+
+  struct agent_entry {
+    std::string name;
+    std::string kind;
+    std::string project;
+    std::vector<std::string> capabilities;
+    std::size_t concurrency = 1;
+    std::size_t mailbox_capacity = 0;
+    std::set<std::string> running;
+    std::string status = "starting";
+    std::shared_ptr<agent> instance;
+    std::deque<time_point> failures;  // within the restart window
+    int restarts = 0;
+    bool stop_for_good = false;
+    bool restart_now = false;
+    std::uint64_t restart_timer = 0;
+  };
+
+  // Deferred work collected under the lock and run after it is released.
+  struct ops {
+    explicit ops(std::mutex& m) : lock(m) {}
+    ops(const ops&) = delete;
+    ops& operator=(const ops&) = delete;
+    ~ops();
+    std::unique_lock<std::mutex> lock;
+    std::vector<std::function<void()>> after;
+  };
+
+  const std::string& capability_of(const aise::task& t) const {
+    return t.capability.empty() ? t.kind : t.capability;
+  }
+  task_update base_update(const task_entry& e, task_state to) const;
+  bool apply(ops& o, task_entry& e, task_update& u);
+  void make_ready(ops& o, task_entry& e);
+  void enqueue_ready(task_entry& e);
+  void dispatch(ops& o, const std::string& capability);
+  void dispatch_for(ops& o, const agent_entry& a);
+  void start_attempt(ops& o, task_entry& e, agent_entry& a);
+  void finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
+                      std::optional<aise::error> failure, bool retryable);
+  void abort_task(ops& o, task_entry& e, task_state to, aise::error why);
+  void release_slot(ops& o, task_entry& e, bool redispatch);
+  // Sets the token's flag now (so it is set before the change is visible)
+  // and runs its callbacks after the lock is released.
+  static void cancel_token(ops& o, const cancellation_token& token);
+  void on_terminal(ops& o, const std::string& id);
+  void on_timeout(const std::string& id, int attempt);
+  void on_retry_due(const std::string& id, int attempt);
+  void on_deadline(const std::string& id);
+  duration retry_backoff(int attempt);
+  void emit(event ev);
+  void deliver_events();
+  void agent_event(ops& o, const agent_entry& a, const std::string& type, nlohmann::json data);
+  void on_agent_exit(const agent_exit& ex);
+  result<std::string> start_agent(const std::string& name, bool restart);
+  void index_agent(agent_entry& a);
+  void unindex_agent(const agent_entry& a);
+  agent_status status_of(const agent_entry& a) const;
+  void checkpoint(agent& a);
+
+  std::shared_ptr<aise::store> store_;
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, task_entry> tasks_;
+  std::unordered_map<std::string, std::set<ready_key>> ready_;
+  std::map<std::string, agent_entry, std::less<>> agents_;
+  std::unordered_map<std::string, std::vector<agent_entry*>> capable_;
+  std::map<std::string, agent_factory, std::less<>> kinds_;
+  std::unordered_map<std::string, std::size_t> name_counters_;
+  std::uint64_t next_seq_ = 1;
+  std::mt19937_64 rng_;
+  std::size_t exit_listener_ = 0;
+  bool closed_ = false;
+
+  // Live event delivery (the store's event log is the source of truth).
+  std::mutex events_mutex_;
+  std::deque<event> outbox_;
+  bool delivering_ = false;
+  std::size_t next_listener_ = 1;
+  std::vector<std::pair<std::size_t, std::shared_ptr<event_listener>>> listeners_;
+  std::atomic<bool> has_listeners_{false};
+  std::uint64_t dropped_events_ = 0;
+};
+
+}  // namespace aise::detail

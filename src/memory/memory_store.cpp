@@ -1,0 +1,583 @@
+// The in-memory store: every table is an ordered container behind one mutex.
+//
+// Why it looks the way it does:
+// - Ordered maps keyed by id give the id-ordered listings and the "after"
+//   cursors of the store contract for free; `std::less<>` allows lookups by
+//   string_view without building a std::string.
+// - Each write has a prepare phase (validation and every copy or allocation
+//   that may throw) and a commit phase made only of operations that cannot
+//   throw (moves of nothrow-movable values, node splices, pops). So a
+//   `std::bad_alloc` in the middle of a write leaves the store as it was:
+//   the all-or-nothing rule of the contract holds even then. The
+//   static_asserts below guard the nothrow-move assumptions.
+// - update_task is on the orchestrator's hot path (about four calls per
+//   task): it does one map lookup, copies only what the caller's const
+//   update forces it to copy, and appends to a per-project deque (no
+//   reallocation of the whole event log as it grows).
+//
+// Choices store.hpp leaves open, made here (SQL stores should match):
+// - A timestamp left at `time_point{}` is filled from the options' clock:
+//   project created_at/updated_at, agent created_at (a replacement keeps the
+//   first one), snapshot taken_at, task created_at (updated_at = created_at),
+//   update_task `at`, event `at`, artifact created_at.
+// - update_task applies `clear_error` before `error`: both set replaces it.
+// - An attempt row is stored under the updated task's id, whatever its
+//   `task_id` says (the key is (task id, number)).
+// - list_attempts of an unknown task is `not_found`; read_events and
+//   last_sequence of a project without events are empty and 0.
+// - Only the latest `snapshots_kept` snapshots of an agent are kept (only
+//   the latest is readable); everything else is kept until the store dies.
+
+#include <aise/store.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace aise {
+namespace {
+
+static_assert(std::is_nothrow_move_constructible_v<task> &&
+              std::is_nothrow_move_assignable_v<task>);
+static_assert(std::is_nothrow_move_constructible_v<task_attempt> &&
+              std::is_nothrow_move_assignable_v<task_attempt>);
+static_assert(std::is_nothrow_move_constructible_v<event> &&
+              std::is_nothrow_move_assignable_v<event>);
+static_assert(std::is_nothrow_move_constructible_v<artifact_meta>);
+static_assert(std::is_nothrow_move_assignable_v<nlohmann::json> &&
+              std::is_nothrow_move_assignable_v<std::optional<nlohmann::json>> &&
+              std::is_nothrow_move_assignable_v<std::optional<aise::error>>);
+
+constexpr std::size_t max_page = 1000;
+/// Snapshots kept per agent. Only the latest is readable through the store
+/// interface; a few older ones are kept for debugging, and the bound keeps
+/// an agent that snapshots after every message from growing without limit.
+constexpr std::size_t snapshots_kept = 16;
+
+std::size_t clamp_limit(std::size_t limit) noexcept {
+  return std::clamp<std::size_t>(limit, 1, max_page);
+}
+
+std::string in_quotes(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  out += '\'';
+  out += s;
+  out += '\'';
+  return out;
+}
+
+/// Builds the `internal` error for an exception caught at the boundary;
+/// never throws (it falls back to an empty message when even that fails).
+aise::error internal_error(std::string_view op, const char* what) noexcept {
+  try {
+    std::string message = "memory store: ";
+    message += op;
+    message += ": ";
+    message += what;
+    return {errc::internal, std::move(message)};
+  } catch (...) {
+    return {errc::internal, std::string()};
+  }
+}
+
+/// Runs `body`, turning any exception into an `internal` error so that none
+/// escapes a store member (the contract promises errors as values).
+template <class Body>
+auto guarded(std::string_view op, Body&& body) noexcept -> decltype(body()) {
+  try {
+    return std::forward<Body>(body)();
+  } catch (const std::bad_alloc&) {
+    return internal_error(op, "out of memory");
+  } catch (const std::exception& e) {
+    return internal_error(op, e.what());
+  } catch (...) {
+    return internal_error(op, "unknown exception");
+  }
+}
+
+/// `invalid_argument` describing the first problem of an event draft, if any.
+std::optional<aise::error> check_draft(std::string_view op, const event_draft& e) {
+  if (e.project.empty())
+    return fail(errc::invalid_argument, std::string(op) + ": event without a project");
+  if (e.type.empty())
+    return fail(errc::invalid_argument, std::string(op) + ": event without a type");
+  return std::nullopt;
+}
+
+const std::string& effective_capability(const task& t) noexcept {
+  return t.capability.empty() ? t.kind : t.capability;
+}
+
+bool matches(const task& t, const task_filter& f) {
+  if (!f.project.empty() && t.project != f.project) return false;
+  if (!f.parent.empty() && t.parent != f.parent) return false;
+  if (!f.capability.empty() && effective_capability(t) != f.capability) return false;
+  if (!f.states.empty() && std::find(f.states.begin(), f.states.end(), t.state) == f.states.end())
+    return false;
+  return true;
+}
+
+class memory_store final : public store {
+ public:
+  explicit memory_store(std::shared_ptr<aise::clock> clock) : clock_(std::move(clock)) {}
+
+  [[nodiscard]] std::string_view backend() const noexcept override { return "memory"; }
+
+  // ---- projects ----
+
+  result<project> create_project(project p) override {
+    return guarded("create_project", [&]() -> result<project> {
+      if (p.id.empty()) return fail(errc::invalid_argument, "create_project: empty project id");
+      const time_point now = clock_->now();
+      if (p.created_at == time_point{}) p.created_at = now;
+      if (p.updated_at == time_point{}) p.updated_at = now;
+      project copy = p;  // the return value, made before the commit
+      std::lock_guard lock(mutex_);
+      auto [it, inserted] = projects_.try_emplace(p.id, std::move(p));
+      if (!inserted)
+        return fail(errc::already_exists, "project " + in_quotes(it->first) + " already exists");
+      return copy;
+    });
+  }
+
+  result<project> get_project(std::string_view id) override {
+    return guarded("get_project", [&]() -> result<project> {
+      std::lock_guard lock(mutex_);
+      auto it = projects_.find(id);
+      if (it == projects_.end())
+        return fail(errc::not_found, "project " + in_quotes(id) + " not found");
+      return it->second;
+    });
+  }
+
+  result<page<project>> list_projects(std::string_view after, std::size_t limit) override {
+    return guarded("list_projects", [&]() -> result<page<project>> {
+      limit = clamp_limit(limit);
+      page<project> out;
+      std::lock_guard lock(mutex_);
+      auto it = after.empty() ? projects_.begin() : projects_.upper_bound(after);
+      for (; it != projects_.end() && out.items.size() < limit; ++it)
+        out.items.push_back(it->second);
+      if (it != projects_.end()) out.next_cursor = out.items.back().id;
+      return out;
+    });
+  }
+
+  result<project> update_project(project p) override {
+    return guarded("update_project", [&]() -> result<project> {
+      if (p.id.empty()) return fail(errc::invalid_argument, "update_project: empty project id");
+      if (p.updated_at == time_point{}) p.updated_at = clock_->now();
+      std::lock_guard lock(mutex_);
+      auto it = projects_.find(p.id);
+      if (it == projects_.end())
+        return fail(errc::not_found, "project " + in_quotes(p.id) + " not found");
+      p.created_at = it->second.created_at;
+      project copy = p;
+      it->second = std::move(p);
+      return copy;
+    });
+  }
+
+  // ---- agents ----
+
+  result<void> put_agent(agent_record a) override {
+    return guarded("put_agent", [&]() -> result<void> {
+      if (a.id.empty()) return fail(errc::invalid_argument, "put_agent: empty agent id");
+      if (a.project.empty())
+        return fail(errc::invalid_argument,
+                    "put_agent: agent " + in_quotes(a.id) + " without a project");
+      const time_point now = clock_->now();
+      std::lock_guard lock(mutex_);
+      auto it = agents_.find(a.id);
+      if (it == agents_.end()) {
+        if (a.created_at == time_point{}) a.created_at = now;
+        agents_.try_emplace(a.id, std::move(a));
+      } else {
+        // A replacement keeps the first registration time unless given one.
+        if (a.created_at == time_point{}) a.created_at = it->second.created_at;
+        it->second = std::move(a);
+      }
+      return ok();
+    });
+  }
+
+  result<agent_record> get_agent(std::string_view id) override {
+    return guarded("get_agent", [&]() -> result<agent_record> {
+      std::lock_guard lock(mutex_);
+      auto it = agents_.find(id);
+      if (it == agents_.end())
+        return fail(errc::not_found, "agent " + in_quotes(id) + " not found");
+      return it->second;
+    });
+  }
+
+  result<std::vector<agent_record>> list_agents(std::string_view project) override {
+    return guarded("list_agents", [&]() -> result<std::vector<agent_record>> {
+      std::vector<agent_record> out;
+      std::lock_guard lock(mutex_);
+      for (const auto& [id, a] : agents_)
+        if (project.empty() || a.project == project) out.push_back(a);
+      return out;
+    });
+  }
+
+  result<agent_snapshot> save_snapshot(agent_snapshot s) override {
+    return guarded("save_snapshot", [&]() -> result<agent_snapshot> {
+      if (s.agent_id.empty()) return fail(errc::invalid_argument, "save_snapshot: empty agent id");
+      if (s.taken_at == time_point{}) s.taken_at = clock_->now();
+      std::lock_guard lock(mutex_);
+      snapshot_history& h = snapshots_[s.agent_id];
+      s.version = h.last_version + 1;
+      agent_snapshot copy = s;
+      h.kept.push_back(std::move(s));  // strong guarantee: nothing changed if it throws
+      ++h.last_version;
+      if (h.kept.size() > snapshots_kept) h.kept.pop_front();
+      return copy;
+    });
+  }
+
+  result<agent_snapshot> load_snapshot(std::string_view agent_id) override {
+    return guarded("load_snapshot", [&]() -> result<agent_snapshot> {
+      std::lock_guard lock(mutex_);
+      auto it = snapshots_.find(agent_id);
+      if (it == snapshots_.end() || it->second.kept.empty())
+        return fail(errc::not_found, "agent " + in_quotes(agent_id) + " has no snapshot");
+      return it->second.kept.back();
+    });
+  }
+
+  // ---- tasks ----
+
+  result<std::vector<event>> insert_tasks(const std::vector<task>& tasks,
+                                          std::vector<event_draft> events) override {
+    return guarded("insert_tasks", [&]() -> result<std::vector<event>> {
+      // Prepare: validate and copy into a private map whose nodes are later
+      // spliced into tasks_ (no allocation, no throw in the commit).
+      task_map staged;
+      const time_point now = clock_->now();
+      for (std::size_t i = 0; i < tasks.size(); ++i) {
+        const task& t = tasks[i];
+        const std::string where = "insert_tasks: task #" + std::to_string(i);
+        if (t.id.empty()) return fail(errc::invalid_argument, where + " has an empty id");
+        if (t.project.empty())
+          return fail(errc::invalid_argument,
+                      where + " (" + in_quotes(t.id) + ") has an empty project");
+        if (t.kind.empty())
+          return fail(errc::invalid_argument,
+                      where + " (" + in_quotes(t.id) + ") has an empty kind");
+        auto [it, inserted] = staged.try_emplace(t.id, t);
+        if (!inserted)
+          return fail(errc::already_exists,
+                      "insert_tasks: task id " + in_quotes(t.id) + " appears twice in the batch");
+        task_row& row = it->second;
+        row.t.version = 1;
+        if (row.t.created_at == time_point{}) row.t.created_at = now;
+        if (row.t.updated_at == time_point{}) row.t.updated_at = row.t.created_at;
+      }
+      for (std::size_t i = 0; i < events.size(); ++i) {
+        if (auto e = check_draft("insert_tasks: event #" + std::to_string(i), events[i])) return *e;
+        if (events[i].at == time_point{}) events[i].at = now;
+      }
+      std::vector<event> out;
+      out.reserve(events.size());
+
+      std::lock_guard lock(mutex_);
+      for (const auto& [id, row] : staged)
+        if (tasks_.find(id) != tasks_.end())
+          return fail(errc::already_exists, "task " + in_quotes(id) + " already exists");
+
+      // Events: each push_back has the strong guarantee; on a failure the
+      // ones already pushed are popped again, so nothing is left behind.
+      std::vector<event_log*> pushed;
+      pushed.reserve(events.size());
+      try {
+        for (event_draft& d : events) {
+          event_log& log = log_of(d.project);
+          event e{std::move(d)};
+          e.sequence = log.size() + 1;
+          log.push_back(e);
+          pushed.push_back(&log);
+          out.push_back(std::move(e));  // capacity reserved: cannot throw
+        }
+      } catch (...) {
+        for (auto it = pushed.rbegin(); it != pushed.rend(); ++it) (*it)->pop_back();
+        throw;
+      }
+      tasks_.merge(staged);  // splices nodes; every key is new (checked above)
+      return out;
+    });
+  }
+
+  result<event> update_task(const task_update& u) override {
+    return guarded("update_task", [&]() -> result<event> {
+      if (u.id.empty()) return fail(errc::invalid_argument, "update_task: empty task id");
+      if (auto e = check_draft("update_task", u.event)) return *e;
+      // Copies the caller's const update forces on us, made before the lock
+      // and before anything is written.
+      event ev{u.event};
+      const bool needs_now = ev.at == time_point{} || u.at == time_point{};
+      const time_point now = needs_now ? clock_->now() : time_point{};
+      if (ev.at == time_point{}) ev.at = now;
+      std::string agent = u.agent;
+      std::optional<nlohmann::json> new_result = u.result;
+      std::optional<aise::error> new_error = u.error;
+      std::optional<task_attempt> attempt = u.attempt_row;
+      if (attempt) attempt->task_id = u.id;  // the key is (this task, number)
+
+      std::lock_guard lock(mutex_);
+      auto it = tasks_.find(u.id);
+      if (it == tasks_.end())
+        return fail(errc::not_found, "task " + in_quotes(u.id) + " not found");
+      task_row& row = it->second;
+      if (row.t.version != u.expected_version)
+        return fail(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
+                                        std::to_string(u.expected_version) +
+                                        " but the stored version is " +
+                                        std::to_string(row.t.version));
+
+      // Prepare the attempt slot (may allocate), then the event (strong
+      // guarantee); everything after that cannot throw.
+      auto slot = row.attempts.end();
+      if (attempt) {
+        slot = std::lower_bound(row.attempts.begin(), row.attempts.end(), attempt->number,
+                                [](const task_attempt& a, int n) { return a.number < n; });
+        if (slot == row.attempts.end() || slot->number != attempt->number) {
+          const auto index = slot - row.attempts.begin();
+          if (row.attempts.size() == row.attempts.capacity())
+            row.attempts.reserve(std::max<std::size_t>(4, row.attempts.size() * 2));
+          slot = row.attempts.begin() + index;
+        }
+      }
+      event_log& log = log_of(ev.project);
+      ev.sequence = log.size() + 1;
+      log.push_back(ev);
+
+      // Commit.
+      if (attempt) {
+        if (slot != row.attempts.end() && slot->number == attempt->number)
+          *slot = std::move(*attempt);
+        else
+          row.attempts.insert(slot, std::move(*attempt));  // capacity reserved, nothrow moves
+      }
+      task& t = row.t;
+      t.state = u.state;
+      t.attempt = u.attempt;
+      t.agent = std::move(agent);
+      if (new_result) t.result = std::move(new_result);
+      if (u.clear_error) t.error.reset();  // before the new error: both set = replace
+      if (new_error) t.error = std::move(new_error);
+      t.updated_at = u.at == time_point{} ? now : u.at;
+      t.not_before = u.not_before;
+      ++t.version;
+      return ev;
+    });
+  }
+
+  result<task> get_task(std::string_view id) override {
+    return guarded("get_task", [&]() -> result<task> {
+      std::lock_guard lock(mutex_);
+      auto it = tasks_.find(id);
+      if (it == tasks_.end()) return fail(errc::not_found, "task " + in_quotes(id) + " not found");
+      return it->second.t;
+    });
+  }
+
+  result<page<task>> list_tasks(const task_filter& f) override {
+    return guarded("list_tasks", [&]() -> result<page<task>> {
+      const std::size_t limit = clamp_limit(f.limit);
+      page<task> out;
+      std::lock_guard lock(mutex_);
+      auto it = f.after.empty() ? tasks_.begin() : tasks_.upper_bound(f.after);
+      for (; it != tasks_.end(); ++it) {
+        if (!matches(it->second.t, f)) continue;
+        if (out.items.size() == limit) {  // one more match exists: not the last page
+          out.next_cursor = out.items.back().id;
+          break;
+        }
+        out.items.push_back(it->second.t);
+      }
+      return out;
+    });
+  }
+
+  result<std::vector<task_attempt>> list_attempts(std::string_view task_id) override {
+    return guarded("list_attempts", [&]() -> result<std::vector<task_attempt>> {
+      std::lock_guard lock(mutex_);
+      auto it = tasks_.find(task_id);
+      if (it == tasks_.end())
+        return fail(errc::not_found, "task " + in_quotes(task_id) + " not found");
+      return it->second.attempts;
+    });
+  }
+
+  // ---- events ----
+
+  result<event> append_event(event_draft d) override {
+    return guarded("append_event", [&]() -> result<event> {
+      if (auto e = check_draft("append_event", d)) return *e;
+      event ev{std::move(d)};
+      if (ev.at == time_point{}) ev.at = clock_->now();
+      std::lock_guard lock(mutex_);
+      event_log& log = log_of(ev.project);
+      ev.sequence = log.size() + 1;
+      log.push_back(ev);
+      return ev;
+    });
+  }
+
+  result<std::vector<event>> read_events(std::string_view project, std::uint64_t after_sequence,
+                                         std::size_t limit) override {
+    return guarded("read_events", [&]() -> result<std::vector<event>> {
+      std::vector<event> out;
+      std::lock_guard lock(mutex_);
+      auto it = events_.find(project);
+      if (it == events_.end() || after_sequence >= it->second.size()) return out;
+      // sequence == index + 1, so the window starts at index after_sequence.
+      const event_log& log = it->second;
+      const auto first = static_cast<std::size_t>(after_sequence);
+      const std::size_t count = std::min(limit, log.size() - first);
+      out.reserve(count);
+      const auto begin = log.begin() + static_cast<std::ptrdiff_t>(first);
+      out.assign(begin, begin + static_cast<std::ptrdiff_t>(count));
+      return out;
+    });
+  }
+
+  result<std::uint64_t> last_sequence(std::string_view project) override {
+    return guarded("last_sequence", [&]() -> result<std::uint64_t> {
+      std::lock_guard lock(mutex_);
+      auto it = events_.find(project);
+      return static_cast<std::uint64_t>(it == events_.end() ? 0U : it->second.size());
+    });
+  }
+
+  // ---- artifact metadata ----
+
+  result<artifact_meta> put_artifact(artifact_meta a) override {
+    return guarded("put_artifact", [&]() -> result<artifact_meta> {
+      if (a.id.empty()) return fail(errc::invalid_argument, "put_artifact: empty artifact id");
+      if (a.project.empty())
+        return fail(errc::invalid_argument,
+                    "put_artifact: artifact " + in_quotes(a.id) + " without a project");
+      if (a.name.empty())
+        return fail(errc::invalid_argument,
+                    "put_artifact: artifact " + in_quotes(a.id) + " without a name");
+      if (a.created_at == time_point{}) a.created_at = clock_->now();
+      std::lock_guard lock(mutex_);
+      if (artifact_ids_.find(a.id) != artifact_ids_.end())
+        return fail(errc::already_exists, "artifact " + in_quotes(a.id) + " already exists");
+      // May leave an empty version list behind if a later step throws;
+      // listings skip empty lists.
+      artifact_versions_list& versions = artifacts_[a.project][a.name];
+      a.version = static_cast<int>(versions.size()) + 1;
+      artifact_meta copy = a;
+      std::string id = a.id;
+      versions.push_back(std::move(a));  // strong guarantee
+      try {
+        artifact_ids_.try_emplace(std::move(id), artifact_ref{&versions, versions.size() - 1});
+      } catch (...) {
+        versions.pop_back();
+        throw;
+      }
+      return copy;
+    });
+  }
+
+  result<artifact_meta> get_artifact(std::string_view id) override {
+    return guarded("get_artifact", [&]() -> result<artifact_meta> {
+      std::lock_guard lock(mutex_);
+      auto it = artifact_ids_.find(id);
+      if (it == artifact_ids_.end())
+        return fail(errc::not_found, "artifact " + in_quotes(id) + " not found");
+      return (*it->second.versions)[it->second.index];
+    });
+  }
+
+  result<std::vector<artifact_meta>> list_artifacts(std::string_view project) override {
+    return guarded("list_artifacts", [&]() -> result<std::vector<artifact_meta>> {
+      std::vector<artifact_meta> out;
+      std::lock_guard lock(mutex_);
+      auto it = artifacts_.find(project);
+      if (it == artifacts_.end()) return out;
+      out.reserve(it->second.size());
+      for (const auto& [name, versions] : it->second)
+        if (!versions.empty()) out.push_back(versions.back());
+      return out;
+    });
+  }
+
+  result<std::vector<artifact_meta>> artifact_versions(std::string_view project,
+                                                       std::string_view name) override {
+    return guarded("artifact_versions", [&]() -> result<std::vector<artifact_meta>> {
+      std::lock_guard lock(mutex_);
+      auto p = artifacts_.find(project);
+      if (p == artifacts_.end()) return std::vector<artifact_meta>{};
+      auto n = p->second.find(name);
+      if (n == p->second.end()) return std::vector<artifact_meta>{};
+      return n->second;
+    });
+  }
+
+ private:
+  struct task_row {
+    explicit task_row(const task& source) : t(source) {}
+    task t;
+    std::vector<task_attempt> attempts;  ///< Sorted by number.
+  };
+  struct snapshot_history {
+    std::uint64_t last_version = 0;
+    std::deque<agent_snapshot> kept;  ///< The latest `snapshots_kept`, oldest first.
+  };
+  /// Events of one project; sequence == index + 1. A deque grows without
+  /// moving what it holds, so a long log never stalls a writer on a copy.
+  using event_log = std::deque<event>;
+  using task_map = std::map<std::string, task_row, std::less<>>;
+  using artifact_versions_list = std::vector<artifact_meta>;  ///< Index == version - 1.
+  struct artifact_ref {
+    const artifact_versions_list* versions;  ///< Stable: a node of artifacts_.
+    std::size_t index;
+  };
+
+  /// The log of `project`, created empty when absent (an empty log is
+  /// indistinguishable from none, so a later failure may leave it behind).
+  event_log& log_of(const std::string& project) {
+    auto it = events_.find(project);
+    if (it != events_.end()) return it->second;
+    return events_.try_emplace(project).first->second;
+  }
+
+  const std::shared_ptr<aise::clock> clock_;
+  std::mutex mutex_;  // guards everything below
+  std::map<std::string, project, std::less<>> projects_;
+  std::map<std::string, agent_record, std::less<>> agents_;
+  std::map<std::string, snapshot_history, std::less<>> snapshots_;
+  task_map tasks_;
+  std::map<std::string, event_log, std::less<>> events_;
+  std::map<std::string, std::map<std::string, artifact_versions_list, std::less<>>, std::less<>>
+      artifacts_;
+  std::map<std::string, artifact_ref, std::less<>> artifact_ids_;
+};
+
+}  // namespace
+
+std::shared_ptr<store> make_memory_store(memory_store_options options) {
+  auto clock = options.clock ? std::move(options.clock) : make_system_clock();
+  return std::make_shared<memory_store>(std::move(clock));
+}
+
+}  // namespace aise

@@ -1,0 +1,510 @@
+#include <aise/orchestrator.hpp>
+#include <aise/runtime.hpp>
+
+#include <doctest/doctest.h>
+#include <spdlog/logger.h>
+#include <spdlog/sinks/null_sink.h>
+
+#include "test_util.hpp"
+
+using namespace std::chrono_literals;
+using aise::task_state;
+using aise::test::event_recorder;
+using aise::test::parked_tasks;
+using aise::test::notifier;
+
+namespace {
+
+aise::runtime_options quiet(std::shared_ptr<aise::clock> clock = nullptr) {
+  aise::runtime_options o;
+  o.threads = 2;
+  o.clock = std::move(clock);
+  o.logger = std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  return o;
+}
+
+// Completes "add" tasks at once, and parks "hold" tasks for the test.
+class worker : public aise::agent {
+ public:
+  explicit worker(parked_tasks* parked = nullptr) : parked_(parked) {
+    on_task("add", [](aise::task_context& ctx) -> aise::result<nlohmann::json> {
+      int sum = ctx.payload().is_object() ? ctx.payload().value("n", 0) : 0;
+      for (const auto& [id, r] : ctx.dependency_results()) sum += r.get<int>();
+      return sum;
+    });
+    on_task("fail", [](aise::task_context&) -> aise::result<nlohmann::json> {
+      return aise::error(aise::errc::handler_failed, "always fails");
+    });
+    on_task("throw", [](aise::task_context&) -> aise::result<nlohmann::json> {
+      throw std::runtime_error("handler exploded");
+    });
+    on_task_async("hold", [this](aise::task_context ctx) { parked_->park(std::move(ctx)); });
+    on_task_async("drop", [](aise::task_context) {});
+  }
+
+ private:
+  parked_tasks* parked_;
+};
+
+struct fixture {
+  explicit fixture(std::shared_ptr<aise::manual_clock> c = nullptr, std::uint64_t seed = 7)
+      : clock(std::move(c)), rt(quiet(clock)), orch(rt, options(seed)), events(orch) {
+    REQUIRE(orch.register_kind("worker", [this] { return std::make_unique<worker>(&parked); }).ok());
+  }
+  static aise::orchestrator_options options(std::uint64_t seed) {
+    aise::orchestrator_options o;
+    o.seed = seed;
+    o.retry_jitter = 0.0;
+    return o;
+  }
+  std::string spawn(std::size_t concurrency = 1, std::string name = {}) {
+    auto r = orch.spawn({.kind = "worker", .name = std::move(name), .concurrency = concurrency});
+    REQUIRE(r.ok());
+    REQUIRE(events.wait_for("agent.started", *r));
+    return *r;
+  }
+  aise::task wait(const std::string& id) {
+    auto t = orch.wait(id, 10s);
+    REQUIRE(t.ok());
+    return *t;
+  }
+  std::shared_ptr<aise::manual_clock> clock;
+  parked_tasks parked;
+  aise::runtime rt;
+  aise::orchestrator orch;
+  event_recorder events;
+};
+
+aise::task_spec spec(std::string kind, nlohmann::json payload = nullptr) {
+  aise::task_spec s;
+  s.kind = std::move(kind);
+  s.payload = std::move(payload);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("orchestrator: a task runs to success and every change is a numbered event") {
+  fixture f;
+  f.spawn();
+  auto id = f.orch.submit(spec("add", {{"n", 5}}));
+  REQUIRE(id.ok());
+  auto t = f.wait(*id);
+  CHECK(t.state == task_state::succeeded);
+  CHECK(t.result == nlohmann::json(5));
+  CHECK(t.attempt == 1);
+  REQUIRE(f.events.wait_for("task.succeeded", *id));
+  CHECK(f.events.types_of(*id) ==
+        std::vector<std::string>{"task.pending", "task.queued", "task.running", "task.succeeded"});
+  // Sequences of the project have no gaps or duplicates, and the store has them.
+  auto all = f.orch.store().read_events("default", 0, 1000);
+  REQUIRE(all.ok());
+  for (std::size_t i = 0; i < all->size(); ++i) CHECK((*all)[i].sequence == i + 1);
+  auto attempts = f.orch.store().list_attempts(*id);
+  REQUIRE(attempts.ok());
+  REQUIRE(attempts->size() == 1);
+  CHECK((*attempts)[0].outcome == task_state::succeeded);
+}
+
+TEST_CASE("orchestrator: queued tasks run in priority order") {
+  fixture f;
+  f.spawn(1);
+  auto blocker = f.orch.submit(spec("hold"));
+  REQUIRE(blocker.ok());
+  REQUIRE(f.parked.wait_count(1));
+  std::vector<std::string> ids;
+  for (int p : {1, 5, 3}) {
+    auto s = spec("hold");
+    s.priority = p;
+    ids.push_back(f.orch.submit(s).value());
+  }
+  std::vector<std::string> order;
+  REQUIRE(f.parked.take(*blocker).succeed().ok());
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(f.parked.wait_count(1));
+    auto ctx = f.parked.take_all().at(0);
+    order.push_back(ctx.task().id);
+    REQUIRE(ctx.succeed().ok());
+  }
+  CHECK(order == std::vector<std::string>{ids[1], ids[2], ids[0]});
+}
+
+TEST_CASE("orchestrator: a DAG runs in dependency order and dependents see results") {
+  fixture f;
+  f.spawn(2);
+  std::vector<aise::task_spec> graph;
+  auto a = spec("add", {{"n", 1}});
+  a.id = "a";
+  auto b = spec("add", {{"n", 10}});
+  b.id = "b";
+  b.depends_on = {"a"};
+  auto c = spec("add", {{"n", 100}});
+  c.id = "c";
+  c.depends_on = {"a"};
+  auto d = spec("add", {{"n", 1000}});
+  d.id = "d";
+  d.depends_on = {"b", "c"};
+  auto ids = f.orch.submit_all({d, b, c, a});  // order of submission does not matter
+  REQUIRE(ids.ok());
+  auto t = f.wait("d");
+  CHECK(t.state == task_state::succeeded);
+  // d = 1000 + b (10 + 1) + c (100 + 1)
+  CHECK(t.result == nlohmann::json(1112));
+}
+
+TEST_CASE("orchestrator: cycles and unknown dependencies are rejected and nothing is stored") {
+  fixture f;
+  auto a = spec("add");
+  a.id = "x";
+  a.depends_on = {"y"};
+  auto b = spec("add");
+  b.id = "y";
+  b.depends_on = {"x"};
+  auto r = f.orch.submit_all({a, b});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code() == aise::errc::cycle);
+  CHECK(r.error().message().find("x") != std::string::npos);
+
+  auto self = spec("add");
+  self.id = "s";
+  self.depends_on = {"s"};
+  CHECK(f.orch.submit(self).error().code() == aise::errc::cycle);
+
+  auto orphan = spec("add");
+  orphan.depends_on = {"ghost"};
+  auto u = f.orch.submit(orphan);
+  REQUIRE_FALSE(u.ok());
+  CHECK(u.error().code() == aise::errc::not_found);
+  CHECK(u.error().message().find("ghost") != std::string::npos);
+
+  CHECK(f.orch.store().list_tasks({}).value().items.empty());
+  CHECK(f.orch.submit(spec("")).error().code() == aise::errc::invalid_argument);
+}
+
+TEST_CASE("orchestrator: a failed dependency cancels or fails its dependents by policy") {
+  fixture f;
+  f.spawn(2);
+  auto root = spec("fail");
+  root.id = "root";
+  auto cancel_me = spec("add");
+  cancel_me.id = "cancel-me";
+  cancel_me.depends_on = {"root"};
+  auto transitive = spec("add");
+  transitive.id = "transitive";
+  transitive.depends_on = {"cancel-me"};
+  auto fail_me = spec("add");
+  fail_me.id = "fail-me";
+  fail_me.depends_on = {"root"};
+  fail_me.on_dependency_failure = aise::dependency_failure_policy::fail;
+  REQUIRE(f.orch.submit_all({root, cancel_me, transitive, fail_me}).ok());
+  CHECK(f.wait("root").state == task_state::failed);
+  auto c = f.wait("cancel-me");
+  CHECK(c.state == task_state::cancelled);
+  CHECK(c.error->message().find("root") != std::string::npos);
+  CHECK(f.wait("transitive").state == task_state::cancelled);
+  auto x = f.wait("fail-me");
+  CHECK(x.state == task_state::failed);
+  CHECK(x.attempt == 0);  // it never ran
+  // A dependency that already failed dooms a new dependent at submission.
+  auto late = spec("add");
+  late.depends_on = {"root"};
+  auto id = f.orch.submit(late);
+  REQUIRE(id.ok());
+  CHECK(f.wait(*id).state == task_state::cancelled);
+}
+
+TEST_CASE("orchestrator: routing picks the least-loaded capable agent within its limit") {
+  fixture f;
+  auto w1 = f.spawn(2, "w1");
+  auto w2 = f.spawn(2, "w2");
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(f.orch.submit(spec("hold")).value());
+  REQUIRE(f.parked.wait_count(4));
+  auto ctxs = f.parked.take_all();
+  REQUIRE(ctxs.size() == 4);  // 2 agents × concurrency 2; the fifth waits
+  int on_w1 = 0;
+  for (auto& c : ctxs) on_w1 += c.task().agent == "w1" ? 1 : 0;
+  CHECK(on_w1 == 2);
+  auto fifth = f.orch.get(ids[4]);
+  CHECK(fifth->state == task_state::queued);
+  REQUIRE(ctxs[0].succeed().ok());
+  REQUIRE(f.parked.wait_count(1));
+  auto info = f.orch.agent_info(ctxs[0].task().agent);
+  CHECK(info->running_tasks == 2);
+  for (auto& c : ctxs) (void)c.succeed();
+  for (auto& c : f.parked.take_all()) REQUIRE(c.succeed().ok());
+  for (auto& id : ids) CHECK(f.wait(id).state == task_state::succeeded);
+}
+
+TEST_CASE("orchestrator: retries back off exponentially on the manual clock") {
+  auto clock = std::make_shared<aise::manual_clock>();
+  fixture f(clock);
+  f.spawn();
+  auto s = spec("hold");
+  s.max_attempts = 3;
+  auto id = f.orch.submit(s).value();
+  // Attempt 1 fails → retrying, due after 200 ms (initial backoff, no jitter).
+  REQUIRE(f.parked.wait_count(1));
+  REQUIRE(f.parked.take(id).fail(aise::error(aise::errc::handler_failed, "flaky")).ok());
+  REQUIRE(f.events.wait_for("task.retrying", id));
+  CHECK(f.orch.get(id)->state == task_state::retrying);
+  clock->advance(199ms);
+  CHECK_FALSE(f.parked.wait_count(1, 50ms));
+  clock->advance(1ms);
+  REQUIRE(f.parked.wait_count(1));
+  // Attempt 2 fails → 400 ms.
+  REQUIRE(f.parked.take(id).fail(aise::error(aise::errc::handler_failed, "flaky")).ok());
+  REQUIRE(f.events.wait_count("task.retrying", id, 2));
+  clock->advance(399ms);
+  CHECK_FALSE(f.parked.wait_count(1, 50ms));
+  clock->advance(1ms);
+  REQUIRE(f.parked.wait_count(1));
+  auto ctx = f.parked.take(id);
+  CHECK(ctx.task().attempt == 3);
+  REQUIRE(ctx.succeed(nlohmann::json("third time")).ok());
+  auto t = f.wait(id);
+  CHECK(t.state == task_state::succeeded);
+  auto attempts = f.orch.store().list_attempts(id).value();
+  REQUIRE(attempts.size() == 3);
+  CHECK(attempts[0].outcome == task_state::failed);
+  CHECK(attempts[1].outcome == task_state::failed);
+  CHECK(attempts[2].outcome == task_state::succeeded);
+}
+
+TEST_CASE("orchestrator: exhausted retries fail the task; a throwing handler fails only the attempt") {
+  fixture f;
+  auto agent = f.spawn();
+  auto s = spec("throw");
+  s.max_attempts = 2;
+  auto id = f.orch.submit(s).value();
+  // The backoff runs on the real clock here (200 ms); wait for the outcome.
+  auto t = f.wait(id);
+  CHECK(t.state == task_state::failed);
+  CHECK(t.attempt == 2);
+  REQUIRE(t.error.has_value());
+  CHECK(t.error->code() == aise::errc::handler_failed);
+  CHECK(t.error->message().find("handler exploded") != std::string::npos);
+  CHECK(f.orch.agent_info(agent)->status == "running");
+  CHECK(f.wait(f.orch.submit(spec("add", {{"n", 2}})).value()).state == task_state::succeeded);
+}
+
+TEST_CASE("orchestrator: a timed-out attempt is cancelled and retried") {
+  auto clock = std::make_shared<aise::manual_clock>();
+  fixture f(clock);
+  f.spawn();
+  auto s = spec("hold");
+  s.timeout = 1s;
+  s.max_attempts = 2;
+  auto id = f.orch.submit(s).value();
+  REQUIRE(f.parked.wait_count(1));
+  auto first = f.parked.take(id);
+  std::atomic<bool> saw_cancel{false};
+  first.cancellation().on_cancel([&] { saw_cancel = true; });
+  clock->advance(1s);
+  REQUIRE(f.events.wait_for("task.retrying", id));
+  CHECK(first.cancelled());
+  CHECK(saw_cancel.load());
+  // The late completion of the timed-out attempt changes nothing.
+  auto late = first.succeed(nlohmann::json("too late"));
+  REQUIRE_FALSE(late.ok());
+  clock->advance(200ms);
+  REQUIRE(f.parked.wait_count(1));
+  auto second = f.parked.take(id);
+  CHECK(second.task().attempt == 2);
+  REQUIRE(second.succeed(nlohmann::json("in time")).ok());
+  auto t = f.wait(id);
+  CHECK(t.result == nlohmann::json("in time"));
+  auto attempts = f.orch.store().list_attempts(id).value();
+  REQUIRE(attempts.size() == 2);
+  CHECK(attempts[0].error->code() == aise::errc::timeout);
+}
+
+TEST_CASE("orchestrator: cancellation of queued and running tasks") {
+  fixture f;
+  f.spawn(1);
+  auto running = f.orch.submit(spec("hold")).value();
+  auto queued = f.orch.submit(spec("hold")).value();
+  REQUIRE(f.parked.wait_count(1));
+  auto ctx = f.parked.take(running);
+  CHECK(f.orch.get(queued)->state == task_state::queued);
+
+  REQUIRE(f.orch.cancel(queued, "not needed").ok());
+  auto q = f.wait(queued);
+  CHECK(q.state == task_state::cancelled);
+  CHECK(q.error->message() == "not needed");
+
+  REQUIRE(f.orch.cancel(running).ok());
+  CHECK(ctx.cancelled());
+  CHECK(f.wait(running).state == task_state::cancelled);
+  CHECK(ctx.succeed().error().code() == aise::errc::cancelled);
+  CHECK(f.orch.cancel(running).error().code() == aise::errc::illegal_transition);
+  CHECK(f.orch.cancel("ghost").error().code() == aise::errc::not_found);
+  // The slot is free again.
+  CHECK(f.wait(f.orch.submit(spec("add")).value()).state == task_state::succeeded);
+}
+
+TEST_CASE("orchestrator: approval steps wait for approve or reject") {
+  fixture f;
+  f.spawn();
+  auto s = spec("add", {{"n", 3}});
+  s.requires_approval = true;
+  auto yes = f.orch.submit(s).value();
+  auto no = f.orch.submit(s).value();
+  REQUIRE(f.events.wait_for("task.awaiting_approval", yes));
+  REQUIRE(f.events.wait_for("task.awaiting_approval", no));
+  CHECK(f.orch.get(yes)->state == task_state::awaiting_approval);
+  REQUIRE(f.orch.approve(yes, "alice").ok());
+  CHECK(f.wait(yes).state == task_state::succeeded);
+  REQUIRE(f.orch.reject(no, "bob", "too risky").ok());
+  auto r = f.wait(no);
+  CHECK(r.state == task_state::cancelled);
+  CHECK(r.error->code() == aise::errc::rejected);
+  CHECK(r.error->message() == "rejected by bob: too risky");
+  CHECK(f.orch.approve(yes).error().code() == aise::errc::illegal_transition);
+}
+
+namespace {
+// Fans out `n` "add" subtasks and joins their results.
+class planner : public aise::agent {
+ public:
+  planner() {
+    on_task_async("plan", [](aise::task_context ctx) {
+      std::vector<std::string> kids;
+      for (int i = 1; i <= ctx.payload().at("n").get<int>(); ++i) {
+        auto id = ctx.spawn([&] {
+          aise::task_spec s;
+          s.kind = "add";
+          s.payload = {{"n", i}};
+          return s;
+        }());
+        if (!id) {
+          (void)ctx.fail(id.error());
+          return;
+        }
+        kids.push_back(*id);
+      }
+      ctx.when_all(kids, [](aise::task_context& c, std::vector<aise::task> done) {
+        int sum = 0;
+        for (const auto& t : done) sum += t.result->get<int>();
+        (void)c.succeed(sum);
+      });
+    });
+  }
+};
+}  // namespace
+
+TEST_CASE("orchestrator: fan-out subtasks and fan-in on their results") {
+  fixture f;
+  f.spawn(2);
+  REQUIRE(f.orch.register_kind("planner", [] { return std::make_unique<planner>(); }).ok());
+  REQUIRE(f.orch.spawn({.kind = "planner"}).ok());
+  auto id = f.orch.submit(spec("plan", {{"n", 5}})).value();
+  auto t = f.wait(id);
+  CHECK(t.state == task_state::succeeded);
+  CHECK(t.result == nlohmann::json(15));
+  auto kids = f.orch.store().list_tasks({.parent = id}).value();
+  CHECK(kids.items.size() == 5);
+}
+
+TEST_CASE("orchestrator: a dropped context fails the attempt") {
+  fixture f;
+  f.spawn();
+  auto t = f.wait(f.orch.submit(spec("drop")).value());
+  CHECK(t.state == task_state::failed);
+  CHECK(t.error->message().find("dropped") != std::string::npos);
+}
+
+TEST_CASE("orchestrator: a deadline fails the task without retry") {
+  auto clock = std::make_shared<aise::manual_clock>();
+  fixture f(clock);
+  f.spawn();
+  auto s = spec("hold");
+  s.max_attempts = 5;
+  s.deadline = clock->now() + 10s;
+  auto id = f.orch.submit(s).value();
+  REQUIRE(f.parked.wait_count(1));
+  auto ctx = f.parked.take(id);
+  clock->advance(10s);
+  auto t = f.wait(id);
+  CHECK(t.state == task_state::failed);
+  CHECK(t.error->code() == aise::errc::timeout);
+  CHECK(ctx.cancelled());
+}
+
+namespace {
+// Counts tasks in its state; crashes (fails the agent) on "crash" messages.
+class stateful : public aise::agent {
+ public:
+  stateful() {
+    on_task("count", [this](aise::task_context&) -> aise::result<nlohmann::json> { return ++count_; });
+    on("crash", [](const aise::message&) { throw std::runtime_error("segfault, pretend"); });
+  }
+  [[nodiscard]] nlohmann::json snapshot() const override { return {{"count", count_}}; }
+  void restore(const nlohmann::json& s) override { count_ = s.at("count").get<int>(); }
+
+ private:
+  int count_ = 0;
+};
+}  // namespace
+
+TEST_CASE("orchestrator: a failing agent restarts with backoff from its last snapshot") {
+  auto clock = std::make_shared<aise::manual_clock>();
+  fixture f(clock);
+  REQUIRE(f.orch.register_kind("stateful", [] { return std::make_unique<stateful>(); }).ok());
+  auto name = f.orch.spawn({.kind = "stateful", .name = "s"}).value();
+  REQUIRE(f.events.wait_for("agent.started", "s"));
+  for (int i = 1; i <= 3; ++i) {
+    CHECK(f.wait(f.orch.submit(spec("count")).value()).result == nlohmann::json(i));
+  }
+  REQUIRE(f.rt.send(name, "crash").ok());
+  REQUIRE(f.events.wait_for("agent.restarting", "s"));
+  CHECK(f.orch.agent_info("s")->status == "restarting");
+  // A task submitted while it is down waits, then runs on the restored agent.
+  auto id = f.orch.submit(spec("count")).value();
+  clock->advance(100ms);  // restart_initial_backoff
+  REQUIRE(f.events.wait_count("agent.started", "s", 2));
+  CHECK(f.wait(id).result == nlohmann::json(4));
+  CHECK(f.orch.agent_info("s")->restarts == 1);
+}
+
+TEST_CASE("orchestrator: an agent failing too often in the window stays down") {
+  auto clock = std::make_shared<aise::manual_clock>();
+  aise::runtime rt(quiet(clock));
+  aise::orchestrator_options o;
+  o.max_restarts = 2;
+  aise::orchestrator orch(rt, o);
+  event_recorder events(orch);
+  REQUIRE(orch.register_kind("stateful", [] { return std::make_unique<stateful>(); }).ok());
+  REQUIRE(orch.spawn({.kind = "stateful", .name = "s"}).ok());
+  for (std::size_t i = 1; i <= 3; ++i) {
+    REQUIRE(events.wait_count("agent.started", "s", i));
+    REQUIRE(rt.send("s", "crash").ok());
+    REQUIRE(events.wait_count("agent.failed", "s", i));
+    clock->advance(10s);  // past any backoff, well inside the 60 s window
+  }
+  REQUIRE(events.wait_for("agent.gave_up", "s"));
+  CHECK(orch.agent_info("s")->status == "failed");
+  CHECK_FALSE(rt.has_agent("s"));
+}
+
+TEST_CASE("orchestrator: stopping an agent retries its running task elsewhere") {
+  fixture f;
+  auto first = f.spawn(1, "first");
+  auto s = spec("hold");
+  s.max_attempts = 2;
+  auto id = f.orch.submit(s).value();
+  REQUIRE(f.parked.wait_count(1));
+  auto lost = f.parked.take(id);
+  CHECK(lost.task().agent == "first");
+  f.spawn(1, "second");
+  REQUIRE(f.orch.stop_agent(first).ok());
+  REQUIRE(f.events.wait_for("agent.stopped", first));
+  CHECK(lost.cancelled());
+  REQUIRE(f.parked.wait_count(1));  // after the retry backoff (200 ms, real clock)
+  auto again = f.parked.take(id);
+  CHECK(again.task().agent == "second");
+  CHECK(again.task().attempt == 2);
+  REQUIRE(again.succeed().ok());
+  CHECK(f.wait(id).state == task_state::succeeded);
+  CHECK(f.orch.agent_info(first)->status == "stopped");
+}
