@@ -124,6 +124,14 @@ json check_failed(std::string message, bool retryable) {
   return {{"passed", false}, {"error", std::move(message)}, {"retryable", retryable}};
 }
 
+// "<what> (<how it ended>)", then the tool's output, cut short, on the lines below.
+std::string tool_failure(std::string_view what, const process_result& r,
+                         const std::string& output) {
+  std::string message = fmt::format("{} ({})", what, r.describe_end());
+  if (!output.empty()) message += "\n" + clip(output);
+  return message;
+}
+
 // Completes `ctx` with the outcome of a check; runs on the agent's strand.
 void finish_check(aise::task_context& ctx, aise::result<json> outcome) {
   if (!outcome) {
@@ -151,15 +159,13 @@ json build_and_run(const process_spec& compile, const process_spec& run) {
   if (!built) return check_failed(built.error().message(), true);
   if (!built->succeeded()) {
     // A compile error does not go away by trying again: not retryable.
-    return check_failed(
-        fmt::format("compile failed ({}):\n{}", built->describe_end(), clip(built->err)), false);
+    return check_failed(tool_failure("compile failed", *built, built->err), false);
   }
   auto ran = run_process(run);
   if (!ran) return check_failed(ran.error().message(), true);
   if (!ran->succeeded()) {
-    return check_failed(fmt::format("{} failed ({}):\n{}", run.argv.front(), ran->describe_end(),
-                                    clip(ran->err + ran->out)),
-                        false);
+    const std::string program = fs::path(run.argv.front()).filename().string();
+    return check_failed(tool_failure(program + " failed", *ran, ran->err + ran->out), false);
   }
   return {{"passed", true},
           {"summary", fmt::format("{} (exit 0; built in {} ms)", first_line(ran->out),
@@ -175,9 +181,7 @@ json compile_clean(const process_spec& compile) {
   auto built = run_process(compile);
   if (!built) return check_failed(built.error().message(), true);
   if (!built->succeeded()) {
-    return check_failed(
-        fmt::format("warnings or errors ({}):\n{}", built->describe_end(), clip(built->err)),
-        false);
+    return check_failed(tool_failure("warnings or errors", *built, built->err), false);
   }
   return {{"passed", true},
           {"summary", fmt::format("no warnings with -Wall -Wextra -Wpedantic ({} ms)",

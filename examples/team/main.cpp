@@ -117,6 +117,7 @@ bool ask_yes_no(std::string_view question, std::chrono::seconds timeout) {
     return false;
   }
   if (::isatty(STDIN_FILENO) == 0) fmt::print("{}\n", answer);  // a piped answer is not echoed
+  std::fflush(stdout);
   return !answer.empty() && (answer.front() == 'y' || answer.front() == 'Y');
 }
 
@@ -194,6 +195,7 @@ int run_feature(aise::runtime& rt, const team::cli_options& options, const std::
   auto merge_watch = std::make_shared<team::task_watch>(merge_id);
   const std::size_t listener = orch.subscribe([merge_watch, start](const aise::event& e) {
     fmt::print("{}\n", team::event_line(e, start));
+    std::fflush(stdout);  // keep the order with log lines on stderr when piped
     merge_watch->observe(e);
   });
 

@@ -6,7 +6,7 @@ mailbox::push_result mailbox::push(message&& m, bool bounded) {
   std::lock_guard lock(mutex_);
   if (closed_) return push_result::closed;
   if (bounded && items_.size() >= capacity_) return push_result::full;
-  items_.emplace_back(std::move(m));
+  items_.push_back(mail_item{std::move(m), {}});
   if (scheduled_) return push_result::queued;
   scheduled_ = true;
   return push_result::queued_and_schedule;

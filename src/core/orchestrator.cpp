@@ -889,7 +889,7 @@ void orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::e
 
 // A task reached a terminal state: wake waiters, resolve dependents and
 // children, then drop it from the cache (the store keeps it).
-void orchestrator_impl::on_terminal(ops& o, const std::string& id) {
+void orchestrator_impl::on_terminal(ops& o, std::string id) {
   auto it = tasks_.find(id);
   if (it == tasks_.end()) return;
   task_entry& e = it->second;

@@ -491,10 +491,12 @@ result<void> runtime_impl::shutdown(shutdown_mode mode, std::chrono::millisecond
     }
     for (auto& a : live) {
       agent_core& core = agent_access::core(*a);
+      // Clearing drops an earlier stop job too, so a cancel always posts one;
+      // a drain posts one only for agents not already stopping.
       if (drop_queued) core.box->clear();
       agent_life expected = agent_life::running;
-      core.life.compare_exchange_strong(expected, agent_life::stopping);
-      post_job(*a, [&core] { core.stop_requested = true; });
+      const bool newly = core.life.compare_exchange_strong(expected, agent_life::stopping);
+      if (newly || drop_queued) post_job(*a, [&core] { core.stop_requested = true; });
     }
   };
   stop_all(mode == shutdown_mode::cancel);

@@ -274,8 +274,10 @@ class inproc_transport final : public transport,
       for (std::size_t i = 0; i < receivers.size(); ++i) {
         endpoint& e = *receivers[i];
         if (!e.try_enter()) continue;  // unsubscribed since the copy
-        result<void> r =
-            i + 1 == receivers.size() ? e.deliver(std::move(m)) : e.deliver(message(m));
+        // The last subscriber gets the original, the others a copy each.
+        const bool last = i + 1 == receivers.size();
+        result<void> r = last ? e.deliver(std::move(m))  // NOLINT(bugprone-use-after-move)
+                              : e.deliver(message(m));   // NOLINT(bugprone-use-after-move)
         if (!r && first_failure) first_failure = std::move(r);
       }
       return first_failure;

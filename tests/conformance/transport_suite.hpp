@@ -317,6 +317,7 @@ inline void check_per_sender_ordering(const transport_factory& make) {
   std::latch start(senders);
   {
     std::vector<std::jthread> threads;
+    threads.reserve(senders);
     for (int k = 0; k < senders; ++k) {
       threads.emplace_back([&, k] {
         start.arrive_and_wait();

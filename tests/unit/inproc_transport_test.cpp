@@ -228,6 +228,7 @@ TEST_CASE("inproc transport: concurrent bind, send and reset never call a reset 
   };
   {
     std::vector<std::jthread> workers;
+    workers.reserve(threads);
     for (int k = 0; k < threads; ++k) {
       workers.emplace_back([&, k] {
         for (int i = 0; i < iterations; ++i) {

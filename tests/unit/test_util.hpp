@@ -22,12 +22,12 @@ inline constexpr auto deadline = std::chrono::seconds(10);
 // waits for; the test waits until its predicate holds or the deadline passes.
 class notifier {
  public:
+  // Notifies under the lock: a waiter that returns may destroy the
+  // notifier at once, so it must not be touched after the lock is released.
   template <class F>
   void update(F&& f) {
-    {
-      std::lock_guard lock(mutex_);
-      f();
-    }
+    std::lock_guard lock(mutex_);
+    f();
     cv_.notify_all();
   }
   template <class Pred>
