@@ -11,9 +11,12 @@
 /// Mailbox: bounded (`spawn_options::mailbox_capacity`). Overflow policy:
 /// **reject the newest** — a send to a full mailbox fails at once with
 /// `errc::mailbox_full` and the message is not enqueued; the sender decides
-/// (retry later, drop, report). Replies to this agent's own requests, timer
-/// callbacks and orchestrator jobs are admitted beyond the bound: each one
-/// answers something the agent started, so their number is bounded by it.
+/// (retry later, drop, report). The agent takes its queued messages in
+/// batches, so at most `capacity` messages wait while at most `capacity`
+/// more are in the batch being handled. Replies (messages carrying a
+/// correlation id and no reply-to), timer callbacks and orchestrator jobs
+/// are admitted beyond the bound: each answers something the agent or its
+/// orchestrator started, so their number is bounded by that.
 ///
 /// Errors: an exception escaping a message handler, hook or timer callback
 /// fails the agent (its exit reason carries the exception's text); under an
@@ -102,7 +105,8 @@ class AISE_CORE_EXPORT agent {
   void on_unhandled(std::function<void(const message&)> handler);
   /// Handles tasks of `kind` synchronously: the returned value completes
   /// the task (an error or exception fails the attempt). Adds `kind` as a
-  /// capability.
+  /// capability. Register task handlers and capabilities in the
+  /// constructor: the orchestrator reads them when it spawns the agent.
   void on_task(std::string kind, std::function<result<nlohmann::json>(task_context&)> handler);
   /// Handles tasks of `kind` asynchronously: the handler keeps the context
   /// (it is a cheap shared handle) and completes it later, from any thread.

@@ -151,7 +151,8 @@ class AISE_CORE_EXPORT store {
   /// Applies `u` if the stored version equals `u.expected_version`
   /// (`conflict` otherwise, `not_found` for an unknown id); bumps the
   /// version; writes the attempt row and the event. Returns the event.
-  virtual result<event> update_task(const task_update& u) = 0;
+  /// Takes `u` by value: callers move it in, so its JSON moves instead of copying.
+  virtual result<event> update_task(task_update u) = 0;
   virtual result<task> get_task(std::string_view id) = 0;
   virtual result<page<task>> list_tasks(const task_filter& f) = 0;
   /// Attempts of a task ordered by number; empty for a task never started.

@@ -57,11 +57,15 @@ void agent::on_task_async(std::string kind, std::function<void(task_context)> ha
 }
 
 result<void> agent::send(std::string to, std::string type, nlohmann::json payload) {
+  if (to.empty()) return error(errc::invalid_argument, "send: empty recipient");
+  auto& rt = rt_of(*core_);
   message m;
   m.recipient = std::move(to);
   m.type = std::move(type);
   m.payload = std::move(payload);
-  return send(std::move(m));
+  m.sender = core_->name;
+  rt.stamp(m);
+  return rt.options.transport->send(std::move(m));
 }
 
 result<void> agent::send(message m) {

@@ -52,6 +52,7 @@ struct agent_core {
   std::unordered_map<std::string, task_handler_entry> task_handlers;
 
   std::unique_ptr<mailbox> box;
+  std::vector<mail_item> batch;                  // (strand) items taken from `box`
   subscription address;                          // (strand after start)
   std::map<std::string, subscription> topics;    // (strand)
 

@@ -6,7 +6,7 @@ mailbox::push_result mailbox::push(message&& m, bool bounded) {
   std::lock_guard lock(mutex_);
   if (closed_) return push_result::closed;
   if (bounded && items_.size() >= capacity_) return push_result::full;
-  items_.push_back(mail_item{std::move(m), {}});
+  items_.emplace_back(std::move(m));
   if (scheduled_) return push_result::queued;
   scheduled_ = true;
   return push_result::queued_and_schedule;
@@ -15,25 +15,24 @@ mailbox::push_result mailbox::push(message&& m, bool bounded) {
 mailbox::push_result mailbox::push_job(std::function<void()> job) {
   std::lock_guard lock(mutex_);
   if (closed_) return push_result::closed;
-  items_.push_back(mail_item{message{}, std::move(job)});
+  items_.emplace_back(std::move(job));
   if (scheduled_) return push_result::queued;
   scheduled_ = true;
   return push_result::queued_and_schedule;
 }
 
-bool mailbox::pop(mail_item& out) {
+bool mailbox::take_all(std::vector<mail_item>& out) {
   std::lock_guard lock(mutex_);
   if (items_.empty()) {
     scheduled_ = false;
     return false;
   }
-  out = std::move(items_.front());
-  items_.pop_front();
+  out.swap(items_);
   return true;
 }
 
 std::size_t mailbox::clear() {
-  std::deque<mail_item> dropped;
+  std::vector<mail_item> dropped;
   {
     std::lock_guard lock(mutex_);
     dropped.swap(items_);
@@ -42,7 +41,7 @@ std::size_t mailbox::clear() {
 }
 
 std::size_t mailbox::close() {
-  std::deque<mail_item> dropped;
+  std::vector<mail_item> dropped;
   {
     std::lock_guard lock(mutex_);
     closed_ = true;

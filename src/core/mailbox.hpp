@@ -1,15 +1,17 @@
 #pragma once
 // A bounded multi-producer, single-consumer mailbox of one agent. Producers
 // are transports' sinks and libaise internals on any thread; the consumer is
-// the agent's strand. A mutex guards a deque: the critical sections are a
-// push or a pop, so contention stays short, and the "scheduled" flag makes
-// sure exactly one drain of an agent is in flight at any time.
+// the agent's strand. A mutex guards a vector: a push appends, and the
+// consumer swaps the whole vector out for its empty one (`take_all`), so a
+// batch costs one lock and, once both vectors have grown, no allocation.
+// The "scheduled" flag makes sure exactly one drain of an agent is in
+// flight at any time.
 
 #include <aise/error.hpp>
 #include <aise/message.hpp>
 
 #include <cstddef>
-#include <deque>
+#include <vector>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -19,6 +21,9 @@ namespace aise::detail {
 // A message for a handler, or an internal job (start, stop, timer callback,
 // reply continuation, task attempt) to run on the agent's strand.
 struct mail_item {
+  mail_item() = default;
+  explicit mail_item(message&& m) : msg(std::move(m)) {}
+  explicit mail_item(std::function<void()>&& j) : job(std::move(j)) {}
   message msg;
   std::function<void()> job;
 };
@@ -34,8 +39,9 @@ class mailbox {
   push_result push(message&& m, bool bounded);
   // Jobs are always admitted (unless closed).
   push_result push_job(std::function<void()> job);
-  // Pops into `out`; false (and the agent unscheduled) when empty.
-  bool pop(mail_item& out);
+  // Moves every queued item into `out` (which must be empty); false, and
+  // the agent unscheduled, when there was nothing.
+  bool take_all(std::vector<mail_item>& out);
   // Drops every queued item; returns how many.
   std::size_t clear();
   // No more pushes; returns the number of items dropped.
@@ -46,7 +52,7 @@ class mailbox {
 
  private:
   mutable std::mutex mutex_;
-  std::deque<mail_item> items_;
+  std::vector<mail_item> items_;
   std::size_t capacity_;
   bool scheduled_ = false;
   bool closed_ = false;

@@ -3,6 +3,7 @@
 #include <aise/runtime.hpp>
 
 #include <algorithm>
+#include <array>
 #include <boost/asio/post.hpp>
 #include <fmt/format.h>
 #include <future>
@@ -18,6 +19,25 @@ namespace {
 // oldest are dropped (listeners see the gap in `sequence` and can read the
 // missing ones from the store's event log).
 constexpr std::size_t max_outbox = 65536;
+
+// "task.<state>" for each state, built once (no formatting on the hot path).
+const std::string& event_type_of(task_state s) {
+  static const std::array<std::string, 8> types = [] {
+    std::array<std::string, 8> t;
+    for (int i = 0; i < 8; ++i) t[i] = fmt::format("task.{}", to_string(static_cast<task_state>(i)));
+    return t;
+  }();
+  return types[static_cast<std::size_t>(s)];
+}
+
+// {"attempt": n, "agent": name}, built without an initializer list (which
+// nlohmann::json copies element by element).
+nlohmann::json attempt_data(int attempt, const std::string& agent) {
+  nlohmann::json d(nlohmann::json::value_t::object);
+  d.emplace("attempt", attempt);
+  d.emplace("agent", agent);
+  return d;
+}
 
 nlohmann::json error_json(const aise::error& e) {
   return {{"code", to_string(e.code())}, {"message", e.message()}};
@@ -549,46 +569,57 @@ task_update orchestrator_impl::base_update(const task_entry& e, task_state to) c
   u.at = rt.clock().now();
   u.not_before = e.t.not_before;
   u.event.project = e.t.project;
-  u.event.type = fmt::format("task.{}", to_string(to));
+  u.event.type = event_type_of(to);
   u.event.subject = e.t.id;
   u.event.at = u.at;
   return u;
 }
 
 // Writes the change; on success mirrors it in the cache and announces it.
-bool orchestrator_impl::apply(ops& o, task_entry& e, task_update& u) {
+bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
   (void)o;
   if (auto legal = check_transition(e.t.state, u.state); !legal) {
     rt.logger().error("task {}: {}", e.t.id, legal.error().message());
     return false;
   }
-  auto r = store_->update_task(u);
+  // The store gets the update itself; the cache keeps its own copies of
+  // what changes (a result must live in both).
+  const task_state to = u.state;
+  const int attempt = u.attempt;
+  const time_point at = u.at;
+  const time_point not_before = u.not_before;
+  const bool clear_error = u.clear_error;
+  const std::uint64_t version = u.expected_version + 1;
+  std::string agent = u.agent;
+  std::optional<nlohmann::json> result = u.result;
+  std::optional<aise::error> failure = u.error;
+  auto r = store_->update_task(std::move(u));
   if (!r) {
-    rt.logger().error("store: task {} not moved to {}: {}", e.t.id, to_string(u.state),
+    rt.logger().error("store: task {} not moved to {}: {}", e.t.id, to_string(to),
                       r.error().describe());
     return false;
   }
-  e.t.state = u.state;
-  e.t.attempt = u.attempt;
-  e.t.agent = u.agent;
-  e.t.updated_at = u.at;
-  e.t.not_before = u.not_before;
-  if (u.result) e.t.result = std::move(u.result);
-  if (u.clear_error) e.t.error.reset();
-  if (u.error) e.t.error = std::move(u.error);
-  e.t.version = u.expected_version + 1;
-  emit(std::move(r.value()));
+  e.t.state = to;
+  e.t.attempt = attempt;
+  e.t.agent = std::move(agent);
+  e.t.updated_at = at;
+  e.t.not_before = not_before;
+  if (result) e.t.result = std::move(result);
+  if (clear_error) e.t.error.reset();
+  if (failure) e.t.error = std::move(failure);
+  e.t.version = version;
+  if (has_listeners_.load(std::memory_order_acquire)) emit(std::move(r.value()));
   return true;
 }
 
 void orchestrator_impl::make_ready(ops& o, task_entry& e) {
   if (e.t.requires_approval && !e.approved) {
     task_update u = base_update(e, task_state::awaiting_approval);
-    apply(o, e, u);
+    apply(o, e, std::move(u));
     return;
   }
   task_update u = base_update(e, task_state::queued);
-  if (!apply(o, e, u)) return;
+  if (!apply(o, e, std::move(u))) return;
   enqueue_ready(e);
   dispatch(o, capability_of(e.t));
 }
@@ -631,8 +662,8 @@ void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   u.clear_error = true;
   u.attempt_row = task_attempt{e.t.id, u.attempt, a.name, u.at, std::nullopt, task_state::running,
                                std::nullopt};
-  u.event.data = {{"attempt", u.attempt}, {"agent", a.name}};
-  if (!apply(o, e, u)) {
+  u.event.data = attempt_data(u.attempt, a.name);
+  if (!apply(o, e, std::move(u))) {
     enqueue_ready(e);  // still queued in the store: try again on the next change
     return;
   }
@@ -640,7 +671,10 @@ void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   auto run = std::make_shared<task_run>();
   run->orch = weak_from_this();
   run->task = e.t;
-  run->dep_results = e.dep_results;
+  if (!e.dep_snapshot) {
+    e.dep_snapshot = std::make_shared<const std::map<std::string, nlohmann::json>>(std::move(e.dep_results));
+  }
+  run->dep_results = e.dep_snapshot;
   run->runner = a.instance;
   e.token = run->token;
   e.run = run;
@@ -762,9 +796,9 @@ void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
   if (!failure) {
     task_update u = base_update(e, task_state::succeeded);
     u.result = value ? std::move(value) : std::optional<nlohmann::json>(nullptr);
-    u.attempt_row = row;
-    u.event.data = {{"attempt", e.t.attempt}, {"agent", e.t.agent}};
-    if (!apply(o, e, u)) return;
+    u.attempt_row = std::move(row);
+    // No data: the attempt and agent were announced by its task.running event.
+    if (!apply(o, e, std::move(u))) return;
     release_slot(o, e, false);
     const std::string agent_name = e.t.agent;
     on_terminal(o, id);
@@ -785,7 +819,7 @@ void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
                     {"agent", e.t.agent},
                     {"error", error_json(*failure)},
                     {"retry_in_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}};
-    if (!apply(o, e, u)) return;
+    if (!apply(o, e, std::move(u))) return;
     release_slot(o, e, false);
     std::weak_ptr<orchestrator_impl> weak = weak_from_this();
     e.retry_timer = rt.schedule(delay, [weak, id, n = e.t.attempt] {
@@ -796,7 +830,7 @@ void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
     u.error = failure;
     u.attempt_row = row;
     u.event.data = {{"attempt", e.t.attempt}, {"agent", e.t.agent}, {"error", error_json(*failure)}};
-    if (!apply(o, e, u)) return;
+    if (!apply(o, e, std::move(u))) return;
     release_slot(o, e, false);
     on_terminal(o, id);
   }
@@ -820,7 +854,7 @@ void orchestrator_impl::on_retry_due(const std::string& id, int attempt) {
   if (e.t.state != task_state::retrying || e.t.attempt != attempt) return;
   e.retry_timer = 0;
   task_update u = base_update(e, task_state::queued);
-  if (!apply(o, e, u)) return;
+  if (!apply(o, e, std::move(u))) return;
   enqueue_ready(e);
   dispatch(o, capability_of(e.t));
 }
@@ -875,7 +909,7 @@ void orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::e
   u.error = why;
   u.attempt_row = std::move(row);
   u.event.data = {{"from", to_string(from)}, {"error", error_json(why)}};
-  if (!apply(o, e, u)) return;
+  if (!apply(o, e, std::move(u))) return;
   std::string agent_name;
   if (from == task_state::running) {
     agent_name = e.t.agent;
@@ -961,7 +995,7 @@ result<void> orchestrator_impl::approve(std::string_view id, std::string by) {
   e.approved = true;
   task_update u = base_update(e, task_state::queued);
   u.event.data = {{"approved_by", by}};
-  if (!apply(o, e, u)) return error(errc::unavailable, "approve: the store refused the change");
+  if (!apply(o, e, std::move(u))) return error(errc::unavailable, "approve: the store refused the change");
   enqueue_ready(e);
   dispatch(o, capability_of(e.t));
   return {};

@@ -34,7 +34,7 @@ struct cancellation_access {
 struct task_run {
   std::weak_ptr<orchestrator_impl> orch;
   aise::task task;
-  std::map<std::string, nlohmann::json> dep_results;
+  std::shared_ptr<const std::map<std::string, nlohmann::json>> dep_results;
   cancellation_token token;
   std::shared_ptr<agent> runner;
   std::atomic<bool> done{false};
@@ -100,7 +100,8 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
     bool approved = false;
     std::vector<std::string> dependents;
     std::vector<std::string> children;
-    std::map<std::string, nlohmann::json> dep_results;
+    std::map<std::string, nlohmann::json> dep_results;  // filled as dependencies succeed
+    std::shared_ptr<const std::map<std::string, nlohmann::json>> dep_snapshot;  // shared by attempts
     std::weak_ptr<task_run> run;
     cancellation_token token;
     std::uint64_t timeout_timer = 0;
@@ -140,7 +141,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
     return t.capability.empty() ? t.kind : t.capability;
   }
   task_update base_update(const task_entry& e, task_state to) const;
-  bool apply(ops& o, task_entry& e, task_update& u);
+  bool apply(ops& o, task_entry& e, task_update&& u);
   void make_ready(ops& o, task_entry& e);
   void enqueue_ready(task_entry& e);
   void dispatch(ops& o, const std::string& capability);

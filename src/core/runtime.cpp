@@ -259,15 +259,21 @@ void runtime_impl::run_agent(std::shared_ptr<agent> a) {
 
 void runtime_impl::drain(agent& a) {
   agent_core& core = agent_access::core(a);
-  mail_item item;
-  for (std::size_t i = 0; i < options.throughput; ++i) {
-    if (!core.box->pop(item)) return;  // empty: the agent is idle again
-    process(a, item);
-    item.job = nullptr;
-    if (core.crash_reason || core.stop_requested) {
-      finish(a, core);
-      return;
+  std::vector<mail_item>& batch = core.batch;
+  std::size_t handled = 0;
+  while (handled < options.throughput) {
+    if (!core.box->take_all(batch)) return;  // empty: the agent is idle again
+    std::size_t i = 0;
+    for (; i < batch.size(); ++i) {
+      process(a, batch[i]);
+      if (core.crash_reason || core.stop_requested) {
+        batch.clear();  // what followed the stop is dropped, like the rest of the mailbox
+        finish(a, core);
+        return;
+      }
     }
+    handled += i;
+    batch.clear();  // keeps its capacity for the next swap
   }
   // Budget used up with work left: yield to the other agents queued before us.
   if (auto self = core.weak_self.lock()) {

@@ -66,7 +66,8 @@ task_context::task_context(std::shared_ptr<detail::task_run> run) : run_(std::mo
 const aise::task& task_context::task() const noexcept { return run_->task; }
 const nlohmann::json& task_context::payload() const noexcept { return run_->task.payload; }
 const std::map<std::string, nlohmann::json>& task_context::dependency_results() const noexcept {
-  return run_->dep_results;
+  static const std::map<std::string, nlohmann::json> none;
+  return run_->dep_results ? *run_->dep_results : none;
 }
 const cancellation_token& task_context::cancellation() const noexcept { return run_->token; }
 bool task_context::cancelled() const noexcept { return run_->token.cancelled(); }

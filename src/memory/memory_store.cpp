@@ -11,8 +11,8 @@
 //   the all-or-nothing rule of the contract holds even then. The
 //   static_asserts below guard the nothrow-move assumptions.
 // - update_task is on the orchestrator's hot path (about four calls per
-//   task): it does one map lookup, copies only what the caller's const
-//   update forces it to copy, and appends to a per-project deque (no
+//   task): it does one map lookup, moves what the by-value update carries,
+//   copies only the event it keeps, and appends to a per-project deque (no
 //   reallocation of the whole event log as it grows).
 //
 // Choices store.hpp leaves open, made here (SQL stores should match):
@@ -45,6 +45,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -295,11 +296,17 @@ class memory_store final : public store {
       }
       std::vector<event> out;
       out.reserve(events.size());
+      // Index entries point at the staged nodes' keys and rows, which keep
+      // their addresses when the nodes are spliced into tasks_.
+      task_index staged_index;
+      staged_index.reserve(staged.size());
+      for (auto& [id, row] : staged) staged_index.emplace(std::string_view(id), &row);
 
       std::lock_guard lock(mutex_);
       for (const auto& [id, row] : staged)
-        if (tasks_.find(id) != tasks_.end())
+        if (index_.count(id) != 0)
           return fail(errc::already_exists, "task " + in_quotes(id) + " already exists");
+      index_.reserve(index_.size() + staged_index.size());  // merge below then cannot rehash
 
       // Events: each push_back has the strong guarantee; on a failure the
       // ones already pushed are popped again, so nothing is left behind.
@@ -319,31 +326,32 @@ class memory_store final : public store {
         throw;
       }
       tasks_.merge(staged);  // splices nodes; every key is new (checked above)
+      index_.merge(staged_index);
       return out;
     });
   }
 
-  result<event> update_task(const task_update& u) override {
+  result<event> update_task(task_update u) override {
     return guarded("update_task", [&]() -> result<event> {
       if (u.id.empty()) return fail(errc::invalid_argument, "update_task: empty task id");
       if (auto e = check_draft("update_task", u.event)) return *e;
-      // Copies the caller's const update forces on us, made before the lock
-      // and before anything is written.
-      event ev{u.event};
+      // Taken from the caller's update (it is ours, by value) before the
+      // lock and before anything is written.
+      event ev{std::move(u.event)};
       const bool needs_now = ev.at == time_point{} || u.at == time_point{};
       const time_point now = needs_now ? clock_->now() : time_point{};
       if (ev.at == time_point{}) ev.at = now;
-      std::string agent = u.agent;
-      std::optional<nlohmann::json> new_result = u.result;
-      std::optional<aise::error> new_error = u.error;
-      std::optional<task_attempt> attempt = u.attempt_row;
+      std::string agent = std::move(u.agent);
+      std::optional<nlohmann::json> new_result = std::move(u.result);
+      std::optional<aise::error> new_error = std::move(u.error);
+      std::optional<task_attempt> attempt = std::move(u.attempt_row);
       if (attempt) attempt->task_id = u.id;  // the key is (this task, number)
 
       std::lock_guard lock(mutex_);
-      auto it = tasks_.find(u.id);
-      if (it == tasks_.end())
+      auto it = index_.find(u.id);
+      if (it == index_.end())
         return fail(errc::not_found, "task " + in_quotes(u.id) + " not found");
-      task_row& row = it->second;
+      task_row& row = *it->second;
       if (row.t.version != u.expected_version)
         return fail(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
                                         std::to_string(u.expected_version) +
@@ -391,9 +399,9 @@ class memory_store final : public store {
   result<task> get_task(std::string_view id) override {
     return guarded("get_task", [&]() -> result<task> {
       std::lock_guard lock(mutex_);
-      auto it = tasks_.find(id);
-      if (it == tasks_.end()) return fail(errc::not_found, "task " + in_quotes(id) + " not found");
-      return it->second.t;
+      auto it = index_.find(id);
+      if (it == index_.end()) return fail(errc::not_found, "task " + in_quotes(id) + " not found");
+      return it->second->t;
     });
   }
 
@@ -547,6 +555,9 @@ class memory_store final : public store {
   /// moving what it holds, so a long log never stalls a writer on a copy.
   using event_log = std::deque<event>;
   using task_map = std::map<std::string, task_row, std::less<>>;
+  // Hash index over tasks_ for the hot point lookups (update_task, get_task);
+  // tasks_ keeps the id order that cursor paging needs.
+  using task_index = std::unordered_map<std::string_view, task_row*>;
   using artifact_versions_list = std::vector<artifact_meta>;  ///< Index == version - 1.
   struct artifact_ref {
     const artifact_versions_list* versions;  ///< Stable: a node of artifacts_.
@@ -567,6 +578,7 @@ class memory_store final : public store {
   std::map<std::string, agent_record, std::less<>> agents_;
   std::map<std::string, snapshot_history, std::less<>> snapshots_;
   task_map tasks_;
+  task_index index_;
   std::map<std::string, event_log, std::less<>> events_;
   std::map<std::string, std::map<std::string, artifact_versions_list, std::less<>>, std::less<>>
       artifacts_;

@@ -147,9 +147,10 @@ TEST_CASE("runtime: a full mailbox rejects the newest message and loses nothing 
       ++rejected;
     }
   }
-  // One message may be in the handler, eight queued: at most nine accepted.
+  // Up to eight wait in the mailbox, and up to eight more may already have
+  // been taken into the batch the blocked handler is working through.
   CHECK(accepted >= 8);
-  CHECK(accepted <= 9);
+  CHECK(accepted <= 16);
   CHECK(rejected == 30 - accepted);
   sig.update([&] { open = true; });
   CHECK(sig.wait([&] { return handled == accepted; }));
