@@ -2,9 +2,21 @@
 /// @file
 /// Events: every agent and task state change, numbered per project.
 ///
-/// Types: "task.<state>" for each task state change (data: from, to,
-/// attempt, agent, error when there is one), "agent.started",
-/// "agent.stopped", "agent.failed", "agent.restarting", "agent.gave_up".
+/// Types and their `data`:
+/// - "task.<state>" for each task state change (the new state is in the type):
+///   task.pending, task.queued, task.awaiting_approval: null (task.queued
+///   after an approval: {"approved_by"});
+///   task.running: {"attempt", "agent"};
+///   task.succeeded: null (the attempt and agent are in its task.running);
+///   task.retrying: {"attempt", "agent", "error", "retry_in_ms"};
+///   task.failed after an attempt: {"attempt", "agent", "error"};
+///   a task ended from outside its handler (cancel, reject, deadline, a
+///   failed dependency or parent): {"from", "error"}.
+///   `error` is {"code", "message"}.
+/// - "agent.started" {"kind", "restarts", "restored"}, "agent.stopped" null,
+///   "agent.failed" {"error"}, "agent.restarting" {"attempt", "backoff_ms"}
+///   (or {"reason", "backoff_ms"} on request), "agent.gave_up"
+///   {"failures_in_window", "max_restarts"}.
 /// The store assigns `sequence` (1, 2, 3, … per project, no gaps, no
 /// duplicates) when it writes the event; subscribers see events only after
 /// they are stored, in sequence order per project.

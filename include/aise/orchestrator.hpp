@@ -15,7 +15,8 @@
 ///   set) and counts as a failed attempt with `timeout`.
 /// - A task past its `deadline` fails with `timeout`, without retry.
 /// - A failed or cancelled task cancels (policy `cancel`, the default) or
-///   fails (policy `fail`) every pending dependent, transitively.
+///   fails (policy `fail`) every pending dependent, transitively, and
+///   cancels its live subtasks (children spawned through its context).
 /// - Cancellation works in every non-terminal state; a running handler sees
 ///   its token set, and its later completion is ignored.
 ///
@@ -33,7 +34,10 @@
 /// Thread safety: every public member may be called from any thread,
 /// including from agent handlers. Members that wait (`wait`) refuse to run
 /// on an executor thread. Listeners run on an executor thread, in sequence
-/// order, one at a time; they must not block.
+/// order, one at a time, after the change they describe is complete; they
+/// must not block. Live delivery keeps at most 65,536 undelivered events;
+/// beyond that the oldest are dropped (the gap shows in `sequence`) and the
+/// store's event log, the source of truth, still has them.
 ///
 /// Errors: `invalid_argument` (bad spec), `not_found` (unknown id or kind),
 /// `cycle`, `already_exists`, `illegal_transition` (e.g. approving a task
@@ -134,7 +138,8 @@ class AISE_CORE_EXPORT orchestrator {
   /// store has one for that name) and returns its name.
   result<std::string> spawn(agent_spawn spec);
   /// Stops a supervised agent for good (no restart); its running attempts
-  /// are cancelled and retried elsewhere.
+  /// are cancelled and count as failed attempts (`unavailable`), so they
+  /// are retried elsewhere while attempts remain.
   result<void> stop_agent(std::string_view name);
   /// Restarts an agent now (stop, then spawn the same name from its snapshot).
   result<void> restart_agent(std::string_view name);
@@ -167,7 +172,8 @@ class AISE_CORE_EXPORT orchestrator {
   // ---- events ----
   /// Adds a listener of every event from now on; returns its key.
   std::size_t subscribe(event_listener listener);
-  /// Removes a listener; afterwards it is not called again.
+  /// Removes a listener. A batch already being delivered on another thread
+  /// may still reach it once; after that it is not called again.
   void unsubscribe(std::size_t key);
 
   /// The store in use.

@@ -91,7 +91,8 @@ class AISE_CORE_EXPORT runtime {
   /// A runtime with its own executor threads.
   explicit runtime(runtime_options options = {});
   /// A runtime on the host's io_context: the host calls `run()` (from one or
-  /// more threads) and keeps it running while the runtime is in use.
+  /// more threads) and keeps it from running out of work (a work guard)
+  /// while the runtime is in use.
   explicit runtime(boost::asio::io_context& host, runtime_options options = {});
   ~runtime();
   runtime(const runtime&) = delete;
@@ -153,10 +154,12 @@ class AISE_CORE_EXPORT runtime {
   void remove_exit_listener(std::size_t key);
 
   /// Stops every agent and then the executors, within `deadline` (real
-  /// time). `drain` lets queued messages be handled first; when the
-  /// deadline passes, the rest is cancelled. Returns `timeout` naming the
-  /// agents still busy if even that did not finish in time. Idempotent.
-  /// Must not be called from an executor thread (`invalid_argument`).
+  /// time). `drain` lets queued messages be handled first; at three
+  /// quarters of the deadline what is still queued is dropped. Returns
+  /// `timeout` naming the agents still busy at the deadline (a handler that
+  /// never returns); the destructor then waits for them. Idempotent once it
+  /// succeeded. Must not be called from an executor thread (`invalid_argument`).
+  /// On a host io_context it runs the context itself while it waits.
   result<void> shutdown(shutdown_mode mode = shutdown_mode::drain,
                         std::chrono::milliseconds deadline = std::chrono::seconds(5));
 

@@ -14,6 +14,9 @@
 ///   attempt row and the events of one call in one transaction: all or nothing.
 /// - Events: `sequence` is assigned per project at write time, starting at
 ///   1, with no gaps or duplicates, in commit order.
+/// - A `time_point` left at its default (the epoch) is filled from the
+///   store's clock (created_at, updated_at, taken_at, `task_update::at`,
+///   event `at`).
 /// - Errors are values: not_found, already_exists, conflict (a lost
 ///   compare-and-set), invalid_argument, unavailable (the backend is down).
 ///   No exception escapes a member function.
@@ -155,7 +158,8 @@ class AISE_CORE_EXPORT store {
   virtual result<event> update_task(task_update u) = 0;
   virtual result<task> get_task(std::string_view id) = 0;
   virtual result<page<task>> list_tasks(const task_filter& f) = 0;
-  /// Attempts of a task ordered by number; empty for a task never started.
+  /// Attempts of a task ordered by number; empty for a task never started;
+  /// `not_found` for an unknown task.
   virtual result<std::vector<task_attempt>> list_attempts(std::string_view task_id) = 0;
 
   // ---- events ----
@@ -187,7 +191,8 @@ struct AISE_CORE_EXPORT memory_store_options {
 
 /// An in-memory store: fast, thread-safe (one mutex), gone when the process
 /// ends. The embedded default until `aise::sql` is linked; ideal for tests.
-/// It keeps everything it is given (no retention); use a SQL store for long runs.
+/// It keeps everything it is given (no retention) except snapshots, of which
+/// the latest 16 per agent are kept; use a SQL store for long runs.
 AISE_CORE_EXPORT std::shared_ptr<store> make_memory_store(memory_store_options options = {});
 
 }  // namespace aise

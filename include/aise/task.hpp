@@ -6,11 +6,18 @@
 /// State machine (every other change is rejected with `errc::illegal_transition`):
 ///
 ///     pending ──► queued ──► running ──► succeeded
-///        │  ╲        ▲  ╲       │  ╲
-///        │   ╲       │   ╲      │   ╲──► failed      (terminal)
-///        │    ╲      │    ╲     ├──► retrying ──► queued
+///        │  ╲        ▲  ╲       │
+///        │   ╲       │   ╲      ├──► retrying ──► queued
+///        │    ╲      │    ╲     │
 ///        │     ╲► awaiting_approval ◄┘ (policy pause, e.g. an LLM budget)
-///        └──────────────────────────► cancelled    (from any non-terminal state)
+///        └──► failed, cancelled   (from every non-terminal state)
+///
+/// Exactly: pending → {queued, awaiting_approval, cancelled, failed};
+/// awaiting_approval → {queued, cancelled, failed}; queued → {running,
+/// awaiting_approval, cancelled, failed}; running → {succeeded, failed,
+/// cancelled, retrying, awaiting_approval}; retrying → {queued, cancelled,
+/// failed}. Failing a task that never ran happens for a deadline or the
+/// `fail` dependency policy.
 ///
 /// - pending: waiting for dependencies.
 /// - awaiting_approval: waiting for an external approve (→ queued) or

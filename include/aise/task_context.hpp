@@ -59,12 +59,15 @@ class AISE_CORE_EXPORT task_context {
   /// True once completed (by this or another copy).
   [[nodiscard]] bool done() const noexcept;
 
-  /// Submits a subtask (fan-out): its parent is this task, its project this
-  /// task's project. Validated like `orchestrator::submit`.
+  /// Submits a subtask (fan-out): its parent is this task; a spec whose
+  /// project is empty or "default" gets this task's project. Validated like
+  /// `orchestrator::submit`. Subtasks are cancelled if this task fails.
   result<std::string> spawn(task_spec spec);
   /// Fan-in: runs `then` on this agent's strand once every task in `ids`
   /// is terminal, with their final records in the same order. If this
-  /// attempt ends first (cancelled, timed out), `then` does not run.
+  /// attempt ends first (cancelled, timed out), `then` does not run. Use it
+  /// from `on_task_async` handlers: a synchronous handler completes the
+  /// task when it returns.
   void when_all(std::vector<std::string> ids,
                 std::function<void(task_context&, std::vector<aise::task>)> then);
 

@@ -18,7 +18,8 @@
 /// - Sinks are called on a transport thread or the sender's thread; they
 ///   must be quick and non-blocking (the runtime's sinks only enqueue into
 ///   a mailbox). A sink is never called after its subscription is reset
-///   and the reset returned.
+///   and the reset returned: `reset()` waits for sink calls in progress on
+///   other threads. A sink may reset its own subscription.
 /// - Thread safety: every member may be called from any thread.
 /// - No exception escapes a member function; a sink that throws counts as
 ///   having refused the message with `internal`.
@@ -90,7 +91,8 @@ class AISE_CORE_EXPORT transport {
   /// `already_exists` if the address is bound; `invalid_argument` if empty.
   virtual result<subscription> bind(std::string address, message_sink sink) = 0;
 
-  /// Adds `sink` as a receiver of messages published to `topic`.
+  /// Adds `sink` as a receiver of messages published to `topic`;
+  /// `invalid_argument` for an empty topic.
   virtual result<subscription> subscribe(std::string topic, message_sink sink) = 0;
 
   /// Delivers `m` to `m.recipient`. Errors: `not_found` (nobody bound),
@@ -99,8 +101,9 @@ class AISE_CORE_EXPORT transport {
   virtual result<void> send(message m) = 0;
 
   /// Delivers a copy of `m` to every subscriber of `m.topic`. Having no
-  /// subscriber is not an error. A subscriber that refuses its copy does
-  /// not stop the others; the call then returns `mailbox_full` after
+  /// subscriber is not an error; an empty topic is `invalid_argument`. A
+  /// subscriber that refuses its copy does not stop the others; the call
+  /// then returns the first refusal's error (normally `mailbox_full`) after
   /// delivering to the rest.
   virtual result<void> publish(message m) = 0;
 };
