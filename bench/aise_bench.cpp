@@ -137,9 +137,8 @@ class done_latch {
 class pong_agent : public aise::agent {
  public:
   pong_agent() {
-    on("n", [this](const aise::message& m) {
-      (void)send(m.sender, "n", m.payload.get<int>() + 1);
-    });
+    on("n",
+       [this](const aise::message& m) { (void)send(m.sender, "n", m.payload.get<int>() + 1); });
   }
 };
 
@@ -183,7 +182,8 @@ std::string run_pingpong(std::size_t threads, int pairs, long total) {
     }
   }
   // Let every agent run on_start before the clock starts.
-  for (int i = 0; i < pairs; ++i) (void)rt.call(fmt::format("ping-{}", i), "warm", nullptr, wait_deadline);
+  for (int i = 0; i < pairs; ++i)
+    (void)rt.call(fmt::format("ping-{}", i), "warm", nullptr, wait_deadline);
   const auto cpu0 = take_cpu();
   const auto t0 = clock_type::now();
   for (int i = 0; i < pairs; ++i) {
@@ -219,18 +219,20 @@ class latency_client : public aise::agent {
  private:
   void next(int index) {
     const auto sent = clock_type::now();
-    request("server", "inc", index, std::chrono::seconds(60), [this, index, sent](aise::result<aise::message> r) {
-      const auto rtt = clock_type::now() - sent;
-      if (!r) fail("request failed: " + r.error().describe());
-      if (index >= warmup_) {
-        samples_.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(rtt).count());
-      }
-      if (index + 1 < total_) {
-        next(index + 1);
-      } else {
-        done_.count_down();
-      }
-    });
+    request(
+        "server", "inc", index, std::chrono::seconds(60),
+        [this, index, sent](aise::result<aise::message> r) {
+          const auto rtt = clock_type::now() - sent;
+          if (!r) fail("request failed: " + r.error().describe());
+          if (index >= warmup_) {
+            samples_.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(rtt).count());
+          }
+          if (index + 1 < total_) {
+            next(index + 1);
+          } else {
+            done_.count_down();
+          }
+        });
   }
   int warmup_;
   int total_;
@@ -263,20 +265,23 @@ std::string run_request_reply(std::size_t threads, int requests, int warmup) {
 class fan_worker : public aise::agent {
  public:
   fan_worker() {
-    on("n", [this](const aise::message& m) { (void)send(m.sender, "r", m.payload.get<int>() + 1); });
+    on("n",
+       [this](const aise::message& m) { (void)send(m.sender, "r", m.payload.get<int>() + 1); });
   }
 };
 
 class coordinator : public aise::agent {
  public:
-  coordinator(int workers, int warmup, int total, std::vector<std::int64_t>& samples, done_latch& done)
+  coordinator(int workers, int warmup, int total, std::vector<std::int64_t>& samples,
+              done_latch& done)
       : workers_(workers), warmup_(warmup), total_(total), samples_(samples), done_(done) {
     on("start", [this](const aise::message&) { start_round(clock_type::now()); });
     on("r", [this](const aise::message&) {
       if (--pending_ > 0) return;
       const auto now = clock_type::now();
       if (round_ >= warmup_) {
-        samples_.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(now - round_start_).count());
+        samples_.push_back(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(now - round_start_).count());
       }
       if (++round_ < total_) {
         start_round(now);
@@ -310,7 +315,8 @@ std::string run_fanout_fanin(std::size_t threads, int rounds, int warmup, int wo
   for (int i = 0; i < workers; ++i) {
     if (!rt.spawn<fan_worker>({.name = fmt::format("worker-{}", i)})) fail("spawn worker");
   }
-  if (!rt.spawn<coordinator>({.name = "coordinator"}, workers, warmup, warmup + rounds, samples, done)) {
+  if (!rt.spawn<coordinator>({.name = "coordinator"}, workers, warmup, warmup + rounds, samples,
+                             done)) {
     fail("spawn coordinator");
   }
   const auto cpu0 = take_cpu();
@@ -430,14 +436,17 @@ int main(int argc, char** argv) {
   if (workload == "pingpong") {
     body = run_pingpong(threads, arg_or(argc, argv, i + 1, 1), arg_or(argc, argv, i + 2, 2000000));
   } else if (workload == "request_reply_latency") {
-    body = run_request_reply(threads, arg_or(argc, argv, i + 1, 200000), arg_or(argc, argv, i + 2, 20000));
+    body = run_request_reply(threads, arg_or(argc, argv, i + 1, 200000),
+                             arg_or(argc, argv, i + 2, 20000));
   } else if (workload == "fanout_fanin") {
-    body = run_fanout_fanin(threads, arg_or(argc, argv, i + 1, 200000), arg_or(argc, argv, i + 2, 10000),
-                            arg_or(argc, argv, i + 3, 5));
+    body = run_fanout_fanin(threads, arg_or(argc, argv, i + 1, 200000),
+                            arg_or(argc, argv, i + 2, 10000), arg_or(argc, argv, i + 3, 5));
   } else if (workload == "chain3") {
-    body = run_dag("chain3", arg_or(argc, argv, i + 1, 100000), arg_or(argc, argv, i + 2, 2000), false);
+    body = run_dag("chain3", arg_or(argc, argv, i + 1, 100000), arg_or(argc, argv, i + 2, 2000),
+                   false);
   } else if (workload == "fanout5") {
-    body = run_dag("fanout5", arg_or(argc, argv, i + 1, 50000), arg_or(argc, argv, i + 2, 1000), true);
+    body =
+        run_dag("fanout5", arg_or(argc, argv, i + 1, 50000), arg_or(argc, argv, i + 2, 1000), true);
   } else {
     std::fprintf(stderr, "aise_bench: unknown workload '%s'\n", workload.c_str());
     return 2;

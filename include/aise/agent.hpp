@@ -56,9 +56,9 @@ struct agent_access;
 
 /// How an agent is started.
 struct AISE_CORE_EXPORT spawn_options {
-  std::string name;       ///< Address; unique per transport. Generated when empty.
-  std::string kind;       ///< Kind (the orchestrator's registry name); default "agent".
-  std::string project = "default";  ///< Project whose event log records this agent.
+  std::string name;                  ///< Address; unique per transport. Generated when empty.
+  std::string kind;                  ///< Kind (the orchestrator's registry name); default "agent".
+  std::string project = "default";   ///< Project whose event log records this agent.
   std::size_t mailbox_capacity = 0;  ///< 0 = the runtime's default.
 };
 

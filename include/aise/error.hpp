@@ -89,16 +89,17 @@ class [[nodiscard]] result {
 
  public:
   /// A successful result holding `value`.
-  result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  result(T value)
+      : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT(google-explicit-constructor)
   /// A failed result holding `e`.
-  result(aise::error e) : v_(std::in_place_index<1>, std::move(e)) {}  // NOLINT(google-explicit-constructor)
+  result(aise::error e)
+      : v_(std::in_place_index<1>, std::move(e)) {}  // NOLINT(google-explicit-constructor)
   /// A successful result holding a `T` made from `value` (so a handler
   /// returning `result<nlohmann::json>` can simply `return 42;`).
   template <class U,
-            class = std::enable_if_t<!std::is_same_v<std::decay_t<U>, result> &&
-                                     !std::is_same_v<std::decay_t<U>, T> &&
-                                     !std::is_same_v<std::decay_t<U>, aise::error> &&
-                                     std::is_constructible_v<T, U&&>>>
+            class = std::enable_if_t<
+                !std::is_same_v<std::decay_t<U>, result> && !std::is_same_v<std::decay_t<U>, T> &&
+                !std::is_same_v<std::decay_t<U>, aise::error> && std::is_constructible_v<T, U&&>>>
   result(U&& value)  // NOLINT(google-explicit-constructor,bugprone-forwarding-reference-overload)
       : v_(std::in_place_index<0>, std::forward<U>(value)) {}
 
@@ -147,7 +148,8 @@ class [[nodiscard]] result<void> {
   /// Success.
   result() = default;
   /// Failure holding `e`.
-  result(aise::error e) : error_(std::move(e)), ok_(false) {}  // NOLINT(google-explicit-constructor)
+  result(aise::error e)
+      : error_(std::move(e)), ok_(false) {}  // NOLINT(google-explicit-constructor)
 
   [[nodiscard]] bool ok() const noexcept { return ok_; }
   explicit operator bool() const noexcept { return ok_; }
@@ -164,10 +166,14 @@ class [[nodiscard]] result<void> {
 };
 
 /// Shorthand for a successful `result<void>`.
-inline result<void> ok() { return {}; }
+inline result<void> ok() {
+  return {};
+}
 
 /// Builds an error with a fmt-style message is left to callers; this helper
 /// keeps call sites short: `return fail(errc::not_found, "task " + id);`.
-inline aise::error fail(errc code, std::string message) { return {code, std::move(message)}; }
+inline aise::error fail(errc code, std::string message) {
+  return {code, std::move(message)};
+}
 
 }  // namespace aise

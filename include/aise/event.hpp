@@ -33,11 +33,11 @@ namespace aise {
 
 /// An event before the store has numbered it.
 struct AISE_CORE_EXPORT event_draft {
-  std::string project;   ///< Required.
-  std::string type;      ///< e.g. "task.running". Required.
-  std::string subject;   ///< Task or agent id.
-  time_point at{};       ///< When it happened.
-  nlohmann::json data;   ///< Type-specific details (small).
+  std::string project;  ///< Required.
+  std::string type;     ///< e.g. "task.running". Required.
+  std::string subject;  ///< Task or agent id.
+  time_point at{};      ///< When it happened.
+  nlohmann::json data;  ///< Type-specific details (small).
 };
 
 /// A stored event.

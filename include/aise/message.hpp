@@ -36,7 +36,7 @@ struct AISE_CORE_EXPORT message {
   std::string reply_to;              ///< Where the reply goes; empty = no reply wanted.
   time_point created_at{};           ///< Set on send from the runtime's clock when empty.
   std::map<std::string, std::string> headers;  ///< Free-form string metadata.
-  nlohmann::json payload;            ///< The body.
+  nlohmann::json payload;                      ///< The body.
 
   /// True when this is an error reply (type `aise.error`).
   [[nodiscard]] bool is_error_reply() const noexcept { return type == error_reply_type; }

@@ -96,8 +96,8 @@ struct AISE_CORE_EXPORT orchestrator_options {
 
 /// How to spawn an agent of a registered kind.
 struct AISE_CORE_EXPORT agent_spawn {
-  std::string kind;      ///< Registered kind. Required.
-  std::string name;      ///< Address; generated ("<kind>-<n>") when empty.
+  std::string kind;  ///< Registered kind. Required.
+  std::string name;  ///< Address; generated ("<kind>-<n>") when empty.
   std::string project = "default";
   std::size_t concurrency = 0;       ///< Concurrent tasks; 0 = default_concurrency.
   std::size_t mailbox_capacity = 0;  ///< 0 = the runtime's default.

@@ -76,7 +76,7 @@ enum class shutdown_mode {
 struct AISE_CORE_EXPORT agent_exit {
   std::string name;
   std::string kind;
-  bool failed = false;         ///< True when a handler threw or the agent called `crash`.
+  bool failed = false;                ///< True when a handler threw or the agent called `crash`.
   std::optional<aise::error> reason;  ///< Set when failed.
 };
 
@@ -133,8 +133,7 @@ class AISE_CORE_EXPORT runtime {
   /// Blocking request for code outside the executor (main, tests). Returns
   /// `invalid_argument` when called on one of this runtime's executor
   /// threads (it would deadlock).
-  result<message> call(std::string to, std::string type, nlohmann::json payload,
-                       duration timeout);
+  result<message> call(std::string to, std::string type, nlohmann::json payload, duration timeout);
 
   /// Runs `fn` on an executor thread after `delay` (by this runtime's
   /// clock; with a manual clock, when it is advanced past the due time).

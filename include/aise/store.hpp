@@ -40,7 +40,7 @@ namespace aise {
 
 /// A project: the unit of ownership, event numbering and (later) access control.
 struct AISE_CORE_EXPORT project {
-  std::string id;           ///< Required, unique.
+  std::string id;  ///< Required, unique.
   std::string name;
   std::string description;
   nlohmann::json metadata = nlohmann::json::object();
@@ -51,11 +51,11 @@ struct AISE_CORE_EXPORT project {
 
 /// What the store knows about an agent instance.
 struct AISE_CORE_EXPORT agent_record {
-  std::string id;       ///< The agent's name (its address). Required, unique.
+  std::string id;  ///< The agent's name (its address). Required, unique.
   std::string project = "default";
   std::string kind;
   std::vector<std::string> capabilities;
-  std::string status;   ///< "starting", "running", "restarting", "stopped", "failed".
+  std::string status;  ///< "starting", "running", "restarting", "stopped", "failed".
   int restarts = 0;
   time_point last_heartbeat{};
   time_point created_at{};
@@ -71,14 +71,14 @@ struct AISE_CORE_EXPORT agent_snapshot {
 
 /// Metadata of one stored artifact version (the bytes live in an artifact store).
 struct AISE_CORE_EXPORT artifact_meta {
-  std::string id;          ///< Required, unique (e.g. "a-…").
-  std::string project;     ///< Required.
-  std::string task;        ///< Producing task, or empty.
-  std::string name;        ///< User-facing name; never used as a file path.
+  std::string id;       ///< Required, unique (e.g. "a-…").
+  std::string project;  ///< Required.
+  std::string task;     ///< Producing task, or empty.
+  std::string name;     ///< User-facing name; never used as a file path.
   std::string media_type = "application/octet-stream";
   std::uint64_t size = 0;
-  std::string sha256;      ///< Lower-case hex digest of the content.
-  int version = 0;         ///< Assigned by the store: 1, 2, … per (project, name).
+  std::string sha256;  ///< Lower-case hex digest of the content.
+  int version = 0;     ///< Assigned by the store: 1, 2, … per (project, name).
   time_point created_at{};
 };
 
@@ -93,17 +93,17 @@ struct page {
 /// ascending (ids sort by creation within one runtime); `after` is the
 /// cursor (the last id of the previous page).
 struct AISE_CORE_EXPORT task_filter {
-  std::string project;               ///< Empty = every project.
-  std::vector<task_state> states;    ///< Empty = every state.
-  std::string capability;            ///< Empty = any; matches the effective capability.
-  std::string parent;                ///< Empty = any.
-  std::string after;                 ///< Cursor.
-  std::size_t limit = 100;           ///< 1 … 1000; larger values are clamped.
+  std::string project;             ///< Empty = every project.
+  std::vector<task_state> states;  ///< Empty = every state.
+  std::string capability;          ///< Empty = any; matches the effective capability.
+  std::string parent;              ///< Empty = any.
+  std::string after;               ///< Cursor.
+  std::size_t limit = 100;         ///< 1 … 1000; larger values are clamped.
 };
 
 /// One compare-and-set change of a task, with its attempt row and event.
 struct AISE_CORE_EXPORT task_update {
-  std::string id;                    ///< Task id. Required.
+  std::string id;                      ///< Task id. Required.
   std::uint64_t expected_version = 0;  ///< Must equal the stored version, else `conflict`.
   task_state state = task_state::pending;
   int attempt = 0;

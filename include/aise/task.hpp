@@ -71,27 +71,29 @@ enum class dependency_failure_policy : int {
 
 /// What a user submits. Only `kind` is required.
 struct AISE_CORE_EXPORT task_spec {
-  std::string id;          ///< Optional; generated ("t-…") when empty. Unique.
+  std::string id;                   ///< Optional; generated ("t-…") when empty. Unique.
   std::string project = "default";  ///< Owning project; events are numbered per project.
-  std::string kind;        ///< What to do; agents register handlers per kind. Required.
-  std::string capability;  ///< Capability an agent needs; empty means `kind`.
-  std::string description; ///< Free text for humans (and learned routing).
-  int priority = 0;        ///< Higher runs first among ready tasks of one capability.
-  nlohmann::json payload;  ///< Input for the handler.
+  std::string kind;                 ///< What to do; agents register handlers per kind. Required.
+  std::string capability;           ///< Capability an agent needs; empty means `kind`.
+  std::string description;          ///< Free text for humans (and learned routing).
+  int priority = 0;                 ///< Higher runs first among ready tasks of one capability.
+  nlohmann::json payload;           ///< Input for the handler.
   std::vector<std::string> depends_on;  ///< Ids that must succeed first (a DAG).
-  int max_attempts = 1;    ///< Total attempts allowed (1 = no retry). Must be ≥ 1.
-  std::optional<duration> timeout;     ///< Per attempt; a running attempt past it fails with `timeout`.
-  std::optional<time_point> deadline;  ///< Absolute; not finished by then → failed (`timeout`), no retry.
-  bool requires_approval = false;      ///< Waits in awaiting_approval before it may run.
+  int max_attempts = 1;                 ///< Total attempts allowed (1 = no retry). Must be ≥ 1.
+  std::optional<duration>
+      timeout;  ///< Per attempt; a running attempt past it fails with `timeout`.
+  std::optional<time_point>
+      deadline;  ///< Absolute; not finished by then → failed (`timeout`), no retry.
+  bool requires_approval = false;  ///< Waits in awaiting_approval before it may run.
   dependency_failure_policy on_dependency_failure = dependency_failure_policy::cancel;
-  std::string parent;      ///< Id of the task that spawned this one (fan-out), or empty.
+  std::string parent;  ///< Id of the task that spawned this one (fan-out), or empty.
 };
 
 /// The stored record of a task: the spec plus what happened to it.
 struct AISE_CORE_EXPORT task : task_spec {
   task_state state = task_state::pending;
-  int attempt = 0;            ///< Attempts started so far (the running one included).
-  std::string agent;          ///< Agent of the current or last attempt.
+  int attempt = 0;                       ///< Attempts started so far (the running one included).
+  std::string agent;                     ///< Agent of the current or last attempt.
   std::optional<nlohmann::json> result;  ///< Set when succeeded.
   std::optional<aise::error> error;      ///< Set when failed or cancelled (the reason).
   time_point created_at{};
@@ -103,10 +105,10 @@ struct AISE_CORE_EXPORT task : task_spec {
 /// One attempt of a task: the history the store keeps.
 struct AISE_CORE_EXPORT task_attempt {
   std::string task_id;
-  int number = 0;             ///< 1-based.
+  int number = 0;  ///< 1-based.
   std::string agent;
   time_point started_at{};
-  std::optional<time_point> finished_at;  ///< Empty while running.
+  std::optional<time_point> finished_at;     ///< Empty while running.
   task_state outcome = task_state::running;  ///< running, succeeded, failed or cancelled.
   std::optional<aise::error> error;
 };

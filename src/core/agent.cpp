@@ -18,13 +18,21 @@ detail::runtime_impl& rt_of(const detail::agent_core& core) {
 }
 }  // namespace
 
-agent::agent() : core_(std::make_unique<detail::agent_core>()) { core_->self = this; }
+agent::agent() : core_(std::make_unique<detail::agent_core>()) {
+  core_->self = this;
+}
 
 agent::~agent() = default;
 
-const std::string& agent::name() const noexcept { return core_->name; }
-const std::string& agent::kind() const noexcept { return core_->kind; }
-const std::set<std::string>& agent::capabilities() const noexcept { return core_->capabilities; }
+const std::string& agent::name() const noexcept {
+  return core_->name;
+}
+const std::string& agent::kind() const noexcept {
+  return core_->kind;
+}
+const std::set<std::string>& agent::capabilities() const noexcept {
+  return core_->capabilities;
+}
 
 void agent::add_capability(std::string capability) {
   core_->capabilities.insert(std::move(capability));
@@ -101,9 +109,10 @@ void agent::request(std::string to, std::string type, nlohmann::json payload, du
       if (it == core->pending.end()) return;
       auto cb = std::move(it->second.on_reply);
       core->pending.erase(it);
-      cb(error(errc::timeout,
-               fmt::format("no reply from '{}' within {} ms", target,
-                           std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count())));
+      cb(error(
+          errc::timeout,
+          fmt::format("no reply from '{}' within {} ms", target,
+                      std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count())));
     });
   });
   if (auto sent = rt.options.transport->send(std::move(m)); !sent) {
@@ -187,7 +196,8 @@ void agent::run_blocking(std::function<nlohmann::json()> work,
       r = error(errc::handler_failed, "blocking work threw a non-exception");
     }
     if (auto self = weak.lock()) {
-      rt.post_job(*self, [then = std::move(then), r = std::move(r)]() mutable { then(std::move(r)); });
+      rt.post_job(*self,
+                  [then = std::move(then), r = std::move(r)]() mutable { then(std::move(r)); });
     }
   });
 }
@@ -196,14 +206,24 @@ void agent::checkpoint() {
   if (core_->checkpoint_hook) core_->checkpoint_hook();
 }
 
-void agent::stop_self() { core_->stop_requested = true; }
+void agent::stop_self() {
+  core_->stop_requested = true;
+}
 
-void agent::crash(aise::error reason) { rt_of(*core_).request_crash(*core_, std::move(reason)); }
+void agent::crash(aise::error reason) {
+  rt_of(*core_).request_crash(*core_, std::move(reason));
+}
 
-runtime& agent::rt() const noexcept { return *core_->owner; }
+runtime& agent::rt() const noexcept {
+  return *core_->owner;
+}
 
-spdlog::logger& agent::log() const noexcept { return *rt_of(*core_).options.logger; }
+spdlog::logger& agent::log() const noexcept {
+  return *rt_of(*core_).options.logger;
+}
 
-time_point agent::now() const noexcept { return rt_of(*core_).options.clock->now(); }
+time_point agent::now() const noexcept {
+  return rt_of(*core_).options.clock->now();
+}
 
 }  // namespace aise

@@ -52,9 +52,9 @@ struct agent_core {
   std::unordered_map<std::string, task_handler_entry> task_handlers;
 
   std::unique_ptr<mailbox> box;
-  std::vector<mail_item> batch;                  // (strand) items taken from `box`
-  subscription address;                          // (strand after start)
-  std::map<std::string, subscription> topics;    // (strand)
+  std::vector<mail_item> batch;                // (strand) items taken from `box`
+  subscription address;                        // (strand after start)
+  std::map<std::string, subscription> topics;  // (strand)
 
   struct pending_request {
     std::function<void(result<message>)> on_reply;
@@ -67,7 +67,7 @@ struct agent_core {
   std::optional<aise::error> crash_reason;  // (strand) set → fail after the current item
   bool stop_requested = false;              // (strand)
   std::optional<nlohmann::json> restore_state;
-  std::function<void()> checkpoint_hook;    // installed by a supervisor before start
+  std::function<void()> checkpoint_hook;  // installed by a supervisor before start
 };
 
 // Friend of aise::agent: how libaise reaches an agent's private half.

@@ -11,10 +11,10 @@
 #include <aise/message.hpp>
 
 #include <cstddef>
-#include <vector>
 #include <functional>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace aise::detail {
 

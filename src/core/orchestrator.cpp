@@ -1,5 +1,3 @@
-#include "orchestrator_impl.hpp"
-
 #include <aise/runtime.hpp>
 
 #include <algorithm>
@@ -10,6 +8,7 @@
 #include <spdlog/logger.h>
 
 #include "agent_core.hpp"
+#include "orchestrator_impl.hpp"
 #include "runtime_impl.hpp"
 
 namespace aise::detail {
@@ -24,7 +23,8 @@ constexpr std::size_t max_outbox = 65536;
 const std::string& event_type_of(task_state s) {
   static const std::array<std::string, 8> types = [] {
     std::array<std::string, 8> t;
-    for (int i = 0; i < 8; ++i) t[i] = fmt::format("task.{}", to_string(static_cast<task_state>(i)));
+    for (int i = 0; i < 8; ++i)
+      t[i] = fmt::format("task.{}", to_string(static_cast<task_state>(i)));
     return t;
   }();
   return types[static_cast<std::size_t>(s)];
@@ -48,10 +48,9 @@ task_run::~task_run() {
   if (done.load()) return;
   if (auto o = orch.lock()) {
     try {
-      (void)o->complete(*this, std::nullopt,
-                        error(errc::handler_failed,
-                              "the handler dropped the task without completing it"),
-                        true);
+      (void)o->complete(
+          *this, std::nullopt,
+          error(errc::handler_failed, "the handler dropped the task without completing it"), true);
     } catch (...) {  // NOLINT(bugprone-empty-catch): nothing may escape a destructor
     }
   }
@@ -189,9 +188,11 @@ result<std::string> orchestrator_impl::start_agent(const std::string& name, bool
   try {
     instance = factory();
   } catch (const std::exception& e) {
-    return error(errc::handler_failed, fmt::format("factory of kind '{}' threw: {}", kind, e.what()));
+    return error(errc::handler_failed,
+                 fmt::format("factory of kind '{}' threw: {}", kind, e.what()));
   }
-  if (!instance) return error(errc::handler_failed, fmt::format("factory of kind '{}' returned null", kind));
+  if (!instance)
+    return error(errc::handler_failed, fmt::format("factory of kind '{}' returned null", kind));
 
   std::optional<nlohmann::json> restore;
   if (auto snap = store_->load_snapshot(name)) {
@@ -229,7 +230,8 @@ result<std::string> orchestrator_impl::start_agent(const std::string& name, bool
   if (auto put = store_->put_agent(rec); !put) {
     rt.logger().error("store: agent '{}' not recorded: {}", name, put.error().describe());
   }
-  agent_event(o, a, "agent.started", {{"kind", kind}, {"restarts", a.restarts}, {"restored", restart}});
+  agent_event(o, a, "agent.started",
+              {{"kind", kind}, {"restarts", a.restarts}, {"restored", restart}});
   index_agent(a);
   dispatch_for(o, a);
   return name;
@@ -291,7 +293,7 @@ result<void> orchestrator_impl::restart_agent(std::string_view name) {
 }
 
 agent_status orchestrator_impl::status_of(const agent_entry& a) const {
-  return agent_status{a.name,         a.kind,          a.project,   a.status,
+  return agent_status{a.name,         a.kind,           a.project,     a.status,
                       a.capabilities, a.running.size(), a.concurrency, a.restarts};
 }
 
@@ -341,8 +343,8 @@ void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
       }
       cancel_token(o, t->second.token);
       finish_attempt(o, t->second, std::nullopt,
-                     error(errc::unavailable, fmt::format("agent '{}' {}", ex.name,
-                                                          ex.failed ? "failed" : "stopped")),
+                     error(errc::unavailable,
+                           fmt::format("agent '{}' {}", ex.name, ex.failed ? "failed" : "stopped")),
                      true);
     }
     a.running.clear();
@@ -367,8 +369,9 @@ void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
       agent_event(o, a, "agent.failed", {{"error", why}});
       if (static_cast<int>(a.failures.size()) > options.max_restarts) {
         a.status = "failed";
-        agent_event(o, a, "agent.gave_up",
-                     {{"failures_in_window", a.failures.size()}, {"max_restarts", options.max_restarts}});
+        agent_event(
+            o, a, "agent.gave_up",
+            {{"failures_in_window", a.failures.size()}, {"max_restarts", options.max_restarts}});
       } else {
         const auto n = static_cast<int>(a.failures.size());
         double backoff = static_cast<double>(options.restart_initial_backoff.count()) *
@@ -376,9 +379,10 @@ void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
         backoff = std::min(backoff, static_cast<double>(options.restart_max_backoff.count()));
         const duration delay(static_cast<duration::rep>(backoff));
         a.status = "restarting";
-        agent_event(o, a, "agent.restarting",
-                    {{"attempt", n},
-                     {"backoff_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}});
+        agent_event(
+            o, a, "agent.restarting",
+            {{"attempt", n},
+             {"backoff_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}});
         std::weak_ptr<orchestrator_impl> weak = weak_from_this();
         std::string name = a.name;
         a.restart_timer = rt.schedule(delay, [weak, name] {
@@ -424,8 +428,10 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
   std::unordered_map<std::string, std::size_t> batch;  // id → index
   for (std::size_t i = 0; i < specs.size(); ++i) {
     task_spec& s = specs[i];
-    if (s.kind.empty()) return error(errc::invalid_argument, fmt::format("task {}: kind is required", i));
-    if (s.project.empty()) return error(errc::invalid_argument, fmt::format("task {}: project is required", i));
+    if (s.kind.empty())
+      return error(errc::invalid_argument, fmt::format("task {}: kind is required", i));
+    if (s.project.empty())
+      return error(errc::invalid_argument, fmt::format("task {}: project is required", i));
     if (s.max_attempts < 1) {
       return error(errc::invalid_argument, fmt::format("task {}: max_attempts must be >= 1", i));
     }
@@ -445,7 +451,8 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
       auto stored = store_->get_task(d);
       if (!stored) {
         if (stored.error().code() == errc::not_found) {
-          return error(errc::not_found, fmt::format("task '{}' depends on unknown task '{}'", s.id, d));
+          return error(errc::not_found,
+                       fmt::format("task '{}' depends on unknown task '{}'", s.id, d));
         }
         return stored.error();
       }
@@ -482,7 +489,8 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
       for (std::size_t i = 0; i < specs.size(); ++i) {
         if (indegree[i] != 0) in_cycle.push_back(specs[i].id);
       }
-      return error(errc::cycle, fmt::format("dependency cycle among tasks: {}", fmt::join(in_cycle, ", ")));
+      return error(errc::cycle,
+                   fmt::format("dependency cycle among tasks: {}", fmt::join(in_cycle, ", ")));
     }
   }
 
@@ -660,8 +668,8 @@ void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   u.attempt = e.t.attempt + 1;
   u.agent = a.name;
   u.clear_error = true;
-  u.attempt_row = task_attempt{e.t.id, u.attempt, a.name, u.at, std::nullopt, task_state::running,
-                               std::nullopt};
+  u.attempt_row = task_attempt{e.t.id,       u.attempt,           a.name,      u.at,
+                               std::nullopt, task_state::running, std::nullopt};
   u.event.data = attempt_data(u.attempt, a.name);
   if (!apply(o, e, std::move(u))) {
     enqueue_ready(e);  // still queued in the store: try again on the next change
@@ -672,7 +680,8 @@ void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   run->orch = weak_from_this();
   run->task = e.t;
   if (!e.dep_snapshot) {
-    e.dep_snapshot = std::make_shared<const std::map<std::string, nlohmann::json>>(std::move(e.dep_results));
+    e.dep_snapshot =
+        std::make_shared<const std::map<std::string, nlohmann::json>>(std::move(e.dep_results));
   }
   run->dep_results = e.dep_snapshot;
   run->runner = a.instance;
@@ -691,9 +700,10 @@ void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
     auto h = core.task_handlers.find(run->task.kind);
     if (h == core.task_handlers.end()) {
       task_context ctx(std::move(run));
-      (void)ctx.fail(error(errc::no_handler, fmt::format("agent '{}' has no handler for task kind '{}'",
-                                                         core.name, ctx.task().kind)),
-                     false);
+      (void)ctx.fail(
+          error(errc::no_handler, fmt::format("agent '{}' has no handler for task kind '{}'",
+                                              core.name, ctx.task().kind)),
+          false);
       return;
     }
     if (h->second.sync) {
@@ -720,9 +730,11 @@ void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
     try {
       h->second.async(task_context(run));
     } catch (const std::exception& ex) {
-      (void)task_context(run).fail(error(errc::handler_failed, fmt::format("task handler threw: {}", ex.what())));
+      (void)task_context(run).fail(
+          error(errc::handler_failed, fmt::format("task handler threw: {}", ex.what())));
     } catch (...) {
-      (void)task_context(run).fail(error(errc::handler_failed, "task handler threw a non-exception"));
+      (void)task_context(run).fail(
+          error(errc::handler_failed, "task handler threw a non-exception"));
     }
   });
   if (!posted) {
@@ -815,10 +827,11 @@ void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
     u.error = failure;
     u.not_before = now + delay;
     u.attempt_row = row;
-    u.event.data = {{"attempt", e.t.attempt},
-                    {"agent", e.t.agent},
-                    {"error", error_json(*failure)},
-                    {"retry_in_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}};
+    u.event.data = {
+        {"attempt", e.t.attempt},
+        {"agent", e.t.agent},
+        {"error", error_json(*failure)},
+        {"retry_in_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}};
     if (!apply(o, e, std::move(u))) return;
     release_slot(o, e, false);
     std::weak_ptr<orchestrator_impl> weak = weak_from_this();
@@ -829,7 +842,8 @@ void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
     task_update u = base_update(e, task_state::failed);
     u.error = failure;
     u.attempt_row = row;
-    u.event.data = {{"attempt", e.t.attempt}, {"agent", e.t.agent}, {"error", error_json(*failure)}};
+    u.event.data = {
+        {"attempt", e.t.attempt}, {"agent", e.t.agent}, {"error", error_json(*failure)}};
     if (!apply(o, e, std::move(u))) return;
     release_slot(o, e, false);
     on_terminal(o, id);
@@ -873,7 +887,8 @@ void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
   cancel_token(o, e.token);
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*e.t.timeout).count();
   finish_attempt(o, e, std::nullopt,
-                 error(errc::timeout, fmt::format("attempt {} timed out after {} ms", attempt, ms)), true);
+                 error(errc::timeout, fmt::format("attempt {} timed out after {} ms", attempt, ms)),
+                 true);
 }
 
 void orchestrator_impl::on_deadline(const std::string& id) {
@@ -995,7 +1010,8 @@ result<void> orchestrator_impl::approve(std::string_view id, std::string by) {
   e.approved = true;
   task_update u = base_update(e, task_state::queued);
   u.event.data = {{"approved_by", by}};
-  if (!apply(o, e, std::move(u))) return error(errc::unavailable, "approve: the store refused the change");
+  if (!apply(o, e, std::move(u)))
+    return error(errc::unavailable, "approve: the store refused the change");
   enqueue_ready(e);
   dispatch(o, capability_of(e.t));
   return {};
@@ -1025,7 +1041,8 @@ result<task> orchestrator_impl::get(std::string_view id) const {
   return store_->get_task(id);
 }
 
-result<void> orchestrator_impl::when_done(std::string_view id, std::function<void(const task&)> fn) {
+result<void> orchestrator_impl::when_done(std::string_view id,
+                                          std::function<void(const task&)> fn) {
   std::unique_lock lock(mutex_);
   auto it = tasks_.find(std::string(id));
   if (it != tasks_.end()) {
@@ -1036,7 +1053,8 @@ result<void> orchestrator_impl::when_done(std::string_view id, std::function<voi
   auto t = store_->get_task(id);
   if (!t) return t.error();
   if (!is_terminal(t->state)) {
-    return error(errc::unavailable, fmt::format("task {} is not scheduled by this orchestrator", id));
+    return error(errc::unavailable,
+                 fmt::format("task {} is not scheduled by this orchestrator", id));
   }
   fn(*t);
   return {};
@@ -1047,7 +1065,8 @@ result<void> orchestrator_impl::when_done(std::string_view id, std::function<voi
 void orchestrator_impl::agent_event(ops& o, const agent_entry& a, const std::string& type,
                                     nlohmann::json data) {
   (void)o;
-  auto r = store_->append_event(event_draft{a.project, type, a.name, rt.clock().now(), std::move(data)});
+  auto r =
+      store_->append_event(event_draft{a.project, type, a.name, rt.clock().now(), std::move(data)});
   if (!r) {
     rt.logger().error("store: event {} of agent '{}' not written: {}", type, a.name,
                       r.error().describe());
@@ -1132,16 +1151,28 @@ orchestrator::orchestrator(runtime& rt, orchestrator_options options)
   impl_->start();
 }
 
-orchestrator::~orchestrator() { impl_->close(); }
+orchestrator::~orchestrator() {
+  impl_->close();
+}
 
 result<void> orchestrator::register_kind(std::string kind, agent_factory factory) {
   return impl_->register_kind(std::move(kind), std::move(factory));
 }
-std::vector<std::string> orchestrator::kinds() const { return impl_->kinds(); }
-result<std::string> orchestrator::spawn(agent_spawn spec) { return impl_->spawn(std::move(spec)); }
-result<void> orchestrator::stop_agent(std::string_view name) { return impl_->stop_agent(name); }
-result<void> orchestrator::restart_agent(std::string_view name) { return impl_->restart_agent(name); }
-std::vector<agent_status> orchestrator::agents() const { return impl_->agents(); }
+std::vector<std::string> orchestrator::kinds() const {
+  return impl_->kinds();
+}
+result<std::string> orchestrator::spawn(agent_spawn spec) {
+  return impl_->spawn(std::move(spec));
+}
+result<void> orchestrator::stop_agent(std::string_view name) {
+  return impl_->stop_agent(name);
+}
+result<void> orchestrator::restart_agent(std::string_view name) {
+  return impl_->restart_agent(name);
+}
+std::vector<agent_status> orchestrator::agents() const {
+  return impl_->agents();
+}
 result<agent_status> orchestrator::agent_info(std::string_view name) const {
   return impl_->agent_info(name);
 }
@@ -1165,21 +1196,25 @@ result<void> orchestrator::approve(std::string_view id, std::string by) {
 result<void> orchestrator::reject(std::string_view id, std::string by, std::string reason) {
   return impl_->reject(id, std::move(by), std::move(reason));
 }
-result<task> orchestrator::get(std::string_view id) const { return impl_->get(id); }
+result<task> orchestrator::get(std::string_view id) const {
+  return impl_->get(id);
+}
 result<void> orchestrator::when_done(std::string_view id, std::function<void(const task&)> fn) {
   return impl_->when_done(id, std::move(fn));
 }
 
 result<task> orchestrator::wait(std::string_view id, std::chrono::milliseconds timeout) {
   if (impl_->rt.on_executor()) {
-    return error(errc::invalid_argument, "wait() on an executor thread would deadlock; use when_done()");
+    return error(errc::invalid_argument,
+                 "wait() on an executor thread would deadlock; use when_done()");
   }
   auto promise = std::make_shared<std::promise<task>>();
   auto future = promise->get_future();
   auto registered = impl_->when_done(id, [promise](const task& t) { promise->set_value(t); });
   if (!registered) return registered.error();
   if (future.wait_for(timeout) != std::future_status::ready) {
-    return error(errc::timeout, fmt::format("task {} not finished within {} ms", id, timeout.count()));
+    return error(errc::timeout,
+                 fmt::format("task {} not finished within {} ms", id, timeout.count()));
   }
   return future.get();
 }
@@ -1187,8 +1222,14 @@ result<task> orchestrator::wait(std::string_view id, std::chrono::milliseconds t
 std::size_t orchestrator::subscribe(event_listener listener) {
   return impl_->subscribe(std::move(listener));
 }
-void orchestrator::unsubscribe(std::size_t key) { impl_->unsubscribe(key); }
-aise::store& orchestrator::store() const noexcept { return *impl_->options.store; }
-runtime& orchestrator::rt() const noexcept { return impl_->rt; }
+void orchestrator::unsubscribe(std::size_t key) {
+  impl_->unsubscribe(key);
+}
+aise::store& orchestrator::store() const noexcept {
+  return *impl_->options.store;
+}
+runtime& orchestrator::rt() const noexcept {
+  return impl_->rt;
+}
 
 }  // namespace aise

@@ -101,7 +101,8 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
     std::vector<std::string> dependents;
     std::vector<std::string> children;
     std::map<std::string, nlohmann::json> dep_results;  // filled as dependencies succeed
-    std::shared_ptr<const std::map<std::string, nlohmann::json>> dep_snapshot;  // shared by attempts
+    std::shared_ptr<const std::map<std::string, nlohmann::json>>
+        dep_snapshot;  // shared by attempts
     std::weak_ptr<task_run> run;
     cancellation_token token;
     std::uint64_t timeout_timer = 0;

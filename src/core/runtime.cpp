@@ -1,5 +1,3 @@
-#include "runtime_impl.hpp"
-
 #include <aise/runtime.hpp>
 
 #include <boost/asio/post.hpp>
@@ -8,6 +6,8 @@
 #include <random>
 #include <spdlog/logger.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+
+#include "runtime_impl.hpp"
 
 namespace aise::detail {
 
@@ -142,7 +142,7 @@ result<std::string> runtime_impl::spawn(std::unique_ptr<agent> a, spawn_options 
   core.owner = &owner;
   core.rt = this;
   core.box = std::make_unique<mailbox>(opts.mailbox_capacity != 0 ? opts.mailbox_capacity
-                                                                   : options.mailbox_capacity);
+                                                                  : options.mailbox_capacity);
   core.restore_state = std::move(restore);
   core.checkpoint_hook = std::move(checkpoint_hook);
   std::shared_ptr<agent> shared(std::move(a));
@@ -361,8 +361,9 @@ void runtime_impl::dispatch_message(agent& a, agent_core& core, message& m) {
     reply.sender = core.name;
     reply.correlation_id = m.correlation_id;
     reply.type = error_reply_type;
-    reply.payload = {{"code", to_string(errc::no_handler)},
-                     {"message", fmt::format("agent '{}' has no handler for '{}'", core.name, m.type)}};
+    reply.payload = {
+        {"code", to_string(errc::no_handler)},
+        {"message", fmt::format("agent '{}' has no handler for '{}'", core.name, m.type)}};
     stamp(reply);
     (void)options.transport->send(std::move(reply));
   }
@@ -389,7 +390,8 @@ void runtime_impl::finish(agent& a, agent_core& core) {
   core.pending.clear();
   core.life.store(agent_life::stopped);
   const std::size_t dropped = core.box->close();
-  if (dropped != 0) options.logger->debug("agent '{}': {} queued items dropped", core.name, dropped);
+  if (dropped != 0)
+    options.logger->debug("agent '{}': {} queued items dropped", core.name, dropped);
   agent_exit ex{core.name, core.kind, failed, core.crash_reason};
   {
     std::lock_guard lock(agents_mutex_);
@@ -451,8 +453,9 @@ void runtime_impl::request(message m, duration timeout,
       cb = std::move(it->second.on_reply);
       requests_.erase(it);
     }
-    cb(error(errc::timeout, fmt::format("no reply from '{}' within {} ms", to,
-                                        std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count())));
+    cb(error(errc::timeout,
+             fmt::format("no reply from '{}' within {} ms", to,
+                         std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count())));
   });
   {
     std::lock_guard lock(requests_mutex_);
@@ -569,11 +572,17 @@ result<std::string> runtime::spawn(std::unique_ptr<agent> a, spawn_options optio
   return impl_->spawn(std::move(a), std::move(options), std::nullopt, nullptr);
 }
 
-result<void> runtime::stop(std::string_view name) { return impl_->stop(name); }
+result<void> runtime::stop(std::string_view name) {
+  return impl_->stop(name);
+}
 
-std::vector<std::string> runtime::agents() const { return impl_->agent_names(); }
+std::vector<std::string> runtime::agents() const {
+  return impl_->agent_names();
+}
 
-bool runtime::has_agent(std::string_view name) const { return impl_->find(name) != nullptr; }
+bool runtime::has_agent(std::string_view name) const {
+  return impl_->find(name) != nullptr;
+}
 
 result<void> runtime::send(message m) {
   if (m.recipient.empty()) return error(errc::invalid_argument, "send: empty recipient");
@@ -602,7 +611,8 @@ void runtime::request(message m, duration timeout, std::function<void(result<mes
 result<message> runtime::call(std::string to, std::string type, nlohmann::json payload,
                               duration timeout) {
   if (impl_->on_executor()) {
-    return error(errc::invalid_argument, "call() on an executor thread would deadlock; use request()");
+    return error(errc::invalid_argument,
+                 "call() on an executor thread would deadlock; use request()");
   }
   auto promise = std::make_shared<std::promise<result<message>>>();
   auto future = promise->get_future();
@@ -614,7 +624,8 @@ result<message> runtime::call(std::string to, std::string type, nlohmann::json p
                  [promise](result<message> r) { promise->set_value(std::move(r)); });
   // The request times out on the runtime's clock; the real-time cap only
   // guards against a manual clock that nobody advances.
-  const auto cap = std::chrono::duration_cast<std::chrono::milliseconds>(timeout) + std::chrono::seconds(5);
+  const auto cap =
+      std::chrono::duration_cast<std::chrono::milliseconds>(timeout) + std::chrono::seconds(5);
   if (future.wait_for(cap) != std::future_status::ready) {
     return error(errc::timeout, "call: no reply and the clock did not advance");
   }
@@ -625,36 +636,60 @@ timer_id runtime::schedule(duration delay, std::function<void()> fn) {
   return impl_->timers().schedule_after(delay, std::move(fn));
 }
 
-bool runtime::cancel_timer(timer_id id) { return impl_->timers().cancel(id); }
+bool runtime::cancel_timer(timer_id id) {
+  return impl_->timers().cancel(id);
+}
 
-void runtime::post(std::function<void()> fn) { boost::asio::post(impl_->io(), std::move(fn)); }
+void runtime::post(std::function<void()> fn) {
+  boost::asio::post(impl_->io(), std::move(fn));
+}
 
-void runtime::run_blocking(std::function<void()> fn) { impl_->run_blocking(std::move(fn)); }
+void runtime::run_blocking(std::function<void()> fn) {
+  impl_->run_blocking(std::move(fn));
+}
 
-bool runtime::on_executor() const noexcept { return impl_->on_executor(); }
+bool runtime::on_executor() const noexcept {
+  return impl_->on_executor();
+}
 
 std::size_t runtime::on_agent_exit(std::function<void(const agent_exit&)> fn) {
   return impl_->add_exit_listener(std::move(fn));
 }
 
-void runtime::remove_exit_listener(std::size_t key) { impl_->remove_exit_listener(key); }
+void runtime::remove_exit_listener(std::size_t key) {
+  impl_->remove_exit_listener(key);
+}
 
 result<void> runtime::shutdown(shutdown_mode mode, std::chrono::milliseconds deadline) {
   return impl_->shutdown(mode, deadline);
 }
 
-std::string runtime::make_id(std::string_view prefix) { return impl_->make_id(prefix); }
+std::string runtime::make_id(std::string_view prefix) {
+  return impl_->make_id(prefix);
+}
 
-std::uint64_t runtime::next_message_id() noexcept { return impl_->next_message_id(); }
+std::uint64_t runtime::next_message_id() noexcept {
+  return impl_->next_message_id();
+}
 
-aise::clock& runtime::clock() const noexcept { return *impl_->options.clock; }
+aise::clock& runtime::clock() const noexcept {
+  return *impl_->options.clock;
+}
 
-std::shared_ptr<aise::clock> runtime::clock_ptr() const noexcept { return impl_->options.clock; }
+std::shared_ptr<aise::clock> runtime::clock_ptr() const noexcept {
+  return impl_->options.clock;
+}
 
-spdlog::logger& runtime::logger() const noexcept { return *impl_->options.logger; }
+spdlog::logger& runtime::logger() const noexcept {
+  return *impl_->options.logger;
+}
 
-aise::transport& runtime::transport() const noexcept { return *impl_->options.transport; }
+aise::transport& runtime::transport() const noexcept {
+  return *impl_->options.transport;
+}
 
-const runtime_options& runtime::options() const noexcept { return impl_->options; }
+const runtime_options& runtime::options() const noexcept {
+  return impl_->options;
+}
 
 }  // namespace aise

@@ -58,7 +58,9 @@ class runtime_impl {
   result<void> shutdown(shutdown_mode mode, std::chrono::milliseconds deadline);
 
   std::string make_id(std::string_view prefix);
-  std::uint64_t next_message_id() noexcept { return id_base_ + id_counter_.fetch_add(1, std::memory_order_relaxed); }
+  std::uint64_t next_message_id() noexcept {
+    return id_base_ + id_counter_.fetch_add(1, std::memory_order_relaxed);
+  }
 
   runtime& owner;
   runtime_options options;

@@ -63,16 +63,28 @@ void cancellation_token::on_cancel(std::function<void()> fn) const {
 
 task_context::task_context(std::shared_ptr<detail::task_run> run) : run_(std::move(run)) {}
 
-const aise::task& task_context::task() const noexcept { return run_->task; }
-const nlohmann::json& task_context::payload() const noexcept { return run_->task.payload; }
+const aise::task& task_context::task() const noexcept {
+  return run_->task;
+}
+const nlohmann::json& task_context::payload() const noexcept {
+  return run_->task.payload;
+}
 const std::map<std::string, nlohmann::json>& task_context::dependency_results() const noexcept {
   static const std::map<std::string, nlohmann::json> none;
   return run_->dep_results ? *run_->dep_results : none;
 }
-const cancellation_token& task_context::cancellation() const noexcept { return run_->token; }
-bool task_context::cancelled() const noexcept { return run_->token.cancelled(); }
-agent& task_context::self() const noexcept { return *run_->runner; }
-bool task_context::done() const noexcept { return run_->done.load(std::memory_order_acquire); }
+const cancellation_token& task_context::cancellation() const noexcept {
+  return run_->token;
+}
+bool task_context::cancelled() const noexcept {
+  return run_->token.cancelled();
+}
+agent& task_context::self() const noexcept {
+  return *run_->runner;
+}
+bool task_context::done() const noexcept {
+  return run_->done.load(std::memory_order_acquire);
+}
 
 result<void> task_context::succeed(nlohmann::json value) {
   auto o = run_->orch.lock();
@@ -126,7 +138,8 @@ void task_context::when_all(std::vector<std::string> ids,
       try {
         state->then(ctx, std::move(tasks));
       } catch (const std::exception& e) {
-        (void)ctx.fail(error(errc::handler_failed, fmt::format("fan-in continuation threw: {}", e.what())));
+        (void)ctx.fail(
+            error(errc::handler_failed, fmt::format("fan-in continuation threw: {}", e.what())));
       } catch (...) {
         (void)ctx.fail(error(errc::handler_failed, "fan-in continuation threw a non-exception"));
       }

@@ -68,16 +68,18 @@ void timer_service::arm_locked() {
   if (first >= armed_for_) return;  // an earlier or equal wake-up is pending
   armed_for_ = first;
   const auto delay = first - clock_->now();
-  timer_->expires_after(delay.count() > 0 ? std::chrono::duration_cast<std::chrono::steady_clock::duration>(delay)
-                                          : std::chrono::steady_clock::duration::zero());
-  timer_->async_wait([this, alive = std::weak_ptr<bool>(alive_)](const boost::system::error_code& ec) {
-    if (ec || !alive.lock()) return;  // re-armed earlier, or shut down
-    {
-      std::lock_guard lock(mutex_);
-      armed_for_ = time_point::max();
-    }
-    fire_due();
-  });
+  timer_->expires_after(delay.count() > 0
+                            ? std::chrono::duration_cast<std::chrono::steady_clock::duration>(delay)
+                            : std::chrono::steady_clock::duration::zero());
+  timer_->async_wait(
+      [this, alive = std::weak_ptr<bool>(alive_)](const boost::system::error_code& ec) {
+        if (ec || !alive.lock()) return;  // re-armed earlier, or shut down
+        {
+          std::lock_guard lock(mutex_);
+          armed_for_ = time_point::max();
+        }
+        fire_due();
+      });
 }
 
 void timer_service::fire_due() {
