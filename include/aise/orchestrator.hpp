@@ -172,8 +172,10 @@ class AISE_CORE_EXPORT orchestrator {
   // ---- events ----
   /// Adds a listener of every event from now on; returns its key.
   std::size_t subscribe(event_listener listener);
-  /// Removes a listener. A batch already being delivered on another thread
-  /// may still reach it once; after that it is not called again.
+  /// Removes a listener; once this returns it is not called again. Called
+  /// from another thread than the one delivering, it waits for a listener
+  /// call in progress (so do not call it while holding a lock a listener
+  /// takes); a listener may unsubscribe itself.
   void unsubscribe(std::size_t key);
 
   /// The store in use.

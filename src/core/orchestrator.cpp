@@ -5,6 +5,7 @@
 #include <boost/asio/post.hpp>
 #include <fmt/format.h>
 #include <future>
+#include <thread>
 #include <spdlog/logger.h>
 
 #include "agent_core.hpp"
@@ -1098,7 +1099,7 @@ void orchestrator_impl::emit(event ev) {
 void orchestrator_impl::deliver_events() {
   for (;;) {
     std::deque<event> batch;
-    std::vector<std::shared_ptr<event_listener>> listeners;
+    std::vector<std::shared_ptr<listener_entry>> listeners;
     {
       // Taking mutex_ first means every event in the batch belongs to a
       // change that is complete (timers armed, slots released): a listener
@@ -1112,10 +1113,15 @@ void orchestrator_impl::deliver_events() {
       batch.swap(outbox_);
       for (auto& [k, l] : listeners_) listeners.push_back(l);
     }
+    // Held while listeners run, so that unsubscribe (from another thread)
+    // can wait for a call in progress before it returns.
+    std::lock_guard delivery(delivery_mutex_);
+    delivering_thread_.store(std::this_thread::get_id());
     for (const auto& ev : batch) {
       for (auto& l : listeners) {
+        if (!l->active.load(std::memory_order_acquire)) continue;
         try {
-          (*l)(ev);
+          l->fn(ev);
         } catch (const std::exception& e) {
           rt.logger().warn("event listener threw: {}", e.what());
         } catch (...) {
@@ -1123,21 +1129,33 @@ void orchestrator_impl::deliver_events() {
         }
       }
     }
+    delivering_thread_.store(std::thread::id{});
   }
 }
 
 std::size_t orchestrator_impl::subscribe(event_listener listener) {
   std::lock_guard lock(events_mutex_);
   const std::size_t key = next_listener_++;
-  listeners_.emplace_back(key, std::make_shared<event_listener>(std::move(listener)));
+  auto entry = std::make_shared<listener_entry>();
+  entry->fn = std::move(listener);
+  listeners_.emplace_back(key, std::move(entry));
   has_listeners_.store(true, std::memory_order_release);
   return key;
 }
 
 void orchestrator_impl::unsubscribe(std::size_t key) {
-  std::lock_guard lock(events_mutex_);
-  std::erase_if(listeners_, [key](const auto& p) { return p.first == key; });
-  has_listeners_.store(!listeners_.empty(), std::memory_order_release);
+  {
+    std::lock_guard lock(events_mutex_);
+    for (auto& [k, l] : listeners_) {
+      if (k == key) l->active.store(false, std::memory_order_release);
+    }
+    std::erase_if(listeners_, [key](const auto& p) { return p.first == key; });
+    has_listeners_.store(!listeners_.empty(), std::memory_order_release);
+  }
+  // A listener removing itself must not wait for its own call.
+  if (delivering_thread_.load() != std::this_thread::get_id()) {
+    std::lock_guard wait_for_delivery(delivery_mutex_);
+  }
 }
 
 }  // namespace aise::detail

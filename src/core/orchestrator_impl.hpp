@@ -15,6 +15,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
@@ -187,8 +188,14 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::mutex events_mutex_;
   std::deque<event> outbox_;
   bool delivering_ = false;
+  struct listener_entry {
+    event_listener fn;
+    std::atomic<bool> active{true};
+  };
   std::size_t next_listener_ = 1;
-  std::vector<std::pair<std::size_t, std::shared_ptr<event_listener>>> listeners_;
+  std::vector<std::pair<std::size_t, std::shared_ptr<listener_entry>>> listeners_;
+  std::mutex delivery_mutex_;  // held while listeners run
+  std::atomic<std::thread::id> delivering_thread_{};
   std::atomic<bool> has_listeners_{false};
   std::uint64_t dropped_events_ = 0;
 };

@@ -15,14 +15,16 @@ aise::runtime_options opts(std::shared_ptr<aise::clock> clock = nullptr) {
   aise::runtime_options o;
   o.threads = 2;
   o.clock = std::move(clock);
-  o.logger = std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  o.logger =
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
   return o;
 }
 
 class server_agent : public aise::agent {
  public:
   server_agent() {
-    on_request("echo", [](const aise::message& m) -> aise::result<nlohmann::json> { return m.payload; });
+    on_request("echo",
+               [](const aise::message& m) -> aise::result<nlohmann::json> { return m.payload; });
     on_request("refuse", [](const aise::message&) -> aise::result<nlohmann::json> {
       return aise::error(aise::errc::rejected, "not today");
     });
@@ -36,7 +38,8 @@ class server_agent : public aise::agent {
 // Sends one request when told to and records what came back.
 class client_agent : public aise::agent {
  public:
-  client_agent(notifier& sig, std::optional<aise::result<aise::message>>& out) : sig_(sig), out_(out) {
+  client_agent(notifier& sig, std::optional<aise::result<aise::message>>& out)
+      : sig_(sig), out_(out) {
     on("go", [this](const aise::message& m) {
       request(m.payload.at("to"), m.payload.at("type"), m.payload.at("body"),
               std::chrono::milliseconds(m.payload.at("timeout_ms").get<int>()),
@@ -56,9 +59,9 @@ nlohmann::json go(const std::string& to, const std::string& type, int timeout_ms
 }  // namespace
 
 TEST_CASE("agent: request/reply between agents") {
-  aise::runtime rt(opts());
   notifier sig;
   std::optional<aise::result<aise::message>> out;
+  aise::runtime rt(opts());
   REQUIRE(rt.spawn<server_agent>({.name = "server"}).ok());
   REQUIRE(rt.spawn<client_agent>({.name = "client"}, sig, out).ok());
 
@@ -99,9 +102,9 @@ TEST_CASE("agent: request/reply between agents") {
 
 TEST_CASE("agent: a request times out by the manual clock, not by sleeping") {
   auto clock = std::make_shared<aise::manual_clock>();
-  aise::runtime rt(opts(clock));
   notifier sig;
   std::optional<aise::result<aise::message>> out;
+  aise::runtime rt(opts(clock));
   REQUIRE(rt.spawn<server_agent>({.name = "server"}).ok());
   REQUIRE(rt.spawn<client_agent>({.name = "client"}, sig, out).ok());
   REQUIRE(rt.send("client", "go", go("server", "silent", 1000)).ok());
@@ -146,9 +149,9 @@ class listener_agent : public aise::agent {
 }  // namespace
 
 TEST_CASE("agent: publish reaches every subscriber; unsubscribe stops delivery") {
-  aise::runtime rt(opts());
   notifier sig;
   std::vector<std::string> got;
+  aise::runtime rt(opts());
   for (const char* n : {"l1", "l2", "l3"}) {
     REQUIRE(rt.spawn<listener_agent>({.name = n}, sig, got).ok());
   }
@@ -194,7 +197,9 @@ class worker_agent : public aise::agent {
     on("blocking-throws", [this](const aise::message&) {
       run_blocking([]() -> nlohmann::json { throw std::runtime_error("disk on fire"); },
                    [this](aise::result<nlohmann::json> r) {
-                     sig_.update([&] { log_.push_back("error:" + std::string(aise::to_string(r.error().code()))); });
+                     sig_.update([&] {
+                       log_.push_back("error:" + std::string(aise::to_string(r.error().code())));
+                     });
                    });
     });
   }
@@ -207,9 +212,9 @@ class worker_agent : public aise::agent {
 
 TEST_CASE("agent: timers and blocking work come back to the strand") {
   auto clock = std::make_shared<aise::manual_clock>();
-  aise::runtime rt(opts(clock));
   notifier sig;
   std::vector<std::string> log;
+  aise::runtime rt(opts(clock));
   REQUIRE(rt.spawn<worker_agent>({.name = "w"}, sig, log).ok());
   REQUIRE(rt.send("w", "later").ok());
   REQUIRE(rt.send("w", "blocking").ok());

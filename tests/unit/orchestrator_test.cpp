@@ -10,8 +10,8 @@
 using namespace std::chrono_literals;
 using aise::task_state;
 using aise::test::event_recorder;
-using aise::test::parked_tasks;
 using aise::test::notifier;
+using aise::test::parked_tasks;
 
 namespace {
 
@@ -19,7 +19,8 @@ aise::runtime_options quiet(std::shared_ptr<aise::clock> clock = nullptr) {
   aise::runtime_options o;
   o.threads = 2;
   o.clock = std::move(clock);
-  o.logger = std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  o.logger =
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
   return o;
 }
 
@@ -49,7 +50,8 @@ class worker : public aise::agent {
 struct fixture {
   explicit fixture(std::shared_ptr<aise::manual_clock> c = nullptr, std::uint64_t seed = 7)
       : clock(std::move(c)), rt(quiet(clock)), orch(rt, options(seed)), events(orch) {
-    REQUIRE(orch.register_kind("worker", [this] { return std::make_unique<worker>(&parked); }).ok());
+    REQUIRE(
+        orch.register_kind("worker", [this] { return std::make_unique<worker>(&parked); }).ok());
   }
   static aise::orchestrator_options options(std::uint64_t seed) {
     aise::orchestrator_options o;
@@ -271,7 +273,8 @@ TEST_CASE("orchestrator: retries back off exponentially on the manual clock") {
   CHECK(attempts[2].outcome == task_state::succeeded);
 }
 
-TEST_CASE("orchestrator: exhausted retries fail the task; a throwing handler fails only the attempt") {
+TEST_CASE(
+    "orchestrator: exhausted retries fail the task; a throwing handler fails only the attempt") {
   fixture f;
   auto agent = f.spawn();
   auto s = spec("throw");
@@ -436,7 +439,8 @@ namespace {
 class stateful : public aise::agent {
  public:
   stateful() {
-    on_task("count", [this](aise::task_context&) -> aise::result<nlohmann::json> { return ++count_; });
+    on_task("count",
+            [this](aise::task_context&) -> aise::result<nlohmann::json> { return ++count_; });
     on("crash", [](const aise::message&) { throw std::runtime_error("segfault, pretend"); });
   }
   [[nodiscard]] nlohmann::json snapshot() const override { return {{"count", count_}}; }

@@ -51,11 +51,12 @@ class counter_agent : public aise::agent {
 }  // namespace
 
 TEST_CASE("runtime: messages reach their handler one at a time") {
-  aise::runtime rt(opts(2));
   notifier sig;
   int count = 0;
   std::atomic<bool> overlap{false};
-  auto name = rt.spawn<counter_agent>({.name = "counter", .mailbox_capacity = 100000}, sig, count, overlap);
+  aise::runtime rt(opts(2));
+  auto name =
+      rt.spawn<counter_agent>({.name = "counter", .mailbox_capacity = 100000}, sig, count, overlap);
   REQUIRE(name.ok());
   CHECK(*name == "counter");
 
@@ -71,10 +72,10 @@ TEST_CASE("runtime: messages reach their handler one at a time") {
 }
 
 TEST_CASE("runtime: names, duplicates and unknown addresses") {
-  aise::runtime rt(opts(1));
   notifier sig;
   int count = 0;
   std::atomic<bool> overlap{false};
+  aise::runtime rt(opts(1));
   auto a = rt.spawn<counter_agent>({.kind = "counter"}, sig, count, overlap);
   auto b = rt.spawn<counter_agent>({.kind = "counter"}, sig, count, overlap);
   REQUIRE(a.ok());
@@ -92,11 +93,11 @@ TEST_CASE("runtime: names, duplicates and unknown addresses") {
 }
 
 TEST_CASE("runtime: a throwing handler fails only its agent") {
-  aise::runtime rt(opts(2));
   notifier sig;
   int count = 0;
   std::atomic<bool> overlap{false};
   std::optional<aise::agent_exit> exit;
+  aise::runtime rt(opts(2));
   rt.on_agent_exit([&](const aise::agent_exit& ex) { sig.update([&] { exit = ex; }); });
   REQUIRE(rt.spawn<counter_agent>({.name = "fragile"}, sig, count, overlap).ok());
   REQUIRE(rt.spawn<counter_agent>({.name = "sturdy"}, sig, count, overlap).ok());
@@ -131,10 +132,10 @@ class gated_agent : public aise::agent {
 }  // namespace
 
 TEST_CASE("runtime: a full mailbox rejects the newest message and loses nothing accepted") {
-  aise::runtime rt(opts(2));
   notifier sig;
   bool open = false;
   int handled = 0;
+  aise::runtime rt(opts(2));
   REQUIRE(rt.spawn<gated_agent>({.name = "gated", .mailbox_capacity = 8}, sig, open, handled).ok());
   int accepted = 0;
   int rejected = 0;
@@ -161,8 +162,8 @@ TEST_CASE("runtime: timers follow a manual clock") {
   auto clock = std::make_shared<aise::manual_clock>();
   auto o = opts(1);
   o.clock = clock;
-  aise::runtime rt(o);
   notifier sig;
+  aise::runtime rt(o);
   int fired = 0;
   rt.schedule(10s, [&] { sig.update([&] { ++fired; }); });
   rt.schedule(20s, [&] { sig.update([&] { fired += 10; }); });
@@ -181,10 +182,10 @@ TEST_CASE("runtime: runs on a host io_context") {
   auto guard = boost::asio::make_work_guard(io);
   std::thread host([&] { io.run(); });
   {
-    aise::runtime rt(io, opts());
     notifier sig;
     int count = 0;
     std::atomic<bool> overlap{false};
+    aise::runtime rt(io, opts());
     REQUIRE(rt.spawn<counter_agent>({.name = "hosted"}, sig, count, overlap).ok());
     for (int i = 0; i < 100; ++i) REQUIRE(rt.send("hosted", "hit").ok());
     CHECK(sig.wait([&] { return count == 100; }));
@@ -202,11 +203,11 @@ TEST_CASE("runtime: two runtimes share an in-process transport") {
   auto ob = opts(1);
   ob.transport = shared;
   ob.name = "b";
-  aise::runtime a(oa);
-  aise::runtime b(ob);
   notifier sig;
   int count = 0;
   std::atomic<bool> overlap{false};
+  aise::runtime a(oa);
+  aise::runtime b(ob);
   REQUIRE(b.spawn<counter_agent>({.name = "in-b"}, sig, count, overlap).ok());
   REQUIRE(a.send("in-b", "hit").ok());
   CHECK(sig.wait([&] { return count == 1; }));
@@ -249,8 +250,8 @@ TEST_CASE("runtime: drain shutdown handles queued messages before on_stop") {
 TEST_CASE("runtime: stop runs on_stop and tells exit listeners") {
   std::vector<std::string> log;
   notifier sig;
-  aise::runtime rt(opts(1));
   std::optional<aise::agent_exit> exit;
+  aise::runtime rt(opts(1));
   rt.on_agent_exit([&](const aise::agent_exit& ex) { sig.update([&] { exit = ex; }); });
   REQUIRE(rt.spawn<lifecycle_agent>({.name = "l", .kind = "lifecycle"}, sig, log).ok());
   REQUIRE(rt.stop("l").ok());
