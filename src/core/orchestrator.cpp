@@ -5,8 +5,8 @@
 #include <boost/asio/post.hpp>
 #include <fmt/format.h>
 #include <future>
-#include <thread>
 #include <spdlog/logger.h>
+#include <thread>
 
 #include "agent_core.hpp"
 #include "orchestrator_impl.hpp"
