@@ -74,7 +74,7 @@ def summarize(path):
         for name in runs[0]:
             values = sorted(r[name] for r in runs)
             row[name] = {"min": values[0], "median": statistics.median(values), "max": values[-1]}
-        row["runs"] = len(runs)
+        row["processes"] = len(runs)
         out.append(row)
     return out
 
