@@ -10,11 +10,29 @@
 namespace aise {
 
 namespace {
-const std::string empty_string;
 
 detail::runtime_impl& rt_of(const detail::agent_core& core) {
   // Precondition of every strand-only member: the agent was spawned.
   return *core.rt;
+}
+
+// Sends `m` (sender, id and time filled in) from the agent owning `core`.
+result<void> send_from(detail::agent_core& core, message&& m) {
+  if (m.recipient.empty()) return error(errc::invalid_argument, "send: empty recipient");
+  auto& rt = rt_of(core);
+  m.sender = core.name;
+  rt.stamp(m);
+  return rt.options.transport->send(std::move(m));
+}
+
+// Removes the pending request `corr` and returns its callback (empty when
+// it was already answered or timed out).
+std::function<void(result<message>)> take_pending(detail::agent_core& core, std::uint64_t corr) {
+  auto it = core.pending.find(corr);
+  if (it == core.pending.end()) return nullptr;
+  auto cb = std::move(it->second.on_reply);
+  core.pending.erase(it);
+  return cb;
 }
 }  // namespace
 
@@ -65,23 +83,15 @@ void agent::on_task_async(std::string kind, std::function<void(task_context)> ha
 }
 
 result<void> agent::send(std::string to, std::string type, nlohmann::json payload) {
-  if (to.empty()) return error(errc::invalid_argument, "send: empty recipient");
-  auto& rt = rt_of(*core_);
   message m;
   m.recipient = std::move(to);
   m.type = std::move(type);
   m.payload = std::move(payload);
-  m.sender = core_->name;
-  rt.stamp(m);
-  return rt.options.transport->send(std::move(m));
+  return send_from(*core_, std::move(m));  // by reference: one move fewer on the hot path
 }
 
 result<void> agent::send(message m) {
-  if (m.recipient.empty()) return error(errc::invalid_argument, "send: empty recipient");
-  auto& rt = rt_of(*core_);
-  m.sender = core_->name;
-  rt.stamp(m);
-  return rt.options.transport->send(std::move(m));
+  return send_from(*core_, std::move(m));
 }
 
 void agent::request(std::string to, std::string type, nlohmann::json payload, duration timeout,
@@ -105,10 +115,8 @@ void agent::request(std::string to, std::string type, nlohmann::json payload, du
     auto self = weak.lock();
     if (!self) return;
     rt.post_job(*self, [core, corr, target, timeout] {
-      auto it = core->pending.find(corr);
-      if (it == core->pending.end()) return;
-      auto cb = std::move(it->second.on_reply);
-      core->pending.erase(it);
+      auto cb = take_pending(*core, corr);
+      if (!cb) return;
       cb(error(
           errc::timeout,
           fmt::format("no reply from '{}' within {} ms", target,
@@ -120,11 +128,7 @@ void agent::request(std::string to, std::string type, nlohmann::json payload, du
     rt.timers().cancel(core_->pending[corr].timer);
     if (auto self = weak.lock()) {
       rt.post_job(*self, [core, corr, e = sent.error()] {
-        auto it = core->pending.find(corr);
-        if (it == core->pending.end()) return;
-        auto cb = std::move(it->second.on_reply);
-        core->pending.erase(it);
-        cb(e);
+        if (auto cb = take_pending(*core, corr)) cb(e);
       });
     }
   }

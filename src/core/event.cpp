@@ -7,31 +7,24 @@
 #include <string_view>
 #include <utility>
 
+#include "json_fields.hpp"
+
 namespace aise {
 
 namespace {
 
 using json = nlohmann::json;
 
+constexpr std::string_view prefix = "event.";
+
 aise::error field_error(std::string_view field, std::string_view what) {
-  std::string text("event.");
-  text += field;
-  text += ": ";
-  text += what;
-  return {errc::invalid_argument, std::move(text)};
+  return detail::field_error(prefix, field, what);
 }
 
-const json* find_field(const json& j, const char* key) {
-  const auto it = j.find(key);
-  return it == j.end() || it->is_null() ? nullptr : &*it;
-}
+using detail::find_field;
 
 std::optional<aise::error> read_string(const json& j, const char* key, std::string& out) {
-  const json* v = find_field(j, key);
-  if (v == nullptr) return std::nullopt;
-  if (!v->is_string()) return field_error(key, "expected a string");
-  out = v->get_ref<const std::string&>();
-  return std::nullopt;
+  return detail::read_string(j, prefix, key, out);
 }
 
 std::optional<aise::error> read_event(const json& j, event& e) {
@@ -49,11 +42,7 @@ std::optional<aise::error> read_event(const json& j, event& e) {
     }
     e.sequence = v->get<std::uint64_t>();
   }
-  if (const json* v = find_field(j, "at")) {
-    if (!v->is_string() || !parse_time(v->get_ref<const std::string&>(), e.at)) {
-      return field_error("at", R"(expected an RFC 3339 UTC time such as "2026-01-01T00:00:00Z")");
-    }
-  }
+  if (auto bad = detail::read_time(j, prefix, "at", e.at)) return bad;
   if (const auto it = j.find("data"); it != j.end()) e.data = *it;
   return std::nullopt;
 }

@@ -9,6 +9,8 @@
 #include <string_view>
 #include <utility>
 
+#include "json_fields.hpp"
+
 namespace aise {
 
 namespace {
@@ -18,26 +20,13 @@ using json = nlohmann::json;
 constexpr std::string_view prefix = "message.";
 
 aise::error field_error(std::string_view field, std::string_view what) {
-  std::string text(prefix);
-  text += field;
-  text += ": ";
-  text += what;
-  return {errc::invalid_argument, std::move(text)};
+  return detail::field_error(prefix, field, what);
 }
 
-// Absent and null both mean "not given": clients in other languages often
-// send explicit nulls for empty fields.
-const json* find_field(const json& j, const char* key) {
-  const auto it = j.find(key);
-  return it == j.end() || it->is_null() ? nullptr : &*it;
-}
+using detail::find_field;
 
 std::optional<aise::error> read_string(const json& j, const char* key, std::string& out) {
-  const json* v = find_field(j, key);
-  if (v == nullptr) return std::nullopt;
-  if (!v->is_string()) return field_error(key, "expected a string");
-  out = v->get_ref<const std::string&>();
-  return std::nullopt;
+  return detail::read_string(j, prefix, key, out);
 }
 
 // Ids travel as hex strings, never as JSON numbers: a JavaScript client
@@ -79,12 +68,7 @@ std::optional<aise::error> read_message(const json& j, message& m) {
   if (auto e = read_id(j, "id", m.id)) return e;
   if (auto e = read_id(j, "correlation_id", m.correlation_id)) return e;
 
-  if (const json* v = find_field(j, "created_at")) {
-    if (!v->is_string() || !parse_time(v->get_ref<const std::string&>(), m.created_at)) {
-      return field_error("created_at",
-                         R"(expected an RFC 3339 UTC time such as "2026-01-01T00:00:00Z")");
-    }
-  }
+  if (auto e = detail::read_time(j, prefix, "created_at", m.created_at)) return e;
 
   if (auto e = read_headers(j, m.headers)) return e;
   if (const auto it = j.find("payload"); it != j.end()) m.payload = *it;

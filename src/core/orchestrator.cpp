@@ -338,11 +338,7 @@ void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
     for (const auto& id : lost) {
       auto t = tasks_.find(id);
       if (t == tasks_.end()) continue;
-      if (auto run = t->second.run.lock()) {
-        run->aborted.store(true);
-        run->done.store(true);
-      }
-      cancel_token(o, t->second.token);
+      abort_run(o, t->second);
       finish_attempt(o, t->second, std::nullopt,
                      error(errc::unavailable,
                            fmt::format("agent '{}' {}", ex.name, ex.failed ? "failed" : "stopped")),
@@ -777,6 +773,16 @@ result<void> orchestrator_impl::complete(task_run& run, std::optional<nlohmann::
   return {};
 }
 
+// Ends a running attempt from outside its handler: a late completion by the
+// handler then returns `cancelled` and changes nothing, and its token is set.
+void orchestrator_impl::abort_run(ops& o, task_entry& e) {
+  if (auto run = e.run.lock()) {
+    run->aborted.store(true);
+    run->done.store(true);
+  }
+  cancel_token(o, e.token);
+}
+
 void orchestrator_impl::cancel_token(ops& o, const cancellation_token& token) {
   auto callbacks = cancellation_access::mark(token);
   if (callbacks.empty()) return;
@@ -881,11 +887,7 @@ void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
   task_entry& e = it->second;
   if (e.t.state != task_state::running || e.t.attempt != attempt) return;
   e.timeout_timer = 0;
-  if (auto run = e.run.lock()) {  // a late completion changes nothing
-    run->aborted.store(true);
-    run->done.store(true);
-  }
-  cancel_token(o, e.token);
+  abort_run(o, e);
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*e.t.timeout).count();
   finish_attempt(o, e, std::nullopt,
                  error(errc::timeout, fmt::format("attempt {} timed out after {} ms", attempt, ms)),
@@ -906,11 +908,7 @@ void orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::e
   const task_state from = e.t.state;
   std::optional<task_attempt> row;
   if (from == task_state::running) {
-    if (auto run = e.run.lock()) {
-      run->aborted.store(true);
-      run->done.store(true);
-    }
-    cancel_token(o, e.token);
+    abort_run(o, e);
     row = task_attempt{e.t.id, e.t.attempt, e.t.agent, {}, rt.clock().now(), to, why};
     if (auto r = e.run.lock()) row->started_at = r->task.updated_at;
   } else if (from == task_state::queued) {

@@ -156,6 +156,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   // Sets the token's flag now (so it is set before the change is visible)
   // and runs its callbacks after the lock is released.
   static void cancel_token(ops& o, const cancellation_token& token);
+  static void abort_run(ops& o, task_entry& e);
   void on_terminal(ops& o, std::string id);  // by value: callers pass the id of the entry it erases
   void on_timeout(const std::string& id, int attempt);
   void on_retry_due(const std::string& id, int attempt);

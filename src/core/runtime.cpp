@@ -60,14 +60,8 @@ runtime_impl::runtime_impl(runtime& rt_owner, runtime_options opts, boost::asio:
 
   reply_address_ = fmt::format("{}.{}.replies", options.name, tag_);
   auto bound = options.transport->bind(reply_address_, [this](message&& m) -> result<void> {
-    agent_core::pending_request p;
-    {
-      std::lock_guard lock(requests_mutex_);
-      auto it = requests_.find(m.correlation_id);
-      if (it == requests_.end()) return {};  // late reply: its request timed out
-      p = std::move(it->second);
-      requests_.erase(it);
-    }
+    agent_core::pending_request p = take_request(m.correlation_id);
+    if (!p.on_reply) return {};  // late reply: its request timed out
     timers_->cancel(p.timer);
     boost::asio::post(*io_, [cb = std::move(p.on_reply), m = std::move(m)]() mutable {
       if (m.is_error_reply()) {
@@ -445,14 +439,8 @@ void runtime_impl::request(message m, duration timeout,
   }
   const std::string to = m.recipient;
   const std::uint64_t timer = timers_->schedule_after(timeout, [this, corr, to, timeout] {
-    std::function<void(result<message>)> cb;
-    {
-      std::lock_guard lock(requests_mutex_);
-      auto it = requests_.find(corr);
-      if (it == requests_.end()) return;
-      cb = std::move(it->second.on_reply);
-      requests_.erase(it);
-    }
+    auto cb = take_request(corr).on_reply;
+    if (!cb) return;
     cb(error(errc::timeout,
              fmt::format("no reply from '{}' within {} ms", to,
                          std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count())));
@@ -462,17 +450,20 @@ void runtime_impl::request(message m, duration timeout,
     if (auto it = requests_.find(corr); it != requests_.end()) it->second.timer = timer;
   }
   if (auto sent = options.transport->send(std::move(m)); !sent) {
-    std::function<void(result<message>)> cb;
-    {
-      std::lock_guard lock(requests_mutex_);
-      auto it = requests_.find(corr);
-      if (it == requests_.end()) return;
-      cb = std::move(it->second.on_reply);
-      requests_.erase(it);
-    }
+    auto cb = take_request(corr).on_reply;
+    if (!cb) return;
     timers_->cancel(timer);
     boost::asio::post(*io_, [cb = std::move(cb), e = sent.error()] { cb(e); });
   }
+}
+
+agent_core::pending_request runtime_impl::take_request(std::uint64_t corr) {
+  std::lock_guard lock(requests_mutex_);
+  auto it = requests_.find(corr);
+  if (it == requests_.end()) return {};
+  agent_core::pending_request p = std::move(it->second);
+  requests_.erase(it);
+  return p;
 }
 
 void runtime_impl::run_blocking(std::function<void()> fn) {

@@ -74,6 +74,8 @@ class runtime_impl {
   void dispatch_message(agent& a, agent_core& core, message& m);
   void finish(agent& a, agent_core& core);
   void notify_exit(agent_exit ex);
+  // Removes a request made from outside any agent; empty when already answered.
+  agent_core::pending_request take_request(std::uint64_t corr);
   bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
   std::unique_ptr<boost::asio::io_context> own_io_;

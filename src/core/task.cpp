@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "json_fields.hpp"
+
 namespace aise {
 
 namespace {
@@ -21,31 +23,10 @@ constexpr task_state all_states[] = {
     task_state::failed,  task_state::cancelled, task_state::retrying, task_state::awaiting_approval,
 };
 
-// "task.timeout_ms: expected an integer > 0": the field path first, so a
-// REST client can point at the offending input.
-aise::error field_error(std::string_view prefix, std::string_view field, std::string_view what) {
-  std::string text(prefix);
-  text += field;
-  text += ": ";
-  text += what;
-  return {errc::invalid_argument, std::move(text)};
-}
-
-// Absent and null both mean "not given", so clients may send explicit nulls
-// (and to_json writes them for empty optionals).
-const json* find_field(const json& j, const char* key) {
-  const auto it = j.find(key);
-  return it == j.end() || it->is_null() ? nullptr : &*it;
-}
-
-std::optional<aise::error> read_string(const json& j, std::string_view prefix, const char* key,
-                                       std::string& out) {
-  const json* v = find_field(j, key);
-  if (v == nullptr) return std::nullopt;
-  if (!v->is_string()) return field_error(prefix, key, "expected a string");
-  out = v->get_ref<const std::string&>();
-  return std::nullopt;
-}
+using detail::field_error;
+using detail::find_field;
+using detail::read_string;
+using detail::read_time;
 
 std::optional<aise::error> read_integer(const json& j, std::string_view prefix, const char* key,
                                         std::int64_t min, std::int64_t max,
@@ -82,27 +63,6 @@ std::optional<aise::error> read_bool(const json& j, std::string_view prefix, con
   if (v == nullptr) return std::nullopt;
   if (!v->is_boolean()) return field_error(prefix, key, "expected true or false");
   out = v->get<bool>();
-  return std::nullopt;
-}
-
-std::optional<aise::error> read_time(const json& j, std::string_view prefix, const char* key,
-                                     std::optional<time_point>& out) {
-  const json* v = find_field(j, key);
-  if (v == nullptr) return std::nullopt;
-  time_point t;
-  if (!v->is_string() || !parse_time(v->get_ref<const std::string&>(), t)) {
-    return field_error(prefix, key,
-                       "expected an RFC 3339 UTC time such as \"2026-01-01T00:00:00Z\"");
-  }
-  out = t;
-  return std::nullopt;
-}
-
-std::optional<aise::error> read_time(const json& j, std::string_view prefix, const char* key,
-                                     time_point& out) {
-  std::optional<time_point> t;
-  if (auto e = read_time(j, prefix, key, t)) return e;
-  if (t) out = *t;
   return std::nullopt;
 }
 

@@ -16,12 +16,7 @@ using aise::test::parked_tasks;
 namespace {
 
 aise::runtime_options quiet(std::shared_ptr<aise::clock> clock = nullptr) {
-  aise::runtime_options o;
-  o.threads = 2;
-  o.clock = std::move(clock);
-  o.logger =
-      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
-  return o;
+  return aise::test::quiet_options(2, std::move(clock));
 }
 
 // Completes "add" tasks at once, and parks "hold" tasks for the test.

@@ -15,15 +15,8 @@ using aise::test::notifier;
 
 namespace {
 
-std::shared_ptr<spdlog::logger> quiet() {
-  return std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
-}
-
 aise::runtime_options opts(std::size_t threads = 2) {
-  aise::runtime_options o;
-  o.threads = threads;
-  o.logger = quiet();
-  return o;
+  return aise::test::quiet_options(threads);
 }
 
 // Counts "hit" messages and records whether two handlers ever overlapped.

@@ -4,19 +4,35 @@
 
 #include <aise/event.hpp>
 #include <aise/orchestrator.hpp>
+#include <aise/runtime.hpp>
 #include <aise/task_context.hpp>
 
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <spdlog/logger.h>
+#include <spdlog/sinks/null_sink.h>
 #include <string>
 #include <vector>
 
 namespace aise::test {
 
 inline constexpr auto deadline = std::chrono::seconds(10);
+
+// Runtime options for tests: a few threads, a logger that prints nothing,
+// and the given clock (the system clock when null).
+inline runtime_options quiet_options(std::size_t threads = 2,
+                                     std::shared_ptr<aise::clock> clock = nullptr) {
+  runtime_options o;
+  o.threads = threads;
+  o.clock = std::move(clock);
+  o.logger =
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  return o;
+}
 
 // A notifier: code under test calls notify() after changing what a test
 // waits for; the test waits until its predicate holds or the deadline passes.
