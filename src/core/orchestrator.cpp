@@ -46,12 +46,13 @@ nlohmann::json error_json(const aise::error& e) {
 }  // namespace
 
 task_run::~task_run() {
-  if (done.load()) return;
+  if (done.exchange(true)) return;
+  // This may run under the orchestrator's lock (a job refused by a closed
+  // mailbox inside start_attempt): never re-enter it here, post instead.
   if (auto o = orch.lock()) {
     try {
-      (void)o->complete(
-          *this, std::nullopt,
-          error(errc::handler_failed, "the handler dropped the task without completing it"), true);
+      boost::asio::post(o->rti.io(),
+                        [o, id = task.id, n = task.attempt] { o->drop_attempt(id, n); });
     } catch (...) {  // NOLINT(bugprone-empty-catch): nothing may escape a destructor
     }
   }
@@ -191,6 +192,9 @@ result<std::string> orchestrator_impl::start_agent(const std::string& name, bool
   } catch (const std::exception& e) {
     return error(errc::handler_failed,
                  fmt::format("factory of kind '{}' threw: {}", kind, e.what()));
+  } catch (...) {
+    return error(errc::handler_failed,
+                 fmt::format("factory of kind '{}' threw a non-exception", kind));
   }
   if (!instance)
     return error(errc::handler_failed, fmt::format("factory of kind '{}' returned null", kind));
@@ -265,6 +269,7 @@ result<void> orchestrator_impl::stop_agent(std::string_view name) {
       agent_event(o, a, "agent.stopped", nullptr);
       return {};
     }
+    a.status = "stopping";  // dispatch feeds nothing more to it
   }
   return rt.stop(name);
 }
@@ -281,6 +286,7 @@ result<void> orchestrator_impl::restart_agent(std::string_view name) {
       a.failures.clear();
     } else {
       a.restart_now = true;
+      a.status = "stopping";
     }
     if (!a.instance) {
       // Down: start it again now, outside the lock.
@@ -652,7 +658,9 @@ void orchestrator_impl::dispatch(ops& o, const std::string& capability) {
     auto node = queue.extract(queue.begin());
     auto t = tasks_.find(node.value().id);
     if (t == tasks_.end() || t->second.t.state != task_state::queued) continue;
-    start_attempt(o, t->second, *best);
+    // A refused store write leaves the task queued; stop here rather than
+    // spin on it while holding the lock (the next change tries again).
+    if (!start_attempt(o, t->second, *best)) return;
   }
 }
 
@@ -660,7 +668,7 @@ void orchestrator_impl::dispatch_for(ops& o, const agent_entry& a) {
   for (const auto& c : a.capabilities) dispatch(o, c);
 }
 
-void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
+bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   task_update u = base_update(e, task_state::running);
   u.attempt = e.t.attempt + 1;
   u.agent = a.name;
@@ -670,7 +678,7 @@ void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   u.event.data = attempt_data(u.attempt, a.name);
   if (!apply(o, e, std::move(u))) {
     enqueue_ready(e);  // still queued in the store: try again on the next change
-    return;
+    return false;
   }
   a.running.insert(e.t.id);
   auto run = std::make_shared<task_run>();
@@ -736,10 +744,25 @@ void orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   });
   if (!posted) {
     // The agent stopped between routing and hand-off: its exit listener has
-    // not run yet; fail the attempt now so it is retried.
+    // not run yet. Route nothing more to it, and fail the attempt so it is
+    // retried elsewhere.
+    a.status = "stopping";
     finish_attempt(o, e, std::nullopt,
                    error(errc::unavailable, fmt::format("agent '{}' stopped", a.name)), true);
   }
+  return true;
+}
+
+void orchestrator_impl::drop_attempt(const std::string& id, int attempt) {
+  ops o(mutex_);
+  auto it = tasks_.find(id);
+  if (it == tasks_.end() || it->second.t.state != task_state::running ||
+      it->second.t.attempt != attempt) {
+    return;
+  }
+  finish_attempt(o, it->second, std::nullopt,
+                 error(errc::handler_failed, "the handler dropped the task without completing it"),
+                 true);
 }
 
 result<void> orchestrator_impl::complete(task_run& run, std::optional<nlohmann::json> value,
@@ -760,7 +783,11 @@ result<void> orchestrator_impl::complete(task_run& run, std::optional<nlohmann::
     return error(errc::cancelled, fmt::format("attempt {} of task {} is no longer running",
                                               run.task.attempt, run.task.id));
   }
-  finish_attempt(o, it->second, std::move(value), std::move(failure), retryable);
+  if (!finish_attempt(o, it->second, std::move(value), std::move(failure), retryable)) {
+    run.done.store(false);  // nothing changed: the handler may complete again
+    return error(errc::unavailable,
+                 fmt::format("task {}: the store refused the change; try again", run.task.id));
+  }
   if (run.async && run.runner) {
     auto runner = run.runner;
     o.after.push_back([this, runner] {
@@ -806,7 +833,7 @@ void orchestrator_impl::release_slot(ops& o, task_entry& e, bool redispatch) {
   if (a->second.running.erase(e.t.id) != 0 && redispatch) dispatch_for(o, a->second);
 }
 
-void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
+bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
                                        std::optional<aise::error> failure, bool retryable) {
   const std::string id = e.t.id;
   const time_point now = rt.clock().now();
@@ -817,12 +844,12 @@ void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
     u.result = value ? std::move(value) : std::optional<nlohmann::json>(nullptr);
     u.attempt_row = std::move(row);
     // No data: the attempt and agent were announced by its task.running event.
-    if (!apply(o, e, std::move(u))) return;
+    if (!apply(o, e, std::move(u))) return false;
     release_slot(o, e, false);
     const std::string agent_name = e.t.agent;
     on_terminal(o, id);
     if (auto a = agents_.find(agent_name); a != agents_.end()) dispatch_for(o, a->second);
-    return;
+    return true;
   }
   row.outcome = task_state::failed;
   row.error = failure;
@@ -839,7 +866,7 @@ void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
         {"agent", e.t.agent},
         {"error", error_json(*failure)},
         {"retry_in_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}};
-    if (!apply(o, e, std::move(u))) return;
+    if (!apply(o, e, std::move(u))) return false;
     release_slot(o, e, false);
     std::weak_ptr<orchestrator_impl> weak = weak_from_this();
     e.retry_timer = rt.schedule(delay, [weak, id, n = e.t.attempt] {
@@ -851,11 +878,12 @@ void orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
     u.attempt_row = row;
     u.event.data = {
         {"attempt", e.t.attempt}, {"agent", e.t.agent}, {"error", error_json(*failure)}};
-    if (!apply(o, e, std::move(u))) return;
+    if (!apply(o, e, std::move(u))) return false;
     release_slot(o, e, false);
     on_terminal(o, id);
   }
   if (auto a = agents_.find(agent_name); a != agents_.end()) dispatch_for(o, a->second);
+  return true;
 }
 
 duration orchestrator_impl::retry_backoff(int attempt) {
@@ -887,11 +915,27 @@ void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
   task_entry& e = it->second;
   if (e.t.state != task_state::running || e.t.attempt != attempt) return;
   e.timeout_timer = 0;
-  abort_run(o, e);
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*e.t.timeout).count();
-  finish_attempt(o, e, std::nullopt,
-                 error(errc::timeout, fmt::format("attempt {} timed out after {} ms", attempt, ms)),
-                 true);
+  auto run = e.run.lock();
+  const cancellation_token token = e.token;
+  if (!finish_attempt(
+          o, e, std::nullopt,
+          error(errc::timeout, fmt::format("attempt {} timed out after {} ms", attempt, ms)),
+          true)) {
+    // The store refused the change: try again shortly rather than leave the
+    // attempt running past its timeout.
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    e.timeout_timer = rt.schedule(std::chrono::seconds(1), [weak, id, attempt] {
+      if (auto self = weak.lock()) self->on_timeout(id, attempt);
+    });
+    return;
+  }
+  // A late completion by the handler now changes nothing; its token is set.
+  if (run) {
+    run->aborted.store(true);
+    run->done.store(true);
+  }
+  cancel_token(o, token);
 }
 
 void orchestrator_impl::on_deadline(const std::string& id) {
@@ -899,18 +943,31 @@ void orchestrator_impl::on_deadline(const std::string& id) {
   auto it = tasks_.find(id);
   if (it == tasks_.end() || is_terminal(it->second.t.state)) return;
   it->second.deadline_timer = 0;
-  abort_task(o, it->second, task_state::failed, error(errc::timeout, "the task's deadline passed"));
+  if (!abort_task(o, it->second, task_state::failed,
+                  error(errc::timeout, "the task's deadline passed"))) {
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    it->second.deadline_timer = rt.schedule(std::chrono::seconds(1), [weak, id] {
+      if (auto self = weak.lock()) self->on_deadline(id);
+    });
+  }
 }
 
 // Ends a task from outside its handler: cancel, reject, deadline, or a
 // failed dependency. A running attempt is cancelled (token set) first.
-void orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::error why) {
+bool orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::error why) {
   const task_state from = e.t.state;
   std::optional<task_attempt> row;
   if (from == task_state::running) {
-    abort_run(o, e);
     row = task_attempt{e.t.id, e.t.attempt, e.t.agent, {}, rt.clock().now(), to, why};
     if (auto r = e.run.lock()) row->started_at = r->task.updated_at;
+  }
+  task_update u = base_update(e, to);
+  u.error = why;
+  u.attempt_row = std::move(row);
+  u.event.data = {{"from", to_string(from)}, {"error", error_json(why)}};
+  if (!apply(o, e, std::move(u))) return false;  // nothing changed
+  if (from == task_state::running) {
+    abort_run(o, e);
   } else if (from == task_state::queued) {
     if (auto rq = ready_.find(capability_of(e.t)); rq != ready_.end()) {
       rq->second.erase(ready_key{-e.t.priority, e.seq, e.t.id});
@@ -919,11 +976,6 @@ void orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::e
     rt.cancel_timer(e.retry_timer);
     e.retry_timer = 0;
   }
-  task_update u = base_update(e, to);
-  u.error = why;
-  u.attempt_row = std::move(row);
-  u.event.data = {{"from", to_string(from)}, {"error", error_json(why)}};
-  if (!apply(o, e, std::move(u))) return;
   std::string agent_name;
   if (from == task_state::running) {
     agent_name = e.t.agent;
@@ -933,6 +985,7 @@ void orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::e
   if (!agent_name.empty()) {
     if (auto a = agents_.find(agent_name); a != agents_.end()) dispatch_for(o, a->second);
   }
+  return true;
 }
 
 // A task reached a terminal state: wake waiters, resolve dependents and
@@ -992,7 +1045,10 @@ result<void> orchestrator_impl::cancel(std::string_view id, std::string reason) 
     return error(errc::illegal_transition,
                  fmt::format("task {} is already {}", id, to_string(stored->state)));
   }
-  abort_task(o, it->second, task_state::cancelled, error(errc::cancelled, std::move(reason)));
+  if (!abort_task(o, it->second, task_state::cancelled,
+                  error(errc::cancelled, std::move(reason)))) {
+    return error(errc::unavailable, "cancel: the store refused the change");
+  }
   return {};
 }
 
@@ -1027,7 +1083,9 @@ result<void> orchestrator_impl::reject(std::string_view id, std::string by, std:
   }
   std::string msg = by.empty() ? std::string("rejected") : fmt::format("rejected by {}", by);
   if (!reason.empty()) msg += ": " + reason;
-  abort_task(o, it->second, task_state::cancelled, error(errc::rejected, msg));
+  if (!abort_task(o, it->second, task_state::cancelled, error(errc::rejected, msg))) {
+    return error(errc::unavailable, "reject: the store refused the change");
+  }
   return {};
 }
 

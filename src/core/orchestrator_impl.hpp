@@ -76,6 +76,9 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   result<void> complete(task_run& run, std::optional<nlohmann::json> value,
                         std::optional<aise::error> failure, bool retryable);
 
+  // Fails a running attempt whose context was dropped without completion.
+  void drop_attempt(const std::string& id, int attempt);
+
   // events
   std::size_t subscribe(event_listener listener);
   void unsubscribe(std::size_t key);
@@ -148,10 +151,10 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   void enqueue_ready(task_entry& e);
   void dispatch(ops& o, const std::string& capability);
   void dispatch_for(ops& o, const agent_entry& a);
-  void start_attempt(ops& o, task_entry& e, agent_entry& a);
-  void finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
+  bool start_attempt(ops& o, task_entry& e, agent_entry& a);
+  bool finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
                       std::optional<aise::error> failure, bool retryable);
-  void abort_task(ops& o, task_entry& e, task_state to, aise::error why);
+  bool abort_task(ops& o, task_entry& e, task_state to, aise::error why);
   void release_slot(ops& o, task_entry& e, bool redispatch);
   // Sets the token's flag now (so it is set before the change is visible)
   // and runs its callbacks after the lock is released.

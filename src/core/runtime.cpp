@@ -77,7 +77,20 @@ runtime_impl::runtime_impl(runtime& rt_owner, runtime_options opts, boost::asio:
 
   if (own_io_) {
     for (std::size_t i = 0; i < options.threads; ++i) {
-      threads_.emplace_back([this] { io_->run(); });
+      threads_.emplace_back([this] {
+        // A user callback that throws (a timer, a reply callback, a posted
+        // function) must not take the executor thread down with it.
+        for (;;) {
+          try {
+            io_->run();
+            return;
+          } catch (const std::exception& e) {
+            options.logger->error("an executor callback threw: {}", e.what());
+          } catch (...) {
+            options.logger->error("an executor callback threw a non-exception");
+          }
+        }
+      });
     }
   }
 }
@@ -147,12 +160,12 @@ result<std::string> runtime_impl::spawn(std::unique_ptr<agent> a, spawn_options 
   if (!bound) return bound.error();
   {
     std::lock_guard lock(agents_mutex_);
+    if (stopping()) return error(errc::unavailable, "spawn: the runtime is shutting down");
     if (!agents_.emplace(name, shared).second) {
       return error(errc::already_exists, fmt::format("an agent named '{}' exists", name));
     }
   }
   core.address = std::move(*bound);
-  core.life.store(agent_life::running);
   post_job(*shared, [this, &core, self = shared.get()] {
     if (core.restore_state) {
       agent_access::restore(*self, *core.restore_state);
@@ -160,6 +173,10 @@ result<std::string> runtime_impl::spawn(std::unique_ptr<agent> a, spawn_options 
     }
     agent_access::on_start(*self);
   });
+  // Running (accepting messages) only now that the start job is first in
+  // line: no message can be handled before restore() and on_start().
+  agent_life expected = agent_life::created;
+  core.life.compare_exchange_strong(expected, agent_life::running);
   return name;
 }
 
@@ -203,7 +220,7 @@ bool runtime_impl::post_job(agent& a, std::function<void()> job) {
 result<void> runtime_impl::deliver(agent_core& core, message&& m) {
   const bool is_reply = m.correlation_id != 0 && m.reply_to.empty();
   if (!is_reply && core.life.load(std::memory_order_acquire) != agent_life::running) {
-    return error(errc::unavailable, fmt::format("agent '{}' is stopping", core.name));
+    return error(errc::unavailable, fmt::format("agent '{}' is not running", core.name));
   }
   switch (core.box->push(std::move(m), !is_reply)) {
     case mailbox::push_result::queued:
@@ -260,6 +277,14 @@ void runtime_impl::drain(agent& a) {
     std::size_t i = 0;
     for (; i < batch.size(); ++i) {
       process(a, batch[i]);
+      // An agent woken by this item waits for the whole batch if handed off
+      // to this thread; with more items to go, let another thread take it.
+      if (i + 1 < batch.size() && current_worker != nullptr && current_worker->next) {
+        boost::asio::post(*io_, [this, n = std::move(current_worker->next)]() mutable {
+          run_agent(std::move(n));
+        });
+        current_worker->next = nullptr;
+      }
       if (core.crash_reason || core.stop_requested) {
         batch.clear();  // what followed the stop is dropped, like the rest of the mailbox
         finish(a, core);
@@ -467,7 +492,15 @@ agent_core::pending_request runtime_impl::take_request(std::uint64_t corr) {
 }
 
 void runtime_impl::run_blocking(std::function<void()> fn) {
-  boost::asio::post(*blocking_, std::move(fn));
+  boost::asio::post(*blocking_, [this, fn = std::move(fn)] {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      options.logger->error("blocking work threw: {}", e.what());
+    } catch (...) {
+      options.logger->error("blocking work threw a non-exception");
+    }
+  });
 }
 
 // -------------------------------------------------------------- shutdown --
@@ -478,7 +511,12 @@ result<void> runtime_impl::shutdown(shutdown_mode mode, std::chrono::millisecond
   }
   std::lock_guard guard(shutdown_mutex_);
   if (shut_down_) return {};
-  stopping_.store(true, std::memory_order_release);
+  {
+    // Under the agents lock: a spawn either finished before (and is stopped
+    // below) or sees `stopping_` and refuses.
+    std::lock_guard lock(agents_mutex_);
+    stopping_.store(true, std::memory_order_release);
+  }
   const auto start = std::chrono::steady_clock::now();
   const auto until = start + deadline;
   const auto cancel_at = start + deadline * 3 / 4;
@@ -495,7 +533,10 @@ result<void> runtime_impl::shutdown(shutdown_mode mode, std::chrono::millisecond
       // a drain posts one only for agents not already stopping.
       if (drop_queued) core.box->clear();
       agent_life expected = agent_life::running;
-      const bool newly = core.life.compare_exchange_strong(expected, agent_life::stopping);
+      bool newly = core.life.compare_exchange_strong(expected, agent_life::stopping);
+      if (!newly && expected == agent_life::created) {
+        newly = core.life.compare_exchange_strong(expected, agent_life::stopping);
+      }
       if (newly || drop_queued) post_job(*a, [&core] { core.stop_requested = true; });
     }
   };
