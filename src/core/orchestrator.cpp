@@ -219,6 +219,10 @@ result<std::string> orchestrator_impl::start_agent(const std::string& name, bool
   auto it = agents_.find(name);
   if (it == agents_.end()) return name;
   agent_entry& a = it->second;
+  if (a.stop_for_good || closed_) {  // stopped while it was being spawned
+    o.after.push_back([this, name] { (void)rt.stop(name); });
+    return name;
+  }
   a.instance = rti.find(name);
   if (!a.instance) return name;  // it already exited; the exit listener handled it
   a.capabilities = std::move(caps);
@@ -459,6 +463,12 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
         }
         return stored.error();
       }
+      if (!is_terminal(stored->state)) {
+        return error(errc::unavailable,
+                     fmt::format("task '{}' depends on '{}', which is {} but not scheduled by this "
+                                 "orchestrator",
+                                 s.id, d, to_string(stored->state)));
+      }
       finished.emplace(d, std::move(stored.value()));
     }
   }
@@ -536,8 +546,6 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
         } else if (is_terminal(f->second.state)) {
           doomed.emplace_back(id, error(errc::cancelled, fmt::format("dependency '{}' {}", d,
                                                                      to_string(f->second.state))));
-        } else {
-          ++e.unmet;  // unfinished but not ours (another orchestrator): wait for it
         }
         continue;
       }
@@ -545,7 +553,15 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
       ++e.unmet;
     }
     if (!e.t.parent.empty()) {
-      if (auto p = tasks_.find(e.t.parent); p != tasks_.end()) p->second.children.push_back(id);
+      if (auto p = tasks_.find(e.t.parent); p != tasks_.end()) {
+        p->second.children.push_back(id);
+      } else if (auto pt = store_->get_task(e.t.parent);
+                 pt && is_terminal(pt->state) && pt->state != task_state::succeeded) {
+        // Spawned by a handler still running after its task ended.
+        doomed.emplace_back(
+            id, error(errc::cancelled,
+                      fmt::format("parent task '{}' {}", e.t.parent, to_string(pt->state))));
+      }
     }
     if (e.t.deadline) {
       std::weak_ptr<orchestrator_impl> weak = weak_from_this();
@@ -1000,7 +1016,8 @@ void orchestrator_impl::on_terminal(ops& o, std::string id) {
   if (!e.waiters.empty()) {
     auto snapshot = std::make_shared<aise::task>(e.t);
     for (auto& w : e.waiters) {
-      boost::asio::post(rti.io(), [w = std::move(w), snapshot] { w(*snapshot); });
+      if (w.gone && w.gone->load()) continue;
+      boost::asio::post(rti.io(), [fn = std::move(w.fn), snapshot] { fn(*snapshot); });
     }
     e.waiters.clear();
   }
@@ -1098,12 +1115,15 @@ result<task> orchestrator_impl::get(std::string_view id) const {
   return store_->get_task(id);
 }
 
-result<void> orchestrator_impl::when_done(std::string_view id,
-                                          std::function<void(const task&)> fn) {
+result<void> orchestrator_impl::when_done(std::string_view id, std::function<void(const task&)> fn,
+                                          std::shared_ptr<std::atomic<bool>> gone) {
   std::unique_lock lock(mutex_);
   auto it = tasks_.find(std::string(id));
   if (it != tasks_.end()) {
-    it->second.waiters.push_back(std::move(fn));
+    // Drop waiters whose wait() gave up, so polling a long task stays bounded.
+    auto& waiters = it->second.waiters;
+    std::erase_if(waiters, [](const task_entry::waiter& w) { return w.gone && w.gone->load(); });
+    waiters.push_back(task_entry::waiter{std::move(gone), std::move(fn)});
     return {};
   }
   lock.unlock();
@@ -1284,9 +1304,12 @@ result<task> orchestrator::wait(std::string_view id, std::chrono::milliseconds t
   }
   auto promise = std::make_shared<std::promise<task>>();
   auto future = promise->get_future();
-  auto registered = impl_->when_done(id, [promise](const task& t) { promise->set_value(t); });
+  auto gone = std::make_shared<std::atomic<bool>>(false);
+  auto registered = impl_->when_done(
+      id, [promise](const task& t) { promise->set_value(t); }, gone);
   if (!registered) return registered.error();
   if (future.wait_for(timeout) != std::future_status::ready) {
+    gone->store(true);
     return error(errc::timeout,
                  fmt::format("task {} not finished within {} ms", id, timeout.count()));
   }

@@ -70,7 +70,8 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   result<void> approve(std::string_view id, std::string by);
   result<void> reject(std::string_view id, std::string by, std::string reason);
   result<task> get(std::string_view id) const;
-  result<void> when_done(std::string_view id, std::function<void(const task&)> fn);
+  result<void> when_done(std::string_view id, std::function<void(const task&)> fn,
+                         std::shared_ptr<std::atomic<bool>> gone = nullptr);
 
   // attempts (task_context)
   result<void> complete(task_run& run, std::optional<nlohmann::json> value,
@@ -112,7 +113,11 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
     std::uint64_t timeout_timer = 0;
     std::uint64_t retry_timer = 0;
     std::uint64_t deadline_timer = 0;
-    std::vector<std::function<void(const task&)>> waiters;
+    struct waiter {
+      std::shared_ptr<std::atomic<bool>> gone;  // set by a wait() that gave up; may be null
+      std::function<void(const task&)> fn;
+    };
+    std::vector<waiter> waiters;
   };
 
   struct agent_entry {

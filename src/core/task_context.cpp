@@ -101,6 +101,10 @@ result<void> task_context::fail(aise::error e, bool retryable) {
 result<std::string> task_context::spawn(task_spec spec) {
   auto o = run_->orch.lock();
   if (!o) return error(errc::unavailable, "the orchestrator is gone");
+  if (run_->aborted.load()) {
+    return error(errc::cancelled,
+                 fmt::format("task {} was cancelled or timed out: no subtasks", run_->task.id));
+  }
   spec.parent = run_->task.id;
   if (spec.project.empty() || spec.project == "default") spec.project = run_->task.project;
   std::vector<task_spec> one;

@@ -7,18 +7,20 @@ namespace aise::detail {
 
 timer_service::timer_service(boost::asio::io_context& io, std::shared_ptr<aise::clock> clk)
     : io_(io), clock_(std::move(clk)) {
+  guard_->self = this;
   if (clock_->is_manual()) {
     auto* manual = static_cast<manual_clock*>(clock_.get());  // is_manual() ⇒ manual_clock
-    std::weak_ptr<bool> alive = alive_;
-    listener_key_ = manual->add_listener([this, alive] {
-      if (alive.lock()) fire_due();
-    });
+    listener_key_ = manual->add_listener([g = guard_] { through(g, false); });
   } else {
     timer_ = std::make_unique<boost::asio::steady_timer>(io_);
   }
 }
 
 timer_service::~timer_service() {
+  {
+    std::lock_guard lock(guard_->mutex);  // waits for a callback in progress
+    guard_->self = nullptr;
+  }
   shutdown();
   if (clock_->is_manual()) static_cast<manual_clock*>(clock_.get())->remove_listener(listener_key_);
 }
@@ -33,9 +35,7 @@ std::uint64_t timer_service::schedule_at(time_point due, std::function<void()> f
     arm_locked();
   } else if (due <= clock_->now()) {
     // Already due on a manual clock: fire without waiting for the next advance.
-    boost::asio::post(io_, [this, alive = std::weak_ptr<bool>(alive_)] {
-      if (alive.lock()) fire_due();
-    });
+    boost::asio::post(io_, [g = guard_] { through(g, false); });
   }
   return id;
 }
@@ -71,15 +71,19 @@ void timer_service::arm_locked() {
   timer_->expires_after(delay.count() > 0
                             ? std::chrono::duration_cast<std::chrono::steady_clock::duration>(delay)
                             : std::chrono::steady_clock::duration::zero());
-  timer_->async_wait(
-      [this, alive = std::weak_ptr<bool>(alive_)](const boost::system::error_code& ec) {
-        if (ec || !alive.lock()) return;  // re-armed earlier, or shut down
-        {
-          std::lock_guard lock(mutex_);
-          armed_for_ = time_point::max();
-        }
-        fire_due();
-      });
+  timer_->async_wait([g = guard_](const boost::system::error_code& ec) {
+    if (!ec) through(g, true);  // an error: re-armed earlier, or shut down
+  });
+}
+
+void timer_service::through(const std::shared_ptr<guard>& g, bool after_wait) {
+  std::lock_guard lock(g->mutex);
+  if (g->self == nullptr) return;
+  if (after_wait) {
+    std::lock_guard inner(g->self->mutex_);
+    g->self->armed_for_ = time_point::max();
+  }
+  g->self->fire_due();
 }
 
 void timer_service::fire_due() {

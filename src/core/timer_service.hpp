@@ -48,7 +48,16 @@ class timer_service {
   std::unique_ptr<boost::asio::steady_timer> timer_;  // real clocks only
   time_point armed_for_ = time_point::max();
   std::size_t listener_key_ = 0;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  // Callbacks (clock listener, asio handlers) reach the service through this
+  // guard: they hold its mutex while they use the service, and the
+  // destructor clears `self` under it, so none can run on a dead service.
+  struct guard {
+    std::mutex mutex;
+    timer_service* self = nullptr;
+  };
+  std::shared_ptr<guard> guard_ = std::make_shared<guard>();
+  // Runs fire_due() if the service still lives (`after_wait` also disarms).
+  static void through(const std::shared_ptr<guard>& g, bool after_wait);
 };
 
 }  // namespace aise::detail

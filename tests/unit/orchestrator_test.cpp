@@ -296,12 +296,14 @@ TEST_CASE("orchestrator: a timed-out attempt is cancelled and retried") {
   auto id = f.orch.submit(s).value();
   REQUIRE(f.parked.wait_count(1));
   auto first = f.parked.take(id);
-  std::atomic<bool> saw_cancel{false};
-  first.cancellation().on_cancel([&] { saw_cancel = true; });
+  notifier sig;
+  bool saw_cancel = false;
+  first.cancellation().on_cancel([&] { sig.update([&] { saw_cancel = true; }); });
   clock->advance(1s);
   REQUIRE(f.events.wait_for("task.retrying", id));
   CHECK(first.cancelled());
-  CHECK(saw_cancel.load());
+  // The flag is set with the change; callbacks run just after the lock is released.
+  CHECK(sig.wait([&] { return saw_cancel; }));
   // The late completion of the timed-out attempt changes nothing.
   auto late = first.succeed(nlohmann::json("too late"));
   REQUIRE_FALSE(late.ok());
