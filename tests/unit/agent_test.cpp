@@ -143,7 +143,7 @@ class listener_agent : public aise::agent {
 };
 }  // namespace
 
-TEST_CASE("agent: publish reaches every subscriber; unsubscribe stops delivery") {
+TEST_CASE("agent: publish reaches every subscriber and unsubscribe stops delivery") {
   notifier sig;
   std::vector<std::string> got;
   aise::runtime rt(opts());

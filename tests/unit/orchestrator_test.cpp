@@ -269,7 +269,7 @@ TEST_CASE("orchestrator: retries back off exponentially on the manual clock") {
 }
 
 TEST_CASE(
-    "orchestrator: exhausted retries fail the task; a throwing handler fails only the attempt") {
+    "orchestrator: exhausted retries fail the task and a throwing handler fails only the attempt") {
   fixture f;
   auto agent = f.spawn();
   auto s = spec("throw");
