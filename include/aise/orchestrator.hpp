@@ -152,7 +152,9 @@ class AISE_CORE_EXPORT orchestrator {
   result<std::string> submit(task_spec spec);
   /// Submits a set of tasks atomically; dependencies may name tasks of the
   /// batch or existing tasks. `cycle` for a cyclic batch, `not_found` for
-  /// an unknown dependency; nothing is stored then. Returns ids in order.
+  /// an unknown dependency, `unavailable` for a dependency the store knows
+  /// as unfinished but this orchestrator does not schedule; nothing is
+  /// stored then. Returns ids in order.
   result<std::vector<std::string>> submit_all(std::vector<task_spec> specs);
   /// Cancels a non-terminal task (and, by policy, its dependents).
   result<void> cancel(std::string_view id, std::string reason = "cancelled by request");
@@ -166,7 +168,8 @@ class AISE_CORE_EXPORT orchestrator {
   /// thread, if it already is; otherwise on an executor thread).
   result<void> when_done(std::string_view id, std::function<void(const task&)> fn);
   /// Blocks until the task is terminal or `timeout` (real time) passes.
-  /// `invalid_argument` on an executor thread; `timeout` when time runs out.
+  /// `invalid_argument` on an executor thread; `timeout` when time runs out
+  /// (the abandoned wait leaves nothing behind: polling stays bounded).
   result<task> wait(std::string_view id, std::chrono::milliseconds timeout);
 
   // ---- events ----

@@ -7,6 +7,8 @@
 /// Completion (`succeed`/`fail`) is idempotent per attempt: the first call
 /// wins, later ones return `conflict`; a completion after the attempt was
 /// cancelled or timed out returns `cancelled` and changes nothing. When the
+/// store refuses the change, it returns `unavailable`, nothing changed, and
+/// the handler may complete again. When the
 /// last copy is destroyed without a completion, the attempt fails with
 /// `handler_failed` ("handler dropped the task"). Every member is
 /// thread-safe; continuations (`when_all`) run on the owning agent's strand.
