@@ -19,7 +19,9 @@ struct cancellation_access;
 ///
 /// Copies share one state. `cancel()` may be called from any thread, any
 /// number of times; the first call sets the flag and runs the callbacks on
-/// the calling thread (outside any lock). Callbacks registered after
+/// the calling thread (outside any lock). The orchestrator sets the flag
+/// together with the task change and runs the callbacks right after
+/// releasing its lock. Callbacks registered after
 /// cancellation run immediately on the registering thread. Callbacks must
 /// not throw (an exception is swallowed and logged nowhere).
 class AISE_CORE_EXPORT cancellation_token {

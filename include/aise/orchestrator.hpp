@@ -18,7 +18,10 @@
 ///   fails (policy `fail`) every pending dependent, transitively, and
 ///   cancels its live subtasks (children spawned through its context).
 /// - Cancellation works in every non-terminal state; a running handler sees
-///   its token set, and its later completion is ignored.
+///   its token set, and its later completion is ignored. The token's flag
+///   is set before the change is announced; its `on_cancel` callbacks run
+///   just after, outside the orchestrator's lock, so a listener may see the
+///   event before a callback has finished.
 ///
 /// Supervision: an agent spawned through the orchestrator that fails (a
 /// handler threw, or it called `crash`) loses its running attempts (they
