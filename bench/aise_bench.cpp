@@ -200,6 +200,17 @@ std::string run_pingpong(std::size_t threads, int pairs, long total) {
       pairs, round_trips, messages, messages / secs, secs, other_cpu_pct(cpu0, cpu1));
 }
 
+// Starts a measured workload by sending "start" to `agent`, waits for the
+// agents' "done", stops the runtime, and returns other_cpu_pct of that span.
+double run_to_done(aise::runtime& rt, const std::string& agent, done_latch& done) {
+  const auto cpu0 = take_cpu();
+  if (!rt.send(agent, "start")) fail("start " + agent);
+  done.wait();
+  const auto cpu1 = take_cpu();
+  (void)rt.shutdown(aise::shutdown_mode::cancel, std::chrono::seconds(10));
+  return other_cpu_pct(cpu0, cpu1);
+}
+
 class server_agent : public aise::agent {
  public:
   server_agent() {
@@ -249,17 +260,13 @@ std::string run_request_reply(std::size_t threads, int requests, int warmup) {
   if (!rt.spawn<latency_client>({.name = "client"}, warmup, warmup + requests, samples, done)) {
     fail("spawn client");
   }
-  const auto cpu0 = take_cpu();
-  if (!rt.send("client", "start")) fail("start");
-  done.wait();
-  const auto cpu1 = take_cpu();
-  (void)rt.shutdown(aise::shutdown_mode::cancel, std::chrono::seconds(10));
+  const double other_cpu = run_to_done(rt, "client", done);
   std::sort(samples.begin(), samples.end());
   return fmt::format(
       R"("workload":"request_reply_latency","requests":{},"warmup":{},)"
       R"("metrics":{{"p50_us":{:.3f},"p99_us":{:.3f},"p999_us":{:.3f},"mean_us":{:.3f},"other_cpu_pct":{:.1f}}})",
       requests, warmup, percentile_us(samples, 0.5), percentile_us(samples, 0.99),
-      percentile_us(samples, 0.999), mean_us(samples), other_cpu_pct(cpu0, cpu1));
+      percentile_us(samples, 0.999), mean_us(samples), other_cpu);
 }
 
 class fan_worker : public aise::agent {
@@ -319,18 +326,14 @@ std::string run_fanout_fanin(std::size_t threads, int rounds, int warmup, int wo
                              done)) {
     fail("spawn coordinator");
   }
-  const auto cpu0 = take_cpu();
-  if (!rt.send("coordinator", "start")) fail("start");
-  done.wait();
-  const auto cpu1 = take_cpu();
-  (void)rt.shutdown(aise::shutdown_mode::cancel, std::chrono::seconds(10));
+  const double other_cpu = run_to_done(rt, "coordinator", done);
   const double us = mean_us(samples);
   std::sort(samples.begin(), samples.end());
   return fmt::format(
       R"("workload":"fanout_fanin","workers":{},"rounds":{},"warmup":{},)"
       R"("metrics":{{"us_per_round":{:.3f},"p50_us":{:.3f},"p99_us":{:.3f},"other_cpu_pct":{:.1f}}})",
       workers, rounds, warmup, us, percentile_us(samples, 0.5), percentile_us(samples, 0.99),
-      other_cpu_pct(cpu0, cpu1));
+      other_cpu);
 }
 
 // ---- orchestrator workloads ----------------------------------------------------
