@@ -148,14 +148,18 @@ class AISE_CORE_EXPORT store {
   // ---- tasks ----
   /// Inserts tasks (version set to 1) and events in one transaction.
   /// `already_exists` when an id is taken; `invalid_argument` for a task
-  /// without id, project or kind. Returns the stored events (numbered).
-  virtual result<std::vector<event>> insert_tasks(const std::vector<task>& tasks,
-                                                  std::vector<event_draft> events) = 0;
+  /// without id, project or kind. Returns the sequence assigned to each
+  /// event, in the order of `events` (read them back with `read_events`).
+  /// Takes the events by value: callers move them in, so their JSON moves.
+  virtual result<std::vector<std::uint64_t>> insert_tasks(const std::vector<task>& tasks,
+                                                          std::vector<event_draft> events) = 0;
   /// Applies `u` if the stored version equals `u.expected_version`
   /// (`conflict` otherwise, `not_found` for an unknown id); bumps the
-  /// version; writes the attempt row and the event. Returns the event.
-  /// Takes `u` by value: callers move it in, so its JSON moves instead of copying.
-  virtual result<event> update_task(task_update u) = 0;
+  /// version; writes the attempt row and the event. Returns the event's
+  /// sequence. Takes `u` by value: callers move it in, so its JSON moves
+  /// instead of copying (a caller that also announces the event keeps its
+  /// own copy of the draft and adds the sequence).
+  virtual result<std::uint64_t> update_task(task_update u) = 0;
   virtual result<task> get_task(std::string_view id) = 0;
   virtual result<page<task>> list_tasks(const task_filter& f) = 0;
   /// Attempts of a task ordered by number; empty for a task never started;

@@ -520,6 +520,12 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
     drafts.push_back(event_draft{t.project, "task.pending", t.id, now, nullptr});
     records.push_back(std::move(t));
   }
+  // Listeners get copies of the drafts; the store gets the drafts themselves.
+  std::vector<event> announced;
+  if (has_listeners_.load(std::memory_order_acquire)) {
+    announced.reserve(drafts.size());
+    for (const auto& d : drafts) announced.push_back(event{d});
+  }
   auto stored = store_->insert_tasks(records, std::move(drafts));
   if (!stored) return stored.error();
 
@@ -533,7 +539,10 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
     e.t.version = 1;
     tasks_.emplace(ids.back(), std::move(e));
   }
-  for (auto& ev : stored.value()) emit(std::move(ev));
+  for (std::size_t i = 0; i < announced.size() && i < stored->size(); ++i) {
+    announced[i].sequence = (*stored)[i];
+    emit(std::move(announced[i]));
+  }
 
   // Wire dependencies and parents, then let whatever is ready go.
   std::vector<std::pair<std::string, aise::error>> doomed;
@@ -620,6 +629,8 @@ bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
   std::string agent = u.agent;
   std::optional<nlohmann::json> result = u.result;
   std::optional<aise::error> failure = u.error;
+  std::optional<event> announced;
+  if (has_listeners_.load(std::memory_order_acquire)) announced.emplace(event{u.event});
   auto r = store_->update_task(std::move(u));
   if (!r) {
     rt.logger().error("store: task {} not moved to {}: {}", e.t.id, to_string(to),
@@ -635,7 +646,10 @@ bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
   if (clear_error) e.t.error.reset();
   if (failure) e.t.error = std::move(failure);
   e.t.version = version;
-  if (has_listeners_.load(std::memory_order_acquire)) emit(std::move(r.value()));
+  if (announced) {
+    announced->sequence = r.value();
+    emit(std::move(*announced));
+  }
   return true;
 }
 

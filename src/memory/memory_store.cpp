@@ -11,9 +11,9 @@
 //   the all-or-nothing rule of the contract holds even then. The
 //   static_asserts below guard the nothrow-move assumptions.
 // - update_task is on the orchestrator's hot path (about four calls per
-//   task): it does one map lookup, moves what the by-value update carries,
-//   copies only the event it keeps, and appends to a per-project deque (no
-//   reallocation of the whole event log as it grows).
+//   task): it does one map lookup, moves what the by-value update carries
+//   (the event included: it returns only the sequence), and appends to a
+//   per-project deque (no reallocation of the whole event log as it grows).
 //
 // Choices store.hpp leaves open, made here (SQL stores should match):
 // - A timestamp left at `time_point{}` is filled from the options' clock:
@@ -264,9 +264,9 @@ class memory_store final : public store {
 
   // ---- tasks ----
 
-  result<std::vector<event>> insert_tasks(const std::vector<task>& tasks,
-                                          std::vector<event_draft> events) override {
-    return guarded("insert_tasks", [&]() -> result<std::vector<event>> {
+  result<std::vector<std::uint64_t>> insert_tasks(const std::vector<task>& tasks,
+                                                  std::vector<event_draft> events) override {
+    return guarded("insert_tasks", [&]() -> result<std::vector<std::uint64_t>> {
       // Prepare: validate and copy into a private map whose nodes are later
       // spliced into tasks_ (no allocation, no throw in the commit).
       task_map staged;
@@ -299,7 +299,7 @@ class memory_store final : public store {
         }
         if (events[i].at == time_point{}) events[i].at = now;
       }
-      std::vector<event> out;
+      std::vector<std::uint64_t> out;
       out.reserve(events.size());
       // Index entries point at the staged nodes' keys and rows, which keep
       // their addresses when the nodes are spliced into tasks_.
@@ -322,9 +322,9 @@ class memory_store final : public store {
           event_log& log = log_of(d.project);
           event e{std::move(d)};
           e.sequence = log.size() + 1;
-          log.push_back(e);
+          out.push_back(e.sequence);  // capacity reserved: cannot throw
+          log.push_back(std::move(e));
           pushed.push_back(&log);
-          out.push_back(std::move(e));  // capacity reserved: cannot throw
         }
       } catch (...) {
         for (auto it = pushed.rbegin(); it != pushed.rend(); ++it) (*it)->pop_back();
@@ -336,8 +336,8 @@ class memory_store final : public store {
     });
   }
 
-  result<event> update_task(task_update u) override {
-    return guarded("update_task", [&]() -> result<event> {
+  result<std::uint64_t> update_task(task_update u) override {
+    return guarded("update_task", [&]() -> result<std::uint64_t> {
       if (u.id.empty()) return fail(errc::invalid_argument, "update_task: empty task id");
       if (auto e = check_draft("update_task", u.event)) return *e;
       // Taken from the caller's update (it is ours, by value) before the
@@ -377,8 +377,9 @@ class memory_store final : public store {
         }
       }
       event_log& log = log_of(ev.project);
-      ev.sequence = log.size() + 1;
-      log.push_back(ev);
+      const std::uint64_t sequence = log.size() + 1;
+      ev.sequence = sequence;
+      log.push_back(std::move(ev));
 
       // Commit.
       if (attempt) {
@@ -397,7 +398,7 @@ class memory_store final : public store {
       t.updated_at = u.at == time_point{} ? now : u.at;
       t.not_before = u.not_before;
       ++t.version;
-      return ev;
+      return sequence;
     });
   }
 
