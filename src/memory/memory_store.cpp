@@ -311,7 +311,15 @@ class memory_store final : public store {
       for (const auto& [id, row] : staged)
         if (index_.count(id) != 0)
           return fail(errc::already_exists, "task " + in_quotes(id) + " already exists");
-      index_.reserve(index_.size() + staged_index.size());  // merge below then cannot rehash
+      // Grow the index ahead of the merge below so that it cannot rehash
+      // (or throw) there. Only when needed, and geometrically: reserve()
+      // rehashes whenever the bucket count it computes differs from the
+      // current one (it even shrinks), so calling it on every insert made
+      // each insert O(tasks stored).
+      const std::size_t needed = index_.size() + staged_index.size();
+      if (static_cast<double>(needed) >
+          static_cast<double>(index_.bucket_count()) * index_.max_load_factor())
+        index_.reserve(std::max(needed, 2 * index_.size()));
 
       // Events: each push_back has the strong guarantee; on a failure the
       // ones already pushed are popped again, so nothing is left behind.
