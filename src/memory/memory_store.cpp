@@ -3,7 +3,8 @@
 // Why it looks the way it does:
 // - Ordered maps keyed by id give the id-ordered listings and the "after"
 //   cursors of the store contract for free; `std::less<>` allows lookups by
-//   string_view without building a std::string.
+//   string_view without building a std::string. Tasks, the one table that
+//   grows fast, are a hash map plus an id order sorted lazily (see order_).
 // - Each write has a prepare phase (validation and every copy or allocation
 //   that may throw) and a commit phase made only of operations that cannot
 //   throw (moves of nothrow-movable values, node splices, pops). So a
@@ -301,25 +302,21 @@ class memory_store final : public store {
       }
       std::vector<std::uint64_t> out;
       out.reserve(events.size());
-      // Index entries point at the staged nodes' keys and rows, which keep
-      // their addresses when the nodes are spliced into tasks_.
-      task_index staged_index;
-      staged_index.reserve(staged.size());
-      for (auto& [id, row] : staged) staged_index.emplace(std::string_view(id), &row);
 
       std::lock_guard lock(mutex_);
       for (const auto& [id, row] : staged)
-        if (index_.count(id) != 0)
+        if (tasks_.find(std::string_view(id)) != tasks_.end())
           return fail(errc::already_exists, "task " + in_quotes(id) + " already exists");
-      // Grow the index ahead of the merge below so that it cannot rehash
-      // (or throw) there. Only when needed, and geometrically: reserve()
-      // rehashes whenever the bucket count it computes differs from the
-      // current one (it even shrinks), so calling it on every insert made
-      // each insert O(tasks stored).
-      const std::size_t needed = index_.size() + staged_index.size();
+      // Grow the table and the order ahead of the commit so that neither can
+      // reallocate (or throw) there. Only when needed, and geometrically:
+      // unordered_map::reserve() rehashes whenever the bucket count it
+      // computes differs from the current one (it even shrinks), so calling
+      // it on every insert would make each insert O(tasks stored).
+      const std::size_t needed = tasks_.size() + staged.size();
       if (static_cast<double>(needed) >
-          static_cast<double>(index_.bucket_count()) * index_.max_load_factor())
-        index_.reserve(std::max(needed, 2 * index_.size()));
+          static_cast<double>(tasks_.bucket_count()) * tasks_.max_load_factor())
+        tasks_.reserve(std::max(needed, 2 * tasks_.size()));
+      if (order_.capacity() < needed) order_.reserve(std::max(needed, 2 * order_.size()));
 
       // Events: each push_back has the strong guarantee; on a failure the
       // ones already pushed are popped again, so nothing is left behind.
@@ -338,8 +335,11 @@ class memory_store final : public store {
         for (auto it = pushed.rbegin(); it != pushed.rend(); ++it) (*it)->pop_back();
         throw;
       }
+      // Commit (nothing below throws). Rows keep their addresses when their
+      // nodes move into tasks_, so order_ may point at them first; in the
+      // caller's order, which keeps ascending ids sorted without a sort.
+      for (const task& t : tasks) append_order(&staged.find(std::string_view(t.id))->second);
       tasks_.merge(staged);  // splices nodes; every key is new (checked above)
-      index_.merge(staged_index);
       return out;
     });
   }
@@ -361,10 +361,10 @@ class memory_store final : public store {
       if (attempt) attempt->task_id = u.id;  // the key is (this task, number)
 
       std::lock_guard lock(mutex_);
-      auto it = index_.find(u.id);
-      if (it == index_.end())
+      auto it = tasks_.find(std::string_view(u.id));
+      if (it == tasks_.end())
         return fail(errc::not_found, "task " + in_quotes(u.id) + " not found");
-      task_row& row = *it->second;
+      task_row& row = it->second;
       if (row.t.version != u.expected_version)
         return fail(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
                                         std::to_string(u.expected_version) +
@@ -413,9 +413,9 @@ class memory_store final : public store {
   result<task> get_task(std::string_view id) override {
     return guarded("get_task", [&]() -> result<task> {
       std::lock_guard lock(mutex_);
-      auto it = index_.find(id);
-      if (it == index_.end()) return fail(errc::not_found, "task " + in_quotes(id) + " not found");
-      return it->second->t;
+      auto it = tasks_.find(id);
+      if (it == tasks_.end()) return fail(errc::not_found, "task " + in_quotes(id) + " not found");
+      return it->second.t;
     });
   }
 
@@ -424,14 +424,19 @@ class memory_store final : public store {
       const std::size_t limit = clamp_limit(f.limit);
       page<task> out;
       std::lock_guard lock(mutex_);
-      auto it = f.after.empty() ? tasks_.begin() : tasks_.upper_bound(f.after);
-      for (; it != tasks_.end(); ++it) {
-        if (!matches(it->second.t, f)) continue;
+      sort_order();
+      auto it = order_.begin();
+      if (!f.after.empty()) {
+        it = std::upper_bound(order_.begin(), order_.end(), std::string_view(f.after),
+                              [](std::string_view a, const task_row* r) { return a < r->t.id; });
+      }
+      for (; it != order_.end(); ++it) {
+        if (!matches((*it)->t, f)) continue;
         if (out.items.size() == limit) {  // one more match exists: not the last page
           out.next_cursor = out.items.back().id;
           break;
         }
-        out.items.push_back(it->second.t);
+        out.items.push_back((*it)->t);
       }
       return out;
     });
@@ -568,10 +573,37 @@ class memory_store final : public store {
   /// Events of one project; sequence == index + 1. A deque grows without
   /// moving what it holds, so a long log never stalls a writer on a copy.
   using event_log = std::deque<event>;
-  using task_map = std::map<std::string, task_row, std::less<>>;
-  // Hash index over tasks_ for the hot point lookups (update_task, get_task);
-  // tasks_ keeps the id order that cursor paging needs.
-  using task_index = std::unordered_map<std::string_view, task_row*>;
+  /// Hashes std::string and std::string_view alike (lookups by string_view
+  /// without building a std::string).
+  struct id_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
+  /// Rows by id. A node-based hash map: rows keep their addresses, so
+  /// order_ can point at them, and a lookup costs the same with a million
+  /// tasks as with ten (an ordered map walked ~20 cold nodes per insert).
+  using task_map = std::unordered_map<std::string, task_row, id_hash, std::equal_to<>>;
+
+  static bool id_less(const task_row* a, const task_row* b) noexcept { return a->t.id < b->t.id; }
+
+  /// Appends a new row to the id order; order_ has the capacity (reserved).
+  void append_order(task_row* row) noexcept {
+    const bool in_order =
+        sorted_ == order_.size() && (order_.empty() || id_less(order_.back(), row));
+    order_.push_back(row);
+    if (in_order) sorted_ = order_.size();
+  }
+  /// Sorts the rows appended out of order into the sorted prefix. Ids made by
+  /// a runtime ascend, so usually nothing is left to do.
+  void sort_order() {
+    if (sorted_ == order_.size()) return;
+    const auto middle = order_.begin() + static_cast<std::ptrdiff_t>(sorted_);
+    std::sort(middle, order_.end(), id_less);
+    std::inplace_merge(order_.begin(), middle, order_.end(), id_less);
+    sorted_ = order_.size();
+  }
   using artifact_versions_list = std::vector<artifact_meta>;  ///< Index == version - 1.
   struct artifact_ref {
     const artifact_versions_list* versions;  ///< Stable: a node of artifacts_.
@@ -592,7 +624,10 @@ class memory_store final : public store {
   std::map<std::string, agent_record, std::less<>> agents_;
   std::map<std::string, snapshot_history, std::less<>> snapshots_;
   task_map tasks_;
-  task_index index_;
+  /// Every row ordered by id for listings and cursors: order_[0, sorted_)
+  /// is sorted, the rest was appended out of order and is sorted on demand.
+  std::vector<task_row*> order_;
+  std::size_t sorted_ = 0;
   std::map<std::string, event_log, std::less<>> events_;
   std::map<std::string, std::map<std::string, artifact_versions_list, std::less<>>, std::less<>>
       artifacts_;
