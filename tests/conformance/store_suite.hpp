@@ -969,6 +969,29 @@ inline void list_tasks_paging(const store_factory& make) {
   f.after = "t-0499x";  // a cursor need not exist
   f.limit = 2;
   CHECK(ids(must(s->list_tasks(f)).items) == "t-0500,t-0501");
+
+  // Inserts between listings land in id order wherever their ids fall:
+  // before, between and after the listed ones, in ascending and shuffled batches.
+  must(s->insert_tasks({make_task("t-0500a"), make_task("t-0500b")}, {}));
+  must(s->insert_tasks({make_task("t-9999"), make_task("s-first"), make_task("t-0001a")}, {}));
+  f = {};
+  f.after = "t-0499";
+  f.limit = 4;
+  CHECK(ids(must(s->list_tasks(f)).items) == "t-0500,t-0500a,t-0500b,t-0501");
+  must(s->insert_tasks({make_task("t-0500c")}, {}));
+  f.after = "t-0500a";
+  CHECK(ids(must(s->list_tasks(f)).items) == "t-0500b,t-0500c,t-0501,t-0502");
+  f = {};
+  f.limit = 3;
+  CHECK(ids(must(s->list_tasks(f)).items) == "s-first,t-0000,t-0001");
+  f.after = "t-0001";
+  CHECK(ids(must(s->list_tasks(f)).items) == "t-0001a,t-0002,t-0003");
+  auto everything = all_tasks(*s, {});
+  REQUIRE(everything.size() == 1007);
+  CHECK(everything.back().id == "t-9999");
+  std::vector<std::string> in_order;
+  for (const task& t : everything) in_order.push_back(t.id);
+  CHECK(std::is_sorted(in_order.begin(), in_order.end()));
 }
 
 inline void events_numbering(const store_factory& make) {
