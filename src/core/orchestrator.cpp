@@ -112,7 +112,7 @@ void orchestrator_impl::close() {
       for (auto t : {e.timeout_timer, e.retry_timer, e.deadline_timer}) {
         if (t != 0) rt.cancel_timer(t);
       }
-      if (e.t.state == task_state::running) tokens.push_back(e.token);
+      if (e.t.state == task_state::running && e.token) tokens.push_back(*e.token);
     }
   }
   for (auto& t : tokens) t.cancel();
@@ -432,7 +432,6 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
   if (closed_) return error(errc::unavailable, "submit: the orchestrator is closing");
   const time_point now = rt.clock().now();
 
-  std::unordered_map<std::string, std::size_t> batch;  // id → index
   for (std::size_t i = 0; i < specs.size(); ++i) {
     task_spec& s = specs[i];
     if (s.kind.empty())
@@ -446,15 +445,38 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
       return error(errc::invalid_argument, fmt::format("task {}: timeout must be positive", i));
     }
     if (s.id.empty()) s.id = rti.make_id("t");
-    if (!batch.emplace(s.id, i).second || tasks_.count(s.id) != 0) {
+    if (tasks_.count(s.id) != 0) {
       return error(errc::already_exists, fmt::format("task id '{}' is taken", s.id));
     }
   }
+  // The batch's ids, sorted, for lookups by id (one allocation, not a node per task).
+  std::vector<std::pair<std::string_view, std::size_t>> batch;
+  batch.reserve(specs.size());
+  for (std::size_t i = 0; i < specs.size(); ++i) batch.emplace_back(specs[i].id, i);
+  std::sort(batch.begin(), batch.end());
+  for (std::size_t i = 1; i < batch.size(); ++i) {
+    if (batch[i].first == batch[i - 1].first) {
+      return error(errc::already_exists, fmt::format("task id '{}' is taken", batch[i].first));
+    }
+  }
+  auto in_batch = [&batch](std::string_view id) -> std::optional<std::size_t> {
+    auto it =
+        std::lower_bound(batch.begin(), batch.end(), id,
+                         [](const auto& entry, std::string_view v) { return entry.first < v; });
+    if (it == batch.end() || it->first != id) return std::nullopt;
+    return it->second;
+  };
   // Dependencies: in the batch, live here, or finished (in the store).
   std::unordered_map<std::string, aise::task> finished;
-  for (const auto& s : specs) {
+  bool only_backward = true;  // every in-batch dependency names an earlier task: no cycle
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    const task_spec& s = specs[i];
     for (const auto& d : s.depends_on) {
-      if (batch.count(d) != 0 || tasks_.count(d) != 0 || finished.count(d) != 0) continue;
+      if (auto b = in_batch(d)) {
+        if (*b >= i) only_backward = false;
+        continue;
+      }
+      if (tasks_.count(d) != 0 || finished.count(d) != 0) continue;
       auto stored = store_->get_task(d);
       if (!stored) {
         if (stored.error().code() == errc::not_found) {
@@ -472,14 +494,15 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
       finished.emplace(d, std::move(stored.value()));
     }
   }
-  // Cycles can only run through the batch: Kahn's algorithm over its edges.
-  {
+  // Cycles can only run through the batch: Kahn's algorithm over its edges
+  // (not needed when every edge points back to an earlier task).
+  if (!only_backward) {
     std::vector<std::size_t> indegree(specs.size(), 0);
     std::vector<std::vector<std::size_t>> out(specs.size());
     for (std::size_t i = 0; i < specs.size(); ++i) {
       for (const auto& d : specs[i].depends_on) {
-        if (auto b = batch.find(d); b != batch.end()) {
-          out[b->second].push_back(i);
+        if (auto b = in_batch(d)) {
+          out[*b].push_back(i);
           ++indegree[i];
         }
       }
@@ -661,12 +684,39 @@ void orchestrator_impl::make_ready(ops& o, task_entry& e) {
   }
   task_update u = base_update(e, task_state::queued);
   if (!apply(o, e, std::move(u))) return;
-  enqueue_ready(e);
-  dispatch(o, capability_of(e.t));
+  queue_and_dispatch(o, e);
 }
 
 void orchestrator_impl::enqueue_ready(task_entry& e) {
   ready_[capability_of(e.t)].insert(ready_key{-e.t.priority, e.seq, e.t.id});
+}
+
+// A task just became queued: with nothing else waiting for its capability
+// it goes straight to a free agent (no queue round trip); otherwise it
+// joins the queue in priority order.
+void orchestrator_impl::queue_and_dispatch(ops& o, task_entry& e) {
+  const std::string& capability = capability_of(e.t);
+  auto rq = ready_.find(capability);
+  if (rq == ready_.end() || rq->second.empty()) {
+    if (agent_entry* a = pick_agent(capability)) {
+      start_attempt(o, e, *a);  // on a refused store write it queues the task itself
+      return;
+    }
+  }
+  enqueue_ready(e);
+  dispatch(o, capability);
+}
+
+// The least-loaded running agent with the capability and a free slot, if any.
+orchestrator_impl::agent_entry* orchestrator_impl::pick_agent(const std::string& capability) {
+  auto ci = capable_.find(capability);
+  if (ci == capable_.end()) return nullptr;
+  agent_entry* best = nullptr;
+  for (agent_entry* a : ci->second) {
+    if (a->status != "running" || !a->instance || a->running.size() >= a->concurrency) continue;
+    if (best == nullptr || a->running.size() < best->running.size()) best = a;
+  }
+  return best;
 }
 
 void orchestrator_impl::dispatch(ops& o, const std::string& capability) {
@@ -677,13 +727,7 @@ void orchestrator_impl::dispatch(ops& o, const std::string& capability) {
   if (rq == ready_.end() || rq->second.empty()) return;
   std::set<ready_key>& queue = rq->second;
   while (!queue.empty()) {
-    agent_entry* best = nullptr;
-    auto ci = capable_.find(capability);
-    if (ci == capable_.end()) return;
-    for (agent_entry* a : ci->second) {
-      if (a->status != "running" || !a->instance || a->running.size() >= a->concurrency) continue;
-      if (best == nullptr || a->running.size() < best->running.size()) best = a;
-    }
+    agent_entry* best = pick_agent(capability);
     if (best == nullptr) return;
     auto node = queue.extract(queue.begin());
     auto t = tasks_.find(node.value().id);
@@ -710,17 +754,21 @@ bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
     enqueue_ready(e);  // still queued in the store: try again on the next change
     return false;
   }
-  a.running.insert(e.t.id);
+  a.running.push_back(e.t.id);
   auto run = std::make_shared<task_run>();
   run->orch = weak_from_this();
   run->task = e.t;
   if (!e.dep_snapshot) {
-    e.dep_snapshot =
-        std::make_shared<const std::map<std::string, nlohmann::json>>(std::move(e.dep_results));
+    // Most tasks have no dependency results: they share one empty map.
+    static const auto no_results = std::make_shared<const std::map<std::string, nlohmann::json>>();
+    e.dep_snapshot = e.dep_results.empty()
+                         ? no_results
+                         : std::make_shared<const std::map<std::string, nlohmann::json>>(
+                               std::move(e.dep_results));
   }
   run->dep_results = e.dep_snapshot;
   run->runner = a.instance;
-  e.token = run->token;
+  e.token = run->token;  // a copy sharing the run's state
   e.run = run;
   if (e.t.timeout) {
     std::weak_ptr<orchestrator_impl> weak = weak_from_this();
@@ -837,7 +885,7 @@ void orchestrator_impl::abort_run(ops& o, task_entry& e) {
     run->aborted.store(true);
     run->done.store(true);
   }
-  cancel_token(o, e.token);
+  if (e.token) cancel_token(o, *e.token);
 }
 
 void orchestrator_impl::cancel_token(ops& o, const cancellation_token& token) {
@@ -860,7 +908,12 @@ void orchestrator_impl::release_slot(ops& o, task_entry& e, bool redispatch) {
   }
   auto a = agents_.find(e.t.agent);
   if (a == agents_.end()) return;
-  if (a->second.running.erase(e.t.id) != 0 && redispatch) dispatch_for(o, a->second);
+  auto& running = a->second.running;
+  auto slot = std::find(running.begin(), running.end(), e.t.id);
+  if (slot == running.end()) return;
+  *slot = std::move(running.back());
+  running.pop_back();
+  if (redispatch) dispatch_for(o, a->second);
 }
 
 bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
@@ -934,8 +987,7 @@ void orchestrator_impl::on_retry_due(const std::string& id, int attempt) {
   e.retry_timer = 0;
   task_update u = base_update(e, task_state::queued);
   if (!apply(o, e, std::move(u))) return;
-  enqueue_ready(e);
-  dispatch(o, capability_of(e.t));
+  queue_and_dispatch(o, e);
 }
 
 void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
@@ -947,7 +999,7 @@ void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
   e.timeout_timer = 0;
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*e.t.timeout).count();
   auto run = e.run.lock();
-  const cancellation_token token = e.token;
+  const std::optional<cancellation_token> token = e.token;
   if (!finish_attempt(
           o, e, std::nullopt,
           error(errc::timeout, fmt::format("attempt {} timed out after {} ms", attempt, ms)),
@@ -965,7 +1017,7 @@ void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
     run->aborted.store(true);
     run->done.store(true);
   }
-  cancel_token(o, token);
+  if (token) cancel_token(o, *token);
 }
 
 void orchestrator_impl::on_deadline(const std::string& id) {
@@ -1038,8 +1090,7 @@ void orchestrator_impl::on_terminal(ops& o, std::string id) {
   const task_state state = e.t.state;
   const std::vector<std::string> dependents = std::move(e.dependents);
   const std::vector<std::string> children = std::move(e.children);
-  std::optional<nlohmann::json> result = e.t.result;
-  const std::string project = e.t.project;
+  std::optional<nlohmann::json> result = std::move(e.t.result);
   tasks_.erase(it);  // `e` is gone from here on
 
   for (const auto& d : dependents) {
@@ -1098,8 +1149,7 @@ result<void> orchestrator_impl::approve(std::string_view id, std::string by) {
   u.event.data = {{"approved_by", by}};
   if (!apply(o, e, std::move(u)))
     return error(errc::unavailable, "approve: the store refused the change");
-  enqueue_ready(e);
-  dispatch(o, capability_of(e.t));
+  queue_and_dispatch(o, e);
   return {};
 }
 

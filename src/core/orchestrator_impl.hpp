@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -109,7 +110,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
     std::shared_ptr<const std::map<std::string, nlohmann::json>>
         dep_snapshot;  // shared by attempts
     std::weak_ptr<task_run> run;
-    cancellation_token token;
+    std::optional<cancellation_token> token;  // the running attempt's
     std::uint64_t timeout_timer = 0;
     std::uint64_t retry_timer = 0;
     std::uint64_t deadline_timer = 0;
@@ -127,7 +128,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
     std::vector<std::string> capabilities;
     std::size_t concurrency = 1;
     std::size_t mailbox_capacity = 0;
-    std::set<std::string> running;
+    std::vector<std::string> running;  // task ids; at most `concurrency`
     std::string status = "starting";
     std::shared_ptr<agent> instance;
     std::deque<time_point> failures;  // within the restart window
@@ -154,6 +155,8 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   bool apply(ops& o, task_entry& e, task_update&& u);
   void make_ready(ops& o, task_entry& e);
   void enqueue_ready(task_entry& e);
+  void queue_and_dispatch(ops& o, task_entry& e);  // e is queued in the store
+  agent_entry* pick_agent(const std::string& capability);
   void dispatch(ops& o, const std::string& capability);
   void dispatch_for(ops& o, const agent_entry& a);
   bool start_attempt(ops& o, task_entry& e, agent_entry& a);
