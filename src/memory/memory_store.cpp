@@ -574,10 +574,13 @@ class memory_store final : public store {
   /// moving what it holds, so a long log never stalls a writer on a copy.
   using event_log = std::deque<event>;
   /// Hashes std::string and std::string_view alike (lookups by string_view
-  /// without building a std::string).
+  /// without building a std::string). Deliberately not noexcept: libstdc++
+  /// stores each node's hash only for hashers that may throw (or are known
+  /// to be slow); without it every lookup re-hashes the keys it walks past
+  /// and every rehash re-hashes every key.
   struct id_hash {
     using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept {
+    std::size_t operator()(std::string_view s) const {  // NOLINT(performance-noexcept-*)
       return std::hash<std::string_view>{}(s);
     }
   };
