@@ -115,6 +115,13 @@ struct AISE_CORE_EXPORT task_update {
   time_point not_before{};
   std::optional<task_attempt> attempt_row;  ///< Inserted or replaced (key: task id + number).
   event_draft event;                        ///< Written in the same transaction.
+  /// Optional: an event written just before `event`, in the same
+  /// transaction, for a state the task passes through within this change
+  /// (the orchestrator sends task.queued along with task.running when it
+  /// dispatches a task the moment it becomes ready: one write, not two).
+  /// Must name the same project as `event` (else `invalid_argument`); its
+  /// sequence is then the returned one minus 1.
+  std::optional<event_draft> via_event;
 };
 
 /// The store interface. See the file comment for the contract.
@@ -150,16 +157,24 @@ class AISE_CORE_EXPORT store {
   /// `already_exists` when an id is taken; `invalid_argument` for a task
   /// without id, project or kind. Returns the sequence assigned to each
   /// event, in the order of `events` (read them back with `read_events`).
-  /// Takes the events by value: callers move them in, so their JSON moves.
+  /// A sink: the store may move from `events` (their JSON moves, not
+  /// copies); the overload below copies for callers that keep theirs.
   virtual result<std::vector<std::uint64_t>> insert_tasks(const std::vector<task>& tasks,
-                                                          std::vector<event_draft> events) = 0;
+                                                          std::vector<event_draft>&& events) = 0;
+  result<std::vector<std::uint64_t>> insert_tasks(const std::vector<task>& tasks,
+                                                  const std::vector<event_draft>& events) {
+    return insert_tasks(tasks, std::vector<event_draft>(events));
+  }
   /// Applies `u` if the stored version equals `u.expected_version`
   /// (`conflict` otherwise, `not_found` for an unknown id); bumps the
-  /// version; writes the attempt row and the event. Returns the event's
-  /// sequence. Takes `u` by value: callers move it in, so its JSON moves
-  /// instead of copying (a caller that also announces the event keeps its
-  /// own copy of the draft and adds the sequence).
-  virtual result<std::uint64_t> update_task(task_update u) = 0;
+  /// version; writes the attempt row and the event (after `via_event`, if
+  /// set). Returns the sequence of `event`. A sink (C++ Core Guidelines
+  /// F.18): the store may move from `u`, so its strings and JSON move, not
+  /// copy; `u` is unspecified afterwards, also on an error. A caller that
+  /// also announces the event keeps its own copy of the draft. The overload
+  /// below copies for callers that keep `u`.
+  virtual result<std::uint64_t> update_task(task_update&& u) = 0;
+  result<std::uint64_t> update_task(const task_update& u) { return update_task(task_update(u)); }
   virtual result<task> get_task(std::string_view id) = 0;
   virtual result<page<task>> list_tasks(const task_filter& f) = 0;
   /// Attempts of a task ordered by number; empty for a task never started;

@@ -535,13 +535,12 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
   records.reserve(specs.size());
   drafts.reserve(specs.size());
   for (auto& s : specs) {
-    aise::task t;
+    aise::task& t = records.emplace_back();
     static_cast<task_spec&>(t) = std::move(s);
     t.state = task_state::pending;
     t.created_at = now;
     t.updated_at = now;
     drafts.push_back(event_draft{t.project, "task.pending", t.id, now, nullptr});
-    records.push_back(std::move(t));
   }
   // Listeners get copies of the drafts; the store gets the drafts themselves.
   std::vector<event> announced;
@@ -554,13 +553,15 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
 
   std::vector<std::string> ids;
   ids.reserve(records.size());
+  std::vector<task_entry*> entries;  // nodes keep their addresses until erased
+  entries.reserve(records.size());
   for (auto& t : records) {
     ids.push_back(t.id);
-    task_entry e;
+    task_entry& e = tasks_.try_emplace(ids.back()).first->second;
     e.seq = next_seq_++;
     e.t = std::move(t);
     e.t.version = 1;
-    tasks_.emplace(ids.back(), std::move(e));
+    entries.push_back(&e);
   }
   for (std::size_t i = 0; i < announced.size() && i < stored->size(); ++i) {
     announced[i].sequence = (*stored)[i];
@@ -569,8 +570,9 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
 
   // Wire dependencies and parents, then let whatever is ready go.
   std::vector<std::pair<std::string, aise::error>> doomed;
-  for (const auto& id : ids) {
-    task_entry& e = tasks_.at(id);
+  for (task_entry* entry : entries) {
+    task_entry& e = *entry;
+    const std::string& id = e.t.id;
     for (const auto& d : e.t.depends_on) {
       if (auto f = finished.find(d); f != finished.end()) {
         if (f->second.state == task_state::succeeded) {
@@ -637,7 +639,13 @@ task_update orchestrator_impl::base_update(const task_entry& e, task_state to) c
 // Writes the change; on success mirrors it in the cache and announces it.
 bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
   (void)o;
-  if (auto legal = check_transition(e.t.state, u.state); !legal) {
+  // With a via_event the task passes through `via` (its event's state) first.
+  const task_state from = e.t.state;
+  std::optional<task_state> via;
+  if (u.via_event) via = task_state::queued;  // the only state passed through
+  auto legal = check_transition(from, via.value_or(u.state));
+  if (legal && via) legal = check_transition(*via, u.state);
+  if (!legal) {
     rt.logger().error("task {}: {}", e.t.id, legal.error().message());
     return false;
   }
@@ -653,7 +661,11 @@ bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
   std::optional<nlohmann::json> result = u.result;
   std::optional<aise::error> failure = u.error;
   std::optional<event> announced;
-  if (has_listeners_.load(std::memory_order_acquire)) announced.emplace(event{u.event});
+  std::optional<event> announced_via;
+  if (has_listeners_.load(std::memory_order_acquire)) {
+    announced.emplace(event{u.event});
+    if (u.via_event) announced_via.emplace(event{*u.via_event});
+  }
   auto r = store_->update_task(std::move(u));
   if (!r) {
     rt.logger().error("store: task {} not moved to {}: {}", e.t.id, to_string(to),
@@ -669,6 +681,10 @@ bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
   if (clear_error) e.t.error.reset();
   if (failure) e.t.error = std::move(failure);
   e.t.version = version;
+  if (announced_via) {
+    announced_via->sequence = r.value() - 1;
+    emit(std::move(*announced_via));
+  }
   if (announced) {
     announced->sequence = r.value();
     emit(std::move(*announced));
@@ -681,6 +697,14 @@ void orchestrator_impl::make_ready(ops& o, task_entry& e) {
     task_update u = base_update(e, task_state::awaiting_approval);
     apply(o, e, std::move(u));
     return;
+  }
+  // Nothing waiting for its capability and a free agent: straight to
+  // running, with its task.queued event in the same store write.
+  if (auto rq = ready_.find(capability_of(e.t)); rq == ready_.end() || rq->second.empty()) {
+    if (agent_entry* a = pick_agent(capability_of(e.t))) {
+      start_attempt(o, e, *a);
+      return;
+    }
   }
   task_update u = base_update(e, task_state::queued);
   if (!apply(o, e, std::move(u))) return;
@@ -743,7 +767,12 @@ void orchestrator_impl::dispatch_for(ops& o, const agent_entry& a) {
 }
 
 bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
+  const bool from_pending = e.t.state == task_state::pending;
   task_update u = base_update(e, task_state::running);
+  if (from_pending) {
+    u.via_event =
+        event_draft{e.t.project, event_type_of(task_state::queued), e.t.id, u.at, nullptr};
+  }
   u.attempt = e.t.attempt + 1;
   u.agent = a.name;
   u.clear_error = true;
@@ -751,7 +780,9 @@ bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
                                std::nullopt, task_state::running, std::nullopt};
   u.event.data = attempt_data(u.attempt, a.name);
   if (!apply(o, e, std::move(u))) {
-    enqueue_ready(e);  // still queued in the store: try again on the next change
+    // Still queued (or pending) in the store: queue it and try again on the next change.
+    if (from_pending && !apply(o, e, base_update(e, task_state::queued))) return false;
+    enqueue_ready(e);
     return false;
   }
   a.running.push_back(e.t.id);

@@ -136,6 +136,8 @@ bool matches(const task& t, const task_filter& f) {
 
 class memory_store final : public store {
  public:
+  using store::insert_tasks;  // the copying overloads
+  using store::update_task;
   explicit memory_store(std::shared_ptr<aise::clock> clock) : clock_(std::move(clock)) {}
 
   [[nodiscard]] std::string_view backend() const noexcept override { return "memory"; }
@@ -266,7 +268,7 @@ class memory_store final : public store {
   // ---- tasks ----
 
   result<std::vector<std::uint64_t>> insert_tasks(const std::vector<task>& tasks,
-                                                  std::vector<event_draft> events) override {
+                                                  std::vector<event_draft>&& events) override {
     return guarded("insert_tasks", [&]() -> result<std::vector<std::uint64_t>> {
       // Prepare: validate and copy into a private map whose nodes are later
       // spliced into tasks_ (no allocation, no throw in the commit).
@@ -344,21 +346,24 @@ class memory_store final : public store {
     });
   }
 
-  result<std::uint64_t> update_task(task_update u) override {
+  result<std::uint64_t> update_task(task_update&& u) override {
     return guarded("update_task", [&]() -> result<std::uint64_t> {
       if (u.id.empty()) return fail(errc::invalid_argument, "update_task: empty task id");
       if (auto e = check_draft("update_task", u.event)) return *e;
-      // Taken from the caller's update (it is ours, by value) before the
-      // lock and before anything is written.
-      event ev{std::move(u.event)};
-      const bool needs_now = ev.at == time_point{} || u.at == time_point{};
+      if (u.via_event) {
+        if (auto e = check_draft("update_task: via_event", *u.via_event)) return *e;
+        if (u.via_event->project != u.event.project)
+          return fail(errc::invalid_argument, "update_task: via_event names project " +
+                                                  in_quotes(u.via_event->project) + ", the event " +
+                                                  in_quotes(u.event.project));
+      }
+      const bool needs_now = u.event.at == time_point{} || u.at == time_point{} ||
+                             (u.via_event && u.via_event->at == time_point{});
       const time_point now = needs_now ? clock_->now() : time_point{};
-      if (ev.at == time_point{}) ev.at = now;
-      std::string agent = std::move(u.agent);
-      std::optional<nlohmann::json> new_result = std::move(u.result);
-      std::optional<aise::error> new_error = std::move(u.error);
-      std::optional<task_attempt> attempt = std::move(u.attempt_row);
-      if (attempt) attempt->task_id = u.id;  // the key is (this task, number)
+      if (u.event.at == time_point{}) u.event.at = now;
+      if (u.via_event && u.via_event->at == time_point{}) u.via_event->at = now;
+      // The key of an attempt row is (this task, number), whatever it says.
+      if (u.attempt_row) u.attempt_row->task_id = u.id;  // may allocate: before any write
 
       std::lock_guard lock(mutex_);
       auto it = tasks_.find(std::string_view(u.id));
@@ -371,38 +376,46 @@ class memory_store final : public store {
                                         " but the stored version is " +
                                         std::to_string(row.t.version));
 
-      // Prepare the attempt slot (may allocate), then the event (strong
-      // guarantee); everything after that cannot throw.
+      // Prepare the attempt slot (may allocate), then the events (strong
+      // guarantee, built in place from the caller's drafts); everything
+      // after that cannot throw and only moves what the caller handed over.
       auto slot = row.attempts.end();
-      if (attempt) {
-        slot = std::lower_bound(row.attempts.begin(), row.attempts.end(), attempt->number,
+      if (u.attempt_row) {
+        const int number = u.attempt_row->number;
+        slot = std::lower_bound(row.attempts.begin(), row.attempts.end(), number,
                                 [](const task_attempt& a, int n) { return a.number < n; });
-        if (slot == row.attempts.end() || slot->number != attempt->number) {
+        if (slot == row.attempts.end() || slot->number != number) {
           const auto index = slot - row.attempts.begin();
           if (row.attempts.size() == row.attempts.capacity())
             row.attempts.reserve(std::max<std::size_t>(4, row.attempts.size() * 2));
           slot = row.attempts.begin() + index;
         }
       }
-      event_log& log = log_of(ev.project);
+      event_log& log = log_of(u.event.project);
+      if (u.via_event) log.emplace_back(std::move(*u.via_event), log.size() + 1);
       const std::uint64_t sequence = log.size() + 1;
-      ev.sequence = sequence;
-      log.push_back(std::move(ev));
+      try {
+        log.emplace_back(std::move(u.event), sequence);
+      } catch (...) {
+        if (u.via_event) log.pop_back();  // all or nothing
+        throw;
+      }
 
       // Commit.
-      if (attempt) {
-        if (slot != row.attempts.end() && slot->number == attempt->number)
-          *slot = std::move(*attempt);
+      if (u.attempt_row) {
+        task_attempt& a = *u.attempt_row;
+        if (slot != row.attempts.end() && slot->number == a.number)
+          *slot = std::move(a);
         else
-          row.attempts.insert(slot, std::move(*attempt));  // capacity reserved, nothrow moves
+          row.attempts.insert(slot, std::move(a));  // capacity reserved, nothrow moves
       }
       task& t = row.t;
       t.state = u.state;
       t.attempt = u.attempt;
-      t.agent = std::move(agent);
-      if (new_result) t.result = std::move(new_result);
+      t.agent = std::move(u.agent);
+      if (u.result) t.result = std::move(u.result);
       if (u.clear_error) t.error.reset();  // before the new error: both set = replace
-      if (new_error) t.error = std::move(new_error);
+      if (u.error) t.error = std::move(u.error);
       t.updated_at = u.at == time_point{} ? now : u.at;
       t.not_before = u.not_before;
       ++t.version;

@@ -738,6 +738,54 @@ inline void update_task_compare_and_set(const store_factory& make) {
   CHECK(got.version == 2);
 }
 
+/// A change through an intermediate state: two events, one write.
+inline void update_task_via_event(const store_factory& make) {
+  auto s = fresh(make);
+  auto t = make_task("t-1");
+  t.state = task_state::pending;
+  must(s->insert_tasks({t}, {draft("p1", "task.pending", "t-1")}));
+
+  // Refused changes write nothing: a via_event in another project, one
+  // without a type, and a lost compare-and-set.
+  auto other_project = change("t-1", 1, task_state::running);
+  other_project.via_event = draft("p2", "task.queued", "t-1");
+  expect_error(s->update_task(other_project), errc::invalid_argument);
+  auto no_type = change("t-1", 1, task_state::running);
+  no_type.via_event = draft("p1", "", "t-1");
+  expect_error(s->update_task(no_type), errc::invalid_argument);
+  auto stale = change("t-1", 7, task_state::running);
+  stale.via_event = draft("p1", "task.queued", "t-1");
+  expect_error(s->update_task(stale), errc::conflict);
+  CHECK(must(s->last_sequence("p1")) == 1);
+  CHECK(must(s->read_events("p2", 0, 10)).empty());
+  CHECK(must(s->get_task("t-1")).version == 1);
+
+  auto u = change("t-1", 1, task_state::running);
+  u.attempt = 1;
+  u.agent = "worker-1";
+  u.attempt_row =
+      task_attempt{"t-1", 1, "worker-1", at(11), std::nullopt, task_state::running, std::nullopt};
+  u.via_event = draft("p1", "task.queued", "t-1", {{"via", true}});
+  u.via_event->at = at(9);
+  CHECK(must(s->update_task(std::move(u))) == 3);
+  auto log = must(s->read_events("p1", 1, 10));
+  REQUIRE(log.size() == 2);
+  CHECK(log[0].sequence == 2);
+  CHECK(log[0].type == "task.queued");
+  CHECK(log[0].subject == "t-1");
+  CHECK(log[0].at == at(9));
+  CHECK(log[0].data == nlohmann::json{{"via", true}});
+  CHECK(log[1].sequence == 3);
+  CHECK(log[1].type == "task.running");
+  task got = must(s->get_task("t-1"));
+  CHECK(got.version == 2);  // one change, one version
+  CHECK(name_of(got.state) == "running");
+  CHECK(got.agent == "worker-1");
+  CHECK(must(s->list_attempts("t-1")).size() == 1);
+  // The numbering goes on after the pair.
+  CHECK(must(s->update_task(change("t-1", 2, task_state::succeeded))) == 4);
+}
+
 inline void attempts_history(const store_factory& make) {
   auto s = fresh(make);
   must(s->insert_tasks({make_task("t-1"), make_task("t-2"), make_task("t-3")}, {}));
@@ -1440,6 +1488,9 @@ inline void json_round_trip(const store_factory& make) {
   TEST_CASE(label " store: update_task compare-and-set") {                                         \
     ::aise::conformance::store_suite::update_task_compare_and_set(                                 \
         &aise_store_conformance_make_##id);                                                        \
+  }                                                                                                \
+  TEST_CASE(label " store: update_task through an intermediate state") {                           \
+    ::aise::conformance::store_suite::update_task_via_event(&aise_store_conformance_make_##id);    \
   }                                                                                                \
   TEST_CASE(label " store: attempts history") {                                                    \
     ::aise::conformance::store_suite::attempts_history(&aise_store_conformance_make_##id);         \
