@@ -540,7 +540,7 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
     t.state = task_state::pending;
     t.created_at = now;
     t.updated_at = now;
-    drafts.push_back(event_draft{t.project, "task.pending", t.id, now, nullptr});
+    drafts.emplace_back(t.project, event_type_of(task_state::pending), t.id, now, nullptr);
   }
   // Listeners get copies of the drafts; the store gets the drafts themselves.
   std::vector<event> announced;
@@ -620,14 +620,15 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
   return ids;
 }
 
-task_update orchestrator_impl::base_update(const task_entry& e, task_state to) const {
+task_update orchestrator_impl::base_update(const task_entry& e, task_state to,
+                                           time_point now) const {
   task_update u;
   u.id = e.t.id;
   u.expected_version = e.t.version;
   u.state = to;
   u.attempt = e.t.attempt;
   u.agent = e.t.agent;
-  u.at = rt.clock().now();
+  u.at = now == time_point{} ? rt.clock().now() : now;
   u.not_before = e.t.not_before;
   u.event.project = e.t.project;
   u.event.type = event_type_of(to);
@@ -770,8 +771,7 @@ bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   const bool from_pending = e.t.state == task_state::pending;
   task_update u = base_update(e, task_state::running);
   if (from_pending) {
-    u.via_event =
-        event_draft{e.t.project, event_type_of(task_state::queued), e.t.id, u.at, nullptr};
+    u.via_event.emplace(e.t.project, event_type_of(task_state::queued), e.t.id, u.at, nullptr);
   }
   u.attempt = e.t.attempt + 1;
   u.agent = a.name;
@@ -932,39 +932,41 @@ void orchestrator_impl::cancel_token(ops& o, const cancellation_token& token) {
   });
 }
 
-void orchestrator_impl::release_slot(ops& o, task_entry& e, bool redispatch) {
+orchestrator_impl::agent_entry* orchestrator_impl::release_slot(ops& o, task_entry& e,
+                                                                bool redispatch) {
   if (e.timeout_timer != 0) {
     rt.cancel_timer(e.timeout_timer);
     e.timeout_timer = 0;
   }
   auto a = agents_.find(e.t.agent);
-  if (a == agents_.end()) return;
+  if (a == agents_.end()) return nullptr;
   auto& running = a->second.running;
   auto slot = std::find(running.begin(), running.end(), e.t.id);
-  if (slot == running.end()) return;
-  *slot = std::move(running.back());
-  running.pop_back();
-  if (redispatch) dispatch_for(o, a->second);
+  if (slot != running.end()) {
+    *slot = std::move(running.back());
+    running.pop_back();
+    if (redispatch) dispatch_for(o, a->second);
+  }
+  return &a->second;  // entries are only erased when a spawn fails: stable
 }
 
 bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
                                        std::optional<aise::error> failure, bool retryable) {
-  const std::string id = e.t.id;
   const time_point now = rt.clock().now();
-  task_attempt row{id, e.t.attempt, e.t.agent, {}, now, task_state::succeeded, std::nullopt};
+  task_attempt row{e.t.id, e.t.attempt, e.t.agent, {}, now, task_state::succeeded, std::nullopt};
   if (auto r = e.run.lock()) row.started_at = r->task.updated_at;
   if (!failure) {
-    task_update u = base_update(e, task_state::succeeded);
+    task_update u = base_update(e, task_state::succeeded, now);
     u.result = value ? std::move(value) : std::optional<nlohmann::json>(nullptr);
     u.attempt_row = std::move(row);
     // No data: the attempt and agent were announced by its task.running event.
     if (!apply(o, e, std::move(u))) return false;
-    release_slot(o, e, false);
-    const std::string agent_name = e.t.agent;
-    on_terminal(o, id);
-    if (auto a = agents_.find(agent_name); a != agents_.end()) dispatch_for(o, a->second);
+    agent_entry* runner = release_slot(o, e, false);
+    on_terminal(o, e.t.id);  // `e` is gone after this
+    if (runner != nullptr) dispatch_for(o, *runner);
     return true;
   }
+  const std::string id = e.t.id;
   row.outcome = task_state::failed;
   row.error = failure;
   const bool deadline_passed = e.t.deadline && now >= *e.t.deadline;
@@ -1103,26 +1105,33 @@ bool orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::e
 
 // A task reached a terminal state: wake waiters, resolve dependents and
 // children, then drop it from the cache (the store keeps it).
-void orchestrator_impl::on_terminal(ops& o, std::string id) {
-  auto it = tasks_.find(id);
+void orchestrator_impl::on_terminal(ops& o, const std::string& task_id) {
+  auto it = tasks_.find(task_id);
   if (it == tasks_.end()) return;
   task_entry& e = it->second;
   for (auto t : {e.timeout_timer, e.retry_timer, e.deadline_timer}) {
     if (t != 0) rt.cancel_timer(t);
   }
+  const task_state state = e.t.state;
+  const std::vector<std::string> dependents = std::move(e.dependents);
+  const std::vector<std::string> children = std::move(e.children);
+  // Out of the map, but the node lives to the end of this function: `id`
+  // stays valid even when `task_id` is the entry's own id.
+  auto node = tasks_.extract(it);  // `e` is no longer in tasks_ from here on
+  const std::string& id = node.key();
+  std::optional<nlohmann::json> result;
   if (!e.waiters.empty()) {
-    auto snapshot = std::make_shared<aise::task>(e.t);
+    result = e.t.result;
+    auto snapshot =
+        std::make_shared<const aise::task>(std::move(e.t));  // the entry is done with it
     for (auto& w : e.waiters) {
       if (w.gone && w.gone->load()) continue;
       boost::asio::post(rti.io(), [fn = std::move(w.fn), snapshot] { fn(*snapshot); });
     }
     e.waiters.clear();
+  } else {
+    result = std::move(e.t.result);
   }
-  const task_state state = e.t.state;
-  const std::vector<std::string> dependents = std::move(e.dependents);
-  const std::vector<std::string> children = std::move(e.children);
-  std::optional<nlohmann::json> result = std::move(e.t.result);
-  tasks_.erase(it);  // `e` is gone from here on
 
   for (const auto& d : dependents) {
     auto dit = tasks_.find(d);

@@ -151,7 +151,8 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   const std::string& capability_of(const aise::task& t) const {
     return t.capability.empty() ? t.kind : t.capability;
   }
-  task_update base_update(const task_entry& e, task_state to) const;
+  // The change of `e` to `to` at `now` (the clock's now when left out).
+  task_update base_update(const task_entry& e, task_state to, time_point now = {}) const;
   bool apply(ops& o, task_entry& e, task_update&& u);
   void make_ready(ops& o, task_entry& e);
   void enqueue_ready(task_entry& e);
@@ -163,12 +164,13 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   bool finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
                       std::optional<aise::error> failure, bool retryable);
   bool abort_task(ops& o, task_entry& e, task_state to, aise::error why);
-  void release_slot(ops& o, task_entry& e, bool redispatch);
+  // Frees the agent slot of e's attempt; returns that agent's entry, if any.
+  agent_entry* release_slot(ops& o, task_entry& e, bool redispatch);
   // Sets the token's flag now (so it is set before the change is visible)
   // and runs its callbacks after the lock is released.
   static void cancel_token(ops& o, const cancellation_token& token);
   static void abort_run(ops& o, task_entry& e);
-  void on_terminal(ops& o, std::string id);  // by value: callers pass the id of the entry it erases
+  void on_terminal(ops& o, const std::string& task_id);  // may be the entry's own id
   void on_timeout(const std::string& id, int attempt);
   void on_retry_due(const std::string& id, int attempt);
   void on_deadline(const std::string& id);

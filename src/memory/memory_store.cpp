@@ -327,10 +327,9 @@ class memory_store final : public store {
       try {
         for (event_draft& d : events) {
           event_log& log = log_of(d.project);
-          event e{std::move(d)};
-          e.sequence = log.size() + 1;
-          out.push_back(e.sequence);  // capacity reserved: cannot throw
-          log.push_back(std::move(e));
+          const std::uint64_t sequence = log.size() + 1;
+          log.emplace_back(std::move(d), sequence);
+          out.push_back(sequence);  // capacity reserved: cannot throw
           pushed.push_back(&log);
         }
       } catch (...) {
