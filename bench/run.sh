@@ -10,7 +10,7 @@
 #   PEERS_DIR=DIR     the peers folder (default: ../shared/peers beside the
 #                     checkout); without it only libaise is measured
 #   BUILD_DIR=DIR     where libaise's release build lives (default build/release)
-#   CHAIN_RUNS=20000  runs of the chain3 workload (fanout5 uses half)
+#   CHAIN_RUNS=20000  runs of the chain3 workloads (fanout5 uses half)
 #
 # Every measured process holds /tmp/aise-bench.lock (flock), like the peers,
 # so two benchmarks never overlap; builds do not hold it. A comparison only
@@ -46,6 +46,7 @@ measure pingpong 4
 measure request_reply_latency
 measure fanout_fanin
 measure chain3 "$CHAIN_RUNS" 1000
+measure chain3_keep_all "$CHAIN_RUNS" 1000
 measure fanout5 $((CHAIN_RUNS / 2)) 500
 
 if [ -f "$PEERS_DIR/caf/run.sh" ]; then
@@ -116,5 +117,8 @@ if peers:
     if chain:
         ratios["chain3_us_per_run"] = med(chain, "us_per_run")
         ratios["target_chain3_us_per_run"] = 10.0
+    keep_all = pick(ours, "chain3_keep_all")
+    if keep_all:
+        ratios["chain3_keep_all_us_per_run"] = med(keep_all, "us_per_run")
     print(json.dumps(ratios))
 PY

@@ -124,6 +124,26 @@ struct AISE_CORE_EXPORT task_update {
   std::optional<event_draft> via_event;
 };
 
+/// How much history a store keeps; zero means no limit. Only finished
+/// tasks (succeeded, failed, cancelled) are ever dropped, with their
+/// attempt rows; events are dropped oldest first per project. Sequences are
+/// never reused: `read_events` skips what was dropped (a reader resuming
+/// from an older sequence sees the first returned one jump), and
+/// `last_sequence` is unaffected. A task whose dependency was dropped cannot
+/// be submitted (the dependency is unknown).
+struct AISE_CORE_EXPORT retention_policy {
+  std::uint64_t max_events_per_project = 0;  ///< The newest N events of each project.
+  duration max_event_age{0};                 ///< Events whose `at` is older are dropped.
+  std::uint64_t max_finished_tasks = 0;      ///< The N most recently finished tasks.
+  duration max_finished_task_age{0};  ///< Finished tasks last changed before this are dropped.
+};
+
+/// What one `compact` call dropped.
+struct AISE_CORE_EXPORT compaction_stats {
+  std::uint64_t events_removed = 0;
+  std::uint64_t tasks_removed = 0;
+};
+
 /// The store interface. See the file comment for the contract.
 class AISE_CORE_EXPORT store {
  public:
@@ -184,12 +204,20 @@ class AISE_CORE_EXPORT store {
   // ---- events ----
   /// Appends one event outside a task change (agent events).
   virtual result<event> append_event(event_draft e) = 0;
-  /// Events of `project` with sequence > `after_sequence`, ascending, at most `limit`.
+  /// Events of `project` with sequence > `after_sequence`, ascending, at
+  /// most `limit`; events dropped by retention are skipped.
   virtual result<std::vector<event>> read_events(std::string_view project,
                                                  std::uint64_t after_sequence,
                                                  std::size_t limit) = 0;
-  /// Highest sequence of `project`, 0 when it has no events.
+  /// Highest sequence of `project`, 0 when it has no events (also after
+  /// retention dropped them: numbering goes on).
   virtual result<std::uint64_t> last_sequence(std::string_view project) = 0;
+
+  // ---- retention ----
+  /// Drops what `policy` does not keep, now (see retention_policy). Stores
+  /// may also apply a retention of their own on writes (the in-memory store
+  /// does, see memory_store_options).
+  virtual result<compaction_stats> compact(const retention_policy& policy) = 0;
 
   // ---- artifact metadata ----
   /// Inserts `a` with version = 1 + the highest version of (project, name).
@@ -206,12 +234,18 @@ class AISE_CORE_EXPORT store {
 struct AISE_CORE_EXPORT memory_store_options {
   /// Clock for timestamps the store fills in; default: the system clock.
   std::shared_ptr<aise::clock> clock;
+  /// Applied on every write, by count only (ages: call `compact`). The
+  /// counts may be exceeded by an eighth before the store drops back to
+  /// them, so the work is amortized. The defaults keep a long-running
+  /// process at a few tens of MB of history; zero keeps everything.
+  retention_policy retention{.max_events_per_project = 100'000, .max_finished_tasks = 10'000};
 };
 
 /// An in-memory store: fast, thread-safe (one mutex), gone when the process
 /// ends. The embedded default until `aise::sql` is linked; ideal for tests.
-/// It keeps everything it is given (no retention) except snapshots, of which
-/// the latest 16 per agent are kept; use a SQL store for long runs.
+/// It keeps what its retention allows (see memory_store_options) and the
+/// latest 16 snapshots per agent; use a SQL store to keep history across
+/// restarts.
 AISE_CORE_EXPORT std::shared_ptr<store> make_memory_store(memory_store_options options = {});
 
 }  // namespace aise

@@ -138,7 +138,8 @@ class memory_store final : public store {
  public:
   using store::insert_tasks;  // the copying overloads
   using store::update_task;
-  explicit memory_store(std::shared_ptr<aise::clock> clock) : clock_(std::move(clock)) {}
+  memory_store(std::shared_ptr<aise::clock> clock, retention_policy retention)
+      : clock_(std::move(clock)), retention_(retention) {}
 
   [[nodiscard]] std::string_view backend() const noexcept override { return "memory"; }
 
@@ -319,6 +320,9 @@ class memory_store final : public store {
           static_cast<double>(tasks_.bucket_count()) * tasks_.max_load_factor())
         tasks_.reserve(std::max(needed, 2 * tasks_.size()));
       if (order_.capacity() < needed) order_.reserve(std::max(needed, 2 * order_.size()));
+      std::size_t finishing = 0;  // inserted already finished (imports, tests)
+      for (const auto& [id, row] : staged) finishing += is_terminal(row.t.state) ? 1 : 0;
+      reserve_finished(finishing);
 
       // Events: each push_back has the strong guarantee; on a failure the
       // ones already pushed are popped again, so nothing is left behind.
@@ -327,20 +331,27 @@ class memory_store final : public store {
       try {
         for (event_draft& d : events) {
           event_log& log = log_of(d.project);
-          const std::uint64_t sequence = log.size() + 1;
-          log.emplace_back(std::move(d), sequence);
+          const std::uint64_t sequence = log.next();
+          log.events.emplace_back(std::move(d), sequence);
           out.push_back(sequence);  // capacity reserved: cannot throw
           pushed.push_back(&log);
         }
       } catch (...) {
-        for (auto it = pushed.rbegin(); it != pushed.rend(); ++it) (*it)->pop_back();
+        for (auto it = pushed.rbegin(); it != pushed.rend(); ++it) (*it)->events.pop_back();
         throw;
       }
+
       // Commit (nothing below throws). Rows keep their addresses when their
       // nodes move into tasks_, so order_ may point at them first; in the
       // caller's order, which keeps ascending ids sorted without a sort.
-      for (const task& t : tasks) append_order(&staged.find(std::string_view(t.id))->second);
+      for (const task& t : tasks) {
+        task_row* row = &staged.find(std::string_view(t.id))->second;
+        append_order(row);
+        if (is_terminal(row->t.state)) list_finished(*row);  // capacity reserved
+      }
       tasks_.merge(staged);  // splices nodes; every key is new (checked above)
+      for (event_log* log : pushed) trim_events(*log);
+      trim_tasks();
       return out;
     });
   }
@@ -386,17 +397,19 @@ class memory_store final : public store {
         if (slot == row.attempts.end() || slot->number != number) {
           const auto index = slot - row.attempts.begin();
           if (row.attempts.size() == row.attempts.capacity())
-            row.attempts.reserve(std::max<std::size_t>(4, row.attempts.size() * 2));
+            row.attempts.reserve(std::max<std::size_t>(1, row.attempts.size() * 2));
           slot = row.attempts.begin() + index;
         }
       }
+      const bool finishes = is_terminal(u.state) && !row.listed_finished;
+      if (finishes) reserve_finished(1);
       event_log& log = log_of(u.event.project);
-      if (u.via_event) log.emplace_back(std::move(*u.via_event), log.size() + 1);
-      const std::uint64_t sequence = log.size() + 1;
+      if (u.via_event) log.events.emplace_back(std::move(*u.via_event), log.next());
+      const std::uint64_t sequence = log.next();
       try {
-        log.emplace_back(std::move(u.event), sequence);
+        log.events.emplace_back(std::move(u.event), sequence);
       } catch (...) {
-        if (u.via_event) log.pop_back();  // all or nothing
+        if (u.via_event) log.events.pop_back();  // all or nothing
         throw;
       }
 
@@ -418,6 +431,9 @@ class memory_store final : public store {
       t.updated_at = u.at == time_point{} ? now : u.at;
       t.not_before = u.not_before;
       ++t.version;
+      if (finishes) list_finished(row);  // capacity reserved
+      trim_events(log);
+      trim_tasks();
       return sequence;
     });
   }
@@ -473,8 +489,9 @@ class memory_store final : public store {
       if (ev.at == time_point{}) ev.at = clock_->now();
       std::lock_guard lock(mutex_);
       event_log& log = log_of(ev.project);
-      ev.sequence = log.size() + 1;
-      log.push_back(ev);
+      ev.sequence = log.next();
+      log.events.push_back(ev);
+      trim_events(log);
       return ev;
     });
   }
@@ -485,13 +502,14 @@ class memory_store final : public store {
       std::vector<event> out;
       std::lock_guard lock(mutex_);
       auto it = events_.find(project);
-      if (it == events_.end() || after_sequence >= it->second.size()) return out;
-      // sequence == index + 1, so the window starts at index after_sequence.
+      if (it == events_.end() || after_sequence + 1 >= it->second.next()) return out;
+      // sequence == first + index; events before `first` were compacted away.
       const event_log& log = it->second;
-      const auto first = static_cast<std::size_t>(after_sequence);
-      const std::size_t count = std::min(limit, log.size() - first);
+      const std::uint64_t start = std::max(after_sequence + 1, log.first);
+      const auto index = static_cast<std::size_t>(start - log.first);
+      const std::size_t count = std::min(limit, log.events.size() - index);
       out.reserve(count);
-      const auto begin = log.begin() + static_cast<std::ptrdiff_t>(first);
+      const auto begin = log.events.begin() + static_cast<std::ptrdiff_t>(index);
       out.assign(begin, begin + static_cast<std::ptrdiff_t>(count));
       return out;
     });
@@ -501,7 +519,37 @@ class memory_store final : public store {
     return guarded("last_sequence", [&]() -> result<std::uint64_t> {
       std::lock_guard lock(mutex_);
       auto it = events_.find(project);
-      return static_cast<std::uint64_t>(it == events_.end() ? 0U : it->second.size());
+      return it == events_.end() ? std::uint64_t{0} : it->second.next() - 1;
+    });
+  }
+
+  result<compaction_stats> compact(const retention_policy& policy) override {
+    return guarded("compact", [&]() -> result<compaction_stats> {
+      compaction_stats out;
+      const time_point now = clock_->now();
+      std::lock_guard lock(mutex_);
+      for (auto& [project, log] : events_) {
+        std::size_t n = 0;
+        if (policy.max_events_per_project != 0 && log.events.size() > policy.max_events_per_project)
+          n = log.events.size() - policy.max_events_per_project;
+        if (policy.max_event_age.count() > 0) {
+          const time_point cutoff = now - policy.max_event_age;
+          while (n < log.events.size() && log.events[n].at < cutoff) ++n;
+        }
+        drop_events(log, n);
+        out.events_removed += n;
+      }
+      const std::uint64_t max = policy.max_finished_tasks;
+      const bool by_age = policy.max_finished_task_age.count() > 0;
+      const time_point cutoff = by_age ? now - policy.max_finished_task_age : time_point{};
+      if (max != 0 || by_age) {
+        out.tasks_removed = evict_finished(
+            [&](const task_row& row, std::size_t left) {
+              return (max != 0 && left > max) || (by_age && row.t.updated_at < cutoff);
+            },
+            by_age);
+      }
+      return out;
     });
   }
 
@@ -577,14 +625,21 @@ class memory_store final : public store {
     explicit task_row(const task& source) : t(source) {}
     task t;
     std::vector<task_attempt> attempts;  ///< Sorted by number.
+    bool listed_finished = false;        ///< In finished_ (at most once).
+    bool evicted = false;                ///< Being dropped by retention.
   };
   struct snapshot_history {
     std::uint64_t last_version = 0;
     std::deque<agent_snapshot> kept;  ///< The latest `snapshots_kept`, oldest first.
   };
-  /// Events of one project; sequence == index + 1. A deque grows without
-  /// moving what it holds, so a long log never stalls a writer on a copy.
-  using event_log = std::deque<event>;
+  /// Events of one project: events[i] has sequence first + i (retention
+  /// drops from the front). A deque grows without moving what it holds, so
+  /// a long log never stalls a writer on a copy.
+  struct event_log {
+    std::uint64_t first = 1;
+    std::deque<event> events;
+    [[nodiscard]] std::uint64_t next() const noexcept { return first + events.size(); }
+  };
   /// Hashes std::string and std::string_view alike (lookups by string_view
   /// without building a std::string). Deliberately not noexcept: libstdc++
   /// stores each node's hash only for hashers that may throw (or are known
@@ -643,6 +698,91 @@ class memory_store final : public store {
   /// is sorted, the rest was appended out of order and is sorted on demand.
   std::vector<task_row*> order_;
   std::size_t sorted_ = 0;
+  /// Retention: the rows that reached a terminal state, in the order they
+  /// did (oldest first): the ones retention drops first.
+  retention_policy retention_;
+  std::vector<task_row*> finished_;
+
+  /// Makes room for `n` more entries in finished_ (the only allocation of
+  /// the bookkeeping, done before a write commits).
+  void reserve_finished(std::size_t n) {
+    if (finished_.size() + n > finished_.capacity())
+      finished_.reserve(std::max(finished_.size() + n, 2 * finished_.size()));
+  }
+  void list_finished(task_row& row) noexcept {  // capacity reserved by the caller
+    if (row.listed_finished) return;
+    row.listed_finished = true;
+    finished_.push_back(&row);
+  }
+
+  /// Drops finished tasks (with their attempts), oldest first, for which
+  /// `drop(row, listed_from_here)` says so: all of them when `full_scan`,
+  /// else up to the first it keeps. Returns how many were dropped. A listed
+  /// row that is no longer terminal (a store allows any compare-and-set)
+  /// leaves the list, not the store.
+  template <class Drop>
+  std::uint64_t evict_finished(Drop&& drop, bool full_scan) noexcept {
+    // Pass 1: decide (finished_[0, end) is examined).
+    std::uint64_t dropped = 0;
+    std::size_t end = 0;
+    for (; end < finished_.size(); ++end) {
+      task_row* row = finished_[end];
+      if (!is_terminal(row->t.state)) {
+        row->listed_finished = false;
+        continue;
+      }
+      if (drop(*row, finished_.size() - end)) {
+        row->evicted = true;
+        ++dropped;
+      } else if (!full_scan) {
+        break;
+      }
+    }
+    if (dropped > 0) {
+      // order_ without the dropped rows, in order; the sorted prefix shrinks
+      // by the dropped rows it held.
+      std::size_t kept = 0;
+      std::size_t still_sorted = 0;
+      for (std::size_t i = 0; i < order_.size(); ++i) {
+        task_row* row = order_[i];
+        if (row->evicted) continue;
+        if (i < sorted_) ++still_sorted;
+        order_[kept++] = row;
+      }
+      order_.erase(order_.begin() + static_cast<std::ptrdiff_t>(kept), order_.end());
+      sorted_ = still_sorted;
+    }
+    // Pass 2: drop the rows, keep the rest of the examined part in order.
+    std::size_t write = 0;
+    for (std::size_t i = 0; i < end; ++i) {
+      task_row* row = finished_[i];
+      if (row->evicted) {
+        tasks_.erase(tasks_.find(std::string_view(row->t.id)));  // `row` is gone
+      } else if (row->listed_finished) {
+        finished_[write++] = row;
+      }
+    }
+    finished_.erase(finished_.begin() + static_cast<std::ptrdiff_t>(write),
+                    finished_.begin() + static_cast<std::ptrdiff_t>(end));
+    return dropped;
+  }
+  /// Automatic count-based retention after a write: lets the finished
+  /// tasks overshoot by an eighth, then drops back to the limit (amortized).
+  void trim_tasks() noexcept {
+    const std::uint64_t max = retention_.max_finished_tasks;
+    if (max == 0 || finished_.size() <= max + max / 8) return;
+    evict_finished([max](const task_row&, std::size_t left) { return left > max; }, false);
+  }
+  void trim_events(event_log& log) noexcept {
+    const std::uint64_t max = retention_.max_events_per_project;
+    if (max == 0 || log.events.size() <= max + max / 8) return;
+    drop_events(log, log.events.size() - max);
+  }
+  static void drop_events(event_log& log, std::size_t n) noexcept {
+    n = std::min(n, log.events.size());
+    log.events.erase(log.events.begin(), log.events.begin() + static_cast<std::ptrdiff_t>(n));
+    log.first += n;
+  }
   std::map<std::string, event_log, std::less<>> events_;
   std::map<std::string, std::map<std::string, artifact_versions_list, std::less<>>, std::less<>>
       artifacts_;
@@ -653,7 +793,7 @@ class memory_store final : public store {
 
 std::shared_ptr<store> make_memory_store(memory_store_options options) {
   auto clock = options.clock ? std::move(options.clock) : make_system_clock();
-  return std::make_shared<memory_store>(std::move(clock));
+  return std::make_shared<memory_store>(std::move(clock), options.retention);
 }
 
 }  // namespace aise

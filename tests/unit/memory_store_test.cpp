@@ -189,3 +189,62 @@ TEST_CASE("memory store: attempt rows belong to the updated task") {
   REQUIRE(attempts.size() == 1);
   CHECK(attempts[0].task_id == "t-1");
 }
+
+TEST_CASE("memory store: retention on writes keeps the newest history within bounds") {
+  aise::memory_store_options options;
+  options.retention.max_finished_tasks = 16;
+  options.retention.max_events_per_project = 40;
+  auto s = aise::make_memory_store(options);
+  // 200 tasks, each inserted and finished; every tenth stays running.
+  std::size_t most_tasks = 0;
+  std::size_t most_events = 0;
+  for (int i = 0; i < 200; ++i) {
+    const std::string id = "t-" +
+                           std::string(i < 10    ? "00"
+                                       : i < 100 ? "0"
+                                                 : "") +
+                           std::to_string(i);
+    must(s->insert_tasks({make_task(id)}, {draft("p1", "task.queued", id)}));
+    const auto to = i % 10 == 0 ? aise::task_state::running : aise::task_state::succeeded;
+    must(s->update_task(change(id, 1, to)));
+    aise::task_filter all;
+    all.limit = 1000;
+    most_tasks = std::max(most_tasks, must(s->list_tasks(all)).items.size());
+    most_events = std::max(most_events, must(s->read_events("p1", 0, 1000)).size());
+  }
+  // Bounded: the limits plus an eighth of overshoot, plus the 20 running tasks.
+  CHECK(most_tasks <= 16 + 2 + 20);
+  CHECK(most_events <= 40 + 5);
+  aise::task_filter all;
+  all.limit = 1000;
+  auto kept = must(s->list_tasks(all)).items;
+  std::size_t running = 0;
+  for (const auto& t : kept) running += t.state == aise::task_state::running ? 1 : 0;
+  CHECK(running == 20);                // never dropped
+  CHECK(kept.back().id == "t-199");    // the newest finished are kept
+  CHECK(kept.size() - running >= 16);  // at least the limit
+  for (std::size_t i = 1; i < kept.size(); ++i) CHECK(kept[i - 1].id < kept[i].id);
+  auto events = must(s->read_events("p1", 0, 1000));
+  CHECK(events.back().sequence == 400);  // numbering unaffected
+  CHECK(must(s->last_sequence("p1")) == 400);
+  for (std::size_t i = 1; i < events.size(); ++i)
+    CHECK(events[i].sequence == events[i - 1].sequence + 1);
+  // A finished task that was dropped is gone with its attempts.
+  aise::conformance::store_suite::expect_error(s->get_task("t-001"), aise::errc::not_found);
+  CHECK(must(s->get_task("t-000")).state == aise::task_state::running);
+}
+
+TEST_CASE("memory store: retention zero keeps everything") {
+  aise::memory_store_options options;
+  options.retention = {};
+  auto s = aise::make_memory_store(options);
+  for (int i = 0; i < 300; ++i) {
+    const std::string id = "k-" + std::to_string(1000 + i);
+    must(s->insert_tasks({make_task(id)}, {draft("p1", "task.queued", id)}));
+    must(s->update_task(change(id, 1, aise::task_state::succeeded)));
+  }
+  aise::task_filter all;
+  all.limit = 1000;
+  CHECK(must(s->list_tasks(all)).items.size() == 300);
+  CHECK(must(s->read_events("p1", 0, 1000)).size() == 600);
+}
