@@ -228,6 +228,9 @@ class AISE_CORE_EXPORT store {
   /// Every version of (project, name), ascending.
   virtual result<std::vector<artifact_meta>> artifact_versions(std::string_view project,
                                                                std::string_view name) = 0;
+  /// Whether any artifact version (of any project) has this content digest:
+  /// the artifact store's garbage collector keeps exactly those blobs.
+  virtual result<bool> artifact_digest_in_use(std::string_view sha256) = 0;
 };
 
 /// Options of the in-memory store.

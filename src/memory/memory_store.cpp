@@ -585,6 +585,15 @@ class memory_store final : public store {
     });
   }
 
+  result<bool> artifact_digest_in_use(std::string_view sha256) override {
+    return guarded("artifact_digest_in_use", [&]() -> result<bool> {
+      std::lock_guard lock(mutex_);
+      for (const auto& [id, ref] : artifact_ids_)
+        if ((*ref.versions)[ref.index].sha256 == sha256) return true;
+      return false;
+    });
+  }
+
   result<artifact_meta> get_artifact(std::string_view id) override {
     return guarded("get_artifact", [&]() -> result<artifact_meta> {
       std::lock_guard lock(mutex_);

@@ -1468,6 +1468,15 @@ inline void artifacts_versions(const store_factory& make) {
   expect_error(s->put_artifact(art("", "p1", "report")), errc::invalid_argument);
   expect_error(s->put_artifact(art("a-6", "", "report")), errc::invalid_argument);
   CHECK(must(s->artifact_versions("p1", "report")).size() == 3);
+
+  // Digests in use, across projects and versions (the garbage collector's question).
+  auto other = art("c-1", "p3", "blob");
+  other.sha256 = std::string(64, 'c');
+  must(s->put_artifact(other));
+  CHECK(must(s->artifact_digest_in_use(std::string(64, 'a'))));
+  CHECK(must(s->artifact_digest_in_use(std::string(64, 'c'))));
+  CHECK_FALSE(must(s->artifact_digest_in_use(std::string(64, 'b'))));
+  CHECK_FALSE(must(s->artifact_digest_in_use("")));
 }
 
 inline void json_round_trip(const store_factory& make) {
