@@ -13,6 +13,10 @@ AISE_PACKAGES=(
   build-essential cmake ninja-build pkg-config ccache git
   # aise::core
   libboost-dev libfmt-dev libspdlog-dev nlohmann-json3-dev
+  # aise::sql (SOCI over SQLite and PostgreSQL; the backend headers need the client headers)
+  libsoci-dev libsqlite3-dev libpq-dev
+  # PostgreSQL 15 server for the tests (scripts/services.sh starts a private one) and sqlite3 CLI
+  postgresql-15 postgresql-client-15 sqlite3
   # tests
   doctest-dev
   # peer benchmark (CAF) in bench/

@@ -2,7 +2,8 @@
 # THE test command of libaise (CI runs it through .ci/run).
 #
 #   1. setup    install missing Debian packages (scripts/setup.sh)
-#   2. release  build the release variant; run every CTest test (all labels)
+#   2. release  build the release variant; start a private PostgreSQL
+#               (scripts/services.sh); run every CTest test (all labels)
 #   3. tsan     build with ThreadSanitizer; run the unit tests (ctest -L unit)
 #   4. asan     build with ASan+UBSan; run the unit tests
 #   5. format   clang-format --dry-run --Werror over the C++ sources
@@ -47,6 +48,13 @@ phase_setup() { bash scripts/setup.sh; }
 
 phase_release() {
   aise_build release
+  # The PostgreSQL tests (label postgres) need a server: a private one on
+  # loopback (scripts/services.sh), stopped again when the phase ends.
+  local url
+  url=$(bash scripts/services.sh start postgres | sed -n 's/^AISE_TEST_POSTGRES_URL=//p')
+  [[ -n $url ]] || { aise_log "PostgreSQL did not start"; return 1; }
+  export AISE_TEST_POSTGRES_URL=$url
+  trap 'bash scripts/services.sh stop postgres' EXIT
   run_ctest release
 }
 

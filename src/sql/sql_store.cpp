@@ -1,0 +1,1094 @@
+// The store interface over SOCI, one implementation for SQLite and
+// PostgreSQL (docs/sql.md).
+//
+// How it keeps the store contract:
+// - Every write runs in one transaction on one leased connection; any
+//   exception rolls it back (transaction's destructor) and becomes an error
+//   value (to_error), so nothing of a failed call is committed.
+// - Event sequences come from event_counters: an upsert that bumps the
+//   project's counter and returns it. On PostgreSQL the counter row stays
+//   locked until commit, so writers of one project commit in sequence order
+//   (no gaps, no duplicates, readers never see n+1 before n). On SQLite the
+//   write transaction (BEGIN IMMEDIATE) serializes writers anyway.
+// - update_task is a compare-and-set: UPDATE … WHERE id AND version; zero
+//   rows then means not_found or conflict (told apart by a SELECT).
+// - Times are nanoseconds since the epoch in BIGINT columns; JSON is text.
+
+#include <aise/sql.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <fmt/format.h>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "connection.hpp"
+#include "migrations.hpp"
+
+namespace aise::sql {
+namespace {
+
+using detail::connection;
+using detail::dialect;
+using detail::from_ns;
+using detail::to_ns;
+
+constexpr std::size_t max_page = 1000;
+constexpr std::size_t snapshots_kept = 16;  // as the in-memory store
+
+std::size_t clamp_limit(std::size_t limit) noexcept {
+  return std::clamp<std::size_t>(limit, 1, max_page);
+}
+
+std::string in_quotes(std::string_view s) {
+  return "'" + std::string(s) + "'";
+}
+
+std::string dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+nlohmann::json parse_json(const std::string& text) {
+  if (text.empty()) return nullptr;
+  return nlohmann::json::parse(text);
+}
+
+std::string error_text(const aise::error& e) {
+  return dump(to_json(e));
+}
+
+std::optional<aise::error> error_from_text(const std::string& text) {
+  aise::error out;
+  if (!error_from_json(nlohmann::json::parse(text), out)) {
+    return aise::error(errc::internal, "sql: a stored error could not be read: " + text);
+  }
+  return out;
+}
+
+std::optional<aise::error> check_draft(std::string_view op, const event_draft& e) {
+  if (e.project.empty())
+    return aise::error(errc::invalid_argument, std::string(op) + ": event without a project");
+  if (e.type.empty())
+    return aise::error(errc::invalid_argument, std::string(op) + ": event without a type");
+  return std::nullopt;
+}
+
+const std::string& effective_capability(const task& t) noexcept {
+  return t.capability.empty() ? t.kind : t.capability;
+}
+
+// ---- task rows ----
+
+/// The columns of a task row, as SOCI binds them.
+struct task_row {
+  std::string id, project, kind, capability, effective, description, payload, depends_on;
+  int priority = 0, max_attempts = 1, requires_approval = 0, policy = 0, attempt = 0;
+  long long timeout = 0, deadline = 0, created_at = 0, updated_at = 0, not_before = 0, version = 0;
+  soci::indicator timeout_ind = soci::i_null, deadline_ind = soci::i_null;
+  std::string parent, state, agent, result, error;
+  soci::indicator result_ind = soci::i_null, error_ind = soci::i_null;
+
+  static task_row of(const task& t) {
+    task_row r;
+    r.id = t.id;
+    r.project = t.project;
+    r.kind = t.kind;
+    r.capability = t.capability;
+    r.effective = effective_capability(t);
+    r.description = t.description;
+    r.priority = t.priority;
+    r.payload = dump(t.payload);
+    r.depends_on = dump(nlohmann::json(t.depends_on));
+    r.max_attempts = t.max_attempts;
+    if (t.timeout) {
+      r.timeout = static_cast<long long>(t.timeout->count());
+      r.timeout_ind = soci::i_ok;
+    }
+    if (t.deadline) {
+      r.deadline = to_ns(*t.deadline);
+      r.deadline_ind = soci::i_ok;
+    }
+    r.requires_approval = t.requires_approval ? 1 : 0;
+    r.policy = static_cast<int>(t.on_dependency_failure);
+    r.parent = t.parent;
+    r.state = std::string(to_string(t.state));
+    r.attempt = t.attempt;
+    r.agent = t.agent;
+    if (t.result) {
+      r.result = dump(*t.result);
+      r.result_ind = soci::i_ok;
+    }
+    if (t.error) {
+      r.error = error_text(*t.error);
+      r.error_ind = soci::i_ok;
+    }
+    r.created_at = to_ns(t.created_at);
+    r.updated_at = to_ns(t.updated_at);
+    r.not_before = to_ns(t.not_before);
+    r.version = static_cast<long long>(t.version);
+    return r;
+  }
+
+  [[nodiscard]] task to_task() const {
+    task t;
+    t.id = id;
+    t.project = project;
+    t.kind = kind;
+    t.capability = capability;
+    t.description = description;
+    t.priority = priority;
+    t.payload = parse_json(payload);
+    t.depends_on = parse_json(depends_on).get<std::vector<std::string>>();
+    t.max_attempts = max_attempts;
+    if (timeout_ind == soci::i_ok) t.timeout = duration(timeout);
+    if (deadline_ind == soci::i_ok) t.deadline = from_ns(deadline);
+    t.requires_approval = requires_approval != 0;
+    t.on_dependency_failure = static_cast<dependency_failure_policy>(policy);
+    t.parent = parent;
+    auto s = parse_task_state(state);
+    t.state = s ? *s : task_state::pending;
+    t.attempt = attempt;
+    t.agent = agent;
+    if (result_ind == soci::i_ok) t.result = parse_json(result);
+    if (error_ind == soci::i_ok) t.error = error_from_text(error);
+    t.created_at = from_ns(created_at);
+    t.updated_at = from_ns(updated_at);
+    t.not_before = from_ns(not_before);
+    t.version = static_cast<std::uint64_t>(version);
+    return t;
+  }
+};
+
+constexpr const char* task_columns =
+    "id, project, kind, capability, effective_capability, description, priority, payload, "
+    "depends_on, max_attempts, timeout_ns, deadline, requires_approval, on_dependency_failure, "
+    "parent, state, attempt, agent, result, error, created_at, updated_at, not_before, version";
+
+void bind_task_into(soci::statement& st, task_row& r) {
+  st.exchange(soci::into(r.id));
+  st.exchange(soci::into(r.project));
+  st.exchange(soci::into(r.kind));
+  st.exchange(soci::into(r.capability));
+  st.exchange(soci::into(r.effective));
+  st.exchange(soci::into(r.description));
+  st.exchange(soci::into(r.priority));
+  st.exchange(soci::into(r.payload));
+  st.exchange(soci::into(r.depends_on));
+  st.exchange(soci::into(r.max_attempts));
+  st.exchange(soci::into(r.timeout, r.timeout_ind));
+  st.exchange(soci::into(r.deadline, r.deadline_ind));
+  st.exchange(soci::into(r.requires_approval));
+  st.exchange(soci::into(r.policy));
+  st.exchange(soci::into(r.parent));
+  st.exchange(soci::into(r.state));
+  st.exchange(soci::into(r.attempt));
+  st.exchange(soci::into(r.agent));
+  st.exchange(soci::into(r.result, r.result_ind));
+  st.exchange(soci::into(r.error, r.error_ind));
+  st.exchange(soci::into(r.created_at));
+  st.exchange(soci::into(r.updated_at));
+  st.exchange(soci::into(r.not_before));
+  st.exchange(soci::into(r.version));
+}
+
+// ---- other rows ----
+
+struct event_row {
+  std::string project, type, subject, data;
+  long long sequence = 0, at = 0;
+  [[nodiscard]] event to_event() const {
+    event e;
+    e.project = project;
+    e.type = type;
+    e.subject = subject;
+    e.at = from_ns(at);
+    e.data = parse_json(data);
+    e.sequence = static_cast<std::uint64_t>(sequence);
+    return e;
+  }
+};
+
+struct attempt_row {
+  std::string task_id, agent, outcome, error;
+  int number = 0;
+  long long started_at = 0, finished_at = 0;
+  soci::indicator finished_ind = soci::i_null, error_ind = soci::i_null;
+  [[nodiscard]] task_attempt to_attempt() const {
+    task_attempt a;
+    a.task_id = task_id;
+    a.number = number;
+    a.agent = agent;
+    a.started_at = from_ns(started_at);
+    if (finished_ind == soci::i_ok) a.finished_at = from_ns(finished_at);
+    auto s = parse_task_state(outcome);
+    a.outcome = s ? *s : task_state::running;
+    if (error_ind == soci::i_ok) a.error = error_from_text(error);
+    return a;
+  }
+};
+
+struct artifact_row {
+  std::string id, project, task, name, media_type, sha256;
+  long long size = 0, created_at = 0;
+  int version = 0;
+  [[nodiscard]] artifact_meta to_meta() const {
+    artifact_meta a;
+    a.id = id;
+    a.project = project;
+    a.task = task;
+    a.name = name;
+    a.media_type = media_type;
+    a.size = static_cast<std::uint64_t>(size);
+    a.sha256 = sha256;
+    a.version = version;
+    a.created_at = from_ns(created_at);
+    return a;
+  }
+};
+
+constexpr const char* artifact_columns =
+    "id, project, task, name, media_type, size, sha256, version, created_at";
+
+void bind_artifact_into(soci::statement& st, artifact_row& r) {
+  st.exchange(soci::into(r.id));
+  st.exchange(soci::into(r.project));
+  st.exchange(soci::into(r.task));
+  st.exchange(soci::into(r.name));
+  st.exchange(soci::into(r.media_type));
+  st.exchange(soci::into(r.size));
+  st.exchange(soci::into(r.sha256));
+  st.exchange(soci::into(r.version));
+  st.exchange(soci::into(r.created_at));
+}
+
+class sql_store final : public store {
+ public:
+  sql_store(std::unique_ptr<detail::pool> pool, std::shared_ptr<aise::clock> clock,
+            store_options options)
+      : pool_(std::move(pool)), clock_(std::move(clock)), options_(std::move(options)) {}
+
+  using store::insert_tasks;
+  using store::update_task;
+
+  [[nodiscard]] std::string_view backend() const noexcept override {
+    return pool_->kind() == dialect::sqlite ? "sqlite" : "postgresql";
+  }
+
+  // ---- projects ----
+
+  result<project> create_project(project p) override {
+    if (p.id.empty()) return error(errc::invalid_argument, "create_project: empty project id");
+    const time_point now = clock_->now();
+    if (p.created_at == time_point{}) p.created_at = now;
+    if (p.updated_at == time_point{}) p.updated_at = now;
+    return run<project>("create_project", [&](connection& c) -> result<project> {
+      detail::transaction tx(c, kind());
+      int exists = 0;
+      c.session << "SELECT COUNT(*) FROM projects WHERE id = :id", soci::use(p.id),
+          soci::into(exists);
+      if (exists != 0)
+        return error(errc::already_exists, "project " + in_quotes(p.id) + " already exists");
+      try {
+        insert_project(c, p);
+      } catch (...) {
+        // A concurrent creator committed between the check and the insert.
+        if (detail::is_unique_violation(kind()))
+          return error(errc::already_exists, "project " + in_quotes(p.id) + " already exists");
+        throw;
+      }
+      tx.commit();
+      return p;
+    });
+  }
+
+  result<project> get_project(std::string_view id) override {
+    const std::string key(id);
+    return run<project>("get_project", [&](connection& c) -> result<project> {
+      auto found = select_projects(c, "WHERE id = :a", key, 1);
+      if (found.empty()) return error(errc::not_found, "project " + in_quotes(id) + " not found");
+      return found.front();
+    });
+  }
+
+  result<page<project>> list_projects(std::string_view after, std::size_t limit) override {
+    limit = clamp_limit(limit);
+    const std::string cursor(after);
+    return run<page<project>>("list_projects", [&](connection& c) -> result<page<project>> {
+      page<project> out;
+      out.items = select_projects(c, "WHERE id > :a", cursor, limit + 1);
+      if (out.items.size() > limit) {
+        out.items.pop_back();
+        out.next_cursor = out.items.back().id;
+      }
+      return out;
+    });
+  }
+
+  result<project> update_project(project p) override {
+    if (p.id.empty()) return error(errc::invalid_argument, "update_project: empty project id");
+    if (p.updated_at == time_point{}) p.updated_at = clock_->now();
+    return run<project>("update_project", [&](connection& c) -> result<project> {
+      detail::transaction tx(c, kind());
+      auto found = select_projects(c, "WHERE id = :a", p.id, 1);
+      if (found.empty()) return error(errc::not_found, "project " + in_quotes(p.id) + " not found");
+      p.created_at = found.front().created_at;
+      const std::string metadata = dump(p.metadata);
+      const int archived = p.archived ? 1 : 0;
+      const long long updated = to_ns(p.updated_at);
+      c.session << "UPDATE projects SET name = :n, description = :d, metadata = :m, archived = "
+                   ":ar, updated_at = :u WHERE id = :id",
+          soci::use(p.name), soci::use(p.description), soci::use(metadata), soci::use(archived),
+          soci::use(updated), soci::use(p.id);
+      tx.commit();
+      return p;
+    });
+  }
+
+  // ---- agents ----
+
+  result<void> put_agent(agent_record a) override {
+    if (a.id.empty()) return error(errc::invalid_argument, "put_agent: empty agent id");
+    if (a.project.empty())
+      return error(errc::invalid_argument,
+                   "put_agent: agent " + in_quotes(a.id) + " without a project");
+    const time_point now = clock_->now();
+    return run<void>("put_agent", [&](connection& c) -> result<void> {
+      detail::transaction tx(c, kind());
+      long long created = 0;
+      soci::indicator created_ind = soci::i_null;
+      c.session << "SELECT created_at FROM agents WHERE id = :id", soci::use(a.id),
+          soci::into(created, created_ind);
+      const bool exists = c.session.got_data();
+      if (a.created_at == time_point{}) a.created_at = exists ? from_ns(created) : now;
+      const std::string caps = dump(nlohmann::json(a.capabilities));
+      const long long heartbeat = to_ns(a.last_heartbeat);
+      const long long created_at = to_ns(a.created_at);
+      // An upsert: concurrent first registrations of one id do not collide.
+      c.session << "INSERT INTO agents (id, project, kind, capabilities, status, restarts, "
+                   "last_heartbeat, created_at) VALUES (:id, :p, :k, :c, :s, :r, :h, :ca) "
+                   "ON CONFLICT (id) DO UPDATE SET project = excluded.project, kind = "
+                   "excluded.kind, capabilities = excluded.capabilities, status = "
+                   "excluded.status, restarts = excluded.restarts, last_heartbeat = "
+                   "excluded.last_heartbeat, created_at = excluded.created_at",
+          soci::use(a.id), soci::use(a.project), soci::use(a.kind), soci::use(caps),
+          soci::use(a.status), soci::use(a.restarts), soci::use(heartbeat), soci::use(created_at);
+      tx.commit();
+      return {};
+    });
+  }
+
+  result<agent_record> get_agent(std::string_view id) override {
+    const std::string key(id);
+    return run<agent_record>("get_agent", [&](connection& c) -> result<agent_record> {
+      auto found = select_agents(c, "WHERE id = :a", key);
+      if (found.empty()) return error(errc::not_found, "agent " + in_quotes(id) + " not found");
+      return found.front();
+    });
+  }
+
+  result<std::vector<agent_record>> list_agents(std::string_view project) override {
+    const std::string key(project);
+    return run<std::vector<agent_record>>("list_agents",
+                                          [&](connection& c) -> result<std::vector<agent_record>> {
+                                            if (key.empty())
+                                              return select_agents(c, "WHERE id <> :a", key);
+                                            return select_agents(c, "WHERE project = :a", key);
+                                          });
+  }
+
+  result<agent_snapshot> save_snapshot(agent_snapshot s) override {
+    if (s.agent_id.empty()) return error(errc::invalid_argument, "save_snapshot: empty agent id");
+    if (s.taken_at == time_point{}) s.taken_at = clock_->now();
+    // Concurrent snapshots of one agent race for the next version on
+    // PostgreSQL: the loser's unique violation is retried.
+    for (int tries = 0;; ++tries) {
+      auto r = run<agent_snapshot>("save_snapshot", [&](connection& c) -> result<agent_snapshot> {
+        detail::transaction tx(c, kind());
+        long long last = 0;
+        soci::indicator ind = soci::i_null;
+        c.session << "SELECT MAX(version) FROM agent_snapshots WHERE agent_id = :a",
+            soci::use(s.agent_id), soci::into(last, ind);
+        const long long version = (ind == soci::i_ok ? last : 0) + 1;
+        const long long taken = to_ns(s.taken_at);
+        const std::string state = dump(s.state);
+        try {
+          c.session << "INSERT INTO agent_snapshots (agent_id, version, taken_at, state) VALUES "
+                       "(:a, :v, :t, :s)",
+              soci::use(s.agent_id), soci::use(version), soci::use(taken), soci::use(state);
+        } catch (...) {
+          if (detail::is_unique_violation(kind())) return error(errc::conflict, "version taken");
+          throw;
+        }
+        const long long oldest_kept = version - static_cast<long long>(snapshots_kept) + 1;
+        c.session << "DELETE FROM agent_snapshots WHERE agent_id = :a AND version < :v",
+            soci::use(s.agent_id), soci::use(oldest_kept);
+        tx.commit();
+        agent_snapshot out = s;
+        out.version = static_cast<std::uint64_t>(version);
+        return out;
+      });
+      if (r || r.error().code() != errc::conflict || tries >= 20) return r;
+    }
+  }
+
+  result<agent_snapshot> load_snapshot(std::string_view agent_id) override {
+    const std::string key(agent_id);
+    return run<agent_snapshot>("load_snapshot", [&](connection& c) -> result<agent_snapshot> {
+      agent_snapshot s;
+      long long version = 0;
+      long long taken = 0;
+      std::string state;
+      c.session << "SELECT version, taken_at, state FROM agent_snapshots WHERE agent_id = :a "
+                   "ORDER BY version DESC LIMIT 1",
+          soci::use(key), soci::into(version), soci::into(taken), soci::into(state);
+      if (!c.session.got_data())
+        return error(errc::not_found, "agent " + in_quotes(agent_id) + " has no snapshot");
+      s.agent_id = key;
+      s.version = static_cast<std::uint64_t>(version);
+      s.taken_at = from_ns(taken);
+      s.state = parse_json(state);
+      return s;
+    });
+  }
+
+  // ---- tasks ----
+
+  result<std::vector<std::uint64_t>> insert_tasks(const std::vector<task>& tasks,
+                                                  std::vector<event_draft>&& events) override {
+    const time_point now = clock_->now();
+    std::vector<task_row> rows;
+    rows.reserve(tasks.size());
+    for (std::size_t i = 0; i < tasks.size(); ++i) {
+      const task& t = tasks[i];
+      auto where = [i] { return "insert_tasks: task #" + std::to_string(i); };
+      if (t.id.empty()) return error(errc::invalid_argument, where() + " has an empty id");
+      if (t.project.empty())
+        return error(errc::invalid_argument,
+                     where() + " (" + in_quotes(t.id) + ") has an empty project");
+      if (t.kind.empty())
+        return error(errc::invalid_argument,
+                     where() + " (" + in_quotes(t.id) + ") has an empty kind");
+      for (std::size_t k = 0; k < i; ++k) {
+        if (tasks[k].id == t.id)
+          return error(errc::already_exists,
+                       "insert_tasks: task id " + in_quotes(t.id) + " appears twice in the batch");
+      }
+      task_row r = task_row::of(t);
+      r.version = 1;
+      if (t.created_at == time_point{}) r.created_at = to_ns(now);
+      if (t.updated_at == time_point{}) r.updated_at = r.created_at;
+      rows.push_back(std::move(r));
+    }
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      if (auto e = check_draft("insert_tasks: event #" + std::to_string(i), events[i])) return *e;
+      if (events[i].at == time_point{}) events[i].at = now;
+    }
+    return run<std::vector<std::uint64_t>>(
+        "insert_tasks", [&](connection& c) -> result<std::vector<std::uint64_t>> {
+          detail::transaction tx(c, kind());
+          for (auto& r : rows) {
+            int exists = 0;
+            c.session << "SELECT COUNT(*) FROM tasks WHERE id = :id", soci::use(r.id),
+                soci::into(exists);
+            if (exists != 0)
+              return error(errc::already_exists, "task " + in_quotes(r.id) + " already exists");
+            try {
+              insert_task(c, r);
+            } catch (...) {
+              if (detail::is_unique_violation(kind()))
+                return error(errc::already_exists, "task " + in_quotes(r.id) + " already exists");
+              throw;
+            }
+          }
+          std::vector<std::uint64_t> out;
+          out.reserve(events.size());
+          for (auto& e : events) out.push_back(append(c, e));
+          tx.commit();
+          note_change();
+          return out;
+        });
+  }
+
+  result<std::uint64_t> update_task(task_update&& u) override {
+    if (u.id.empty()) return error(errc::invalid_argument, "update_task: empty task id");
+    if (auto e = check_draft("update_task", u.event)) return *e;
+    if (u.via_event) {
+      if (auto e = check_draft("update_task: via_event", *u.via_event)) return *e;
+      if (u.via_event->project != u.event.project)
+        return error(errc::invalid_argument, "update_task: via_event names project " +
+                                                 in_quotes(u.via_event->project) + ", the event " +
+                                                 in_quotes(u.event.project));
+    }
+    const time_point now = clock_->now();
+    if (u.event.at == time_point{}) u.event.at = now;
+    if (u.via_event && u.via_event->at == time_point{}) u.via_event->at = now;
+    const std::string state(to_string(u.state));
+    const long long updated = to_ns(u.at == time_point{} ? now : u.at);
+    const long long not_before = to_ns(u.not_before);
+    const long long expected = static_cast<long long>(u.expected_version);
+    const int set_result = u.result ? 1 : 0;
+    std::string result_text = u.result ? dump(*u.result) : std::string();
+    // error: 0 keep, 1 set, 2 clear (clear_error before error: both = replace)
+    const int error_mode = u.error ? 1 : (u.clear_error ? 2 : 0);
+    std::string error_value = u.error ? error_text(*u.error) : std::string();
+    return run<std::uint64_t>("update_task", [&](connection& c) -> result<std::uint64_t> {
+      detail::transaction tx(c, kind());
+      soci::statement st =
+          (c.session.prepare
+               << "UPDATE tasks SET state = :s, attempt = :a, agent = :g, updated_at = :u, "
+                  "not_before = :nb, version = version + 1, "
+                  "result = CASE WHEN :rs = 1 THEN :r ELSE result END, "
+                  "error = CASE WHEN :em = 1 THEN :e WHEN :em2 = 2 THEN NULL ELSE error END "
+                  "WHERE id = :id AND version = :v",
+           soci::use(state), soci::use(u.attempt), soci::use(u.agent), soci::use(updated),
+           soci::use(not_before), soci::use(set_result), soci::use(result_text),
+           soci::use(error_mode), soci::use(error_value), soci::use(error_mode), soci::use(u.id),
+           soci::use(expected));
+      st.execute(true);
+      if (st.get_affected_rows() != 1) {
+        long long stored = 0;
+        c.session << "SELECT version FROM tasks WHERE id = :id", soci::use(u.id),
+            soci::into(stored);
+        if (!c.session.got_data())
+          return error(errc::not_found, "task " + in_quotes(u.id) + " not found");
+        return error(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
+                                         std::to_string(u.expected_version) +
+                                         " but the stored version is " + std::to_string(stored));
+      }
+      if (u.attempt_row) upsert_attempt(c, u.id, *u.attempt_row);
+      if (u.via_event) append(c, *u.via_event);
+      const std::uint64_t sequence = append(c, u.event);
+      tx.commit();
+      note_change();
+      return sequence;
+    });
+  }
+
+  result<task> get_task(std::string_view id) override {
+    const std::string key(id);
+    return run<task>("get_task", [&](connection& c) -> result<task> {
+      auto found = select_tasks(c, "WHERE id = :p0", {key}, 1);
+      if (found.empty()) return error(errc::not_found, "task " + in_quotes(id) + " not found");
+      return std::move(found.front());
+    });
+  }
+
+  result<page<task>> list_tasks(const task_filter& f) override {
+    const std::size_t limit = clamp_limit(f.limit);
+    std::string where = "WHERE 1 = 1";
+    std::vector<std::string> params;
+    auto param = [&](const std::string& value) {
+      params.push_back(value);
+      return ":p" + std::to_string(params.size() - 1);
+    };
+    if (!f.project.empty()) where += " AND project = " + param(f.project);
+    if (!f.parent.empty()) where += " AND parent = " + param(f.parent);
+    if (!f.capability.empty()) where += " AND effective_capability = " + param(f.capability);
+    if (!f.after.empty()) where += " AND id > " + param(f.after);
+    if (!f.states.empty()) {
+      where += " AND state IN (";
+      for (std::size_t i = 0; i < f.states.size(); ++i) {
+        if (i > 0) where += ", ";
+        where += in_quotes(to_string(f.states[i]));  // enum names, never user text
+      }
+      where += ")";
+    }
+    return run<page<task>>("list_tasks", [&](connection& c) -> result<page<task>> {
+      page<task> out;
+      out.items = select_tasks(c, where, params, limit + 1);
+      if (out.items.size() > limit) {
+        out.items.pop_back();
+        out.next_cursor = out.items.back().id;
+      }
+      return out;
+    });
+  }
+
+  result<std::vector<task_attempt>> list_attempts(std::string_view task_id) override {
+    const std::string key(task_id);
+    return run<std::vector<task_attempt>>(
+        "list_attempts", [&](connection& c) -> result<std::vector<task_attempt>> {
+          int exists = 0;
+          c.session << "SELECT COUNT(*) FROM tasks WHERE id = :id", soci::use(key),
+              soci::into(exists);
+          if (exists == 0)
+            return error(errc::not_found, "task " + in_quotes(task_id) + " not found");
+          std::vector<task_attempt> out;
+          attempt_row r;
+          soci::statement st =
+              (c.session.prepare << "SELECT task_id, number, agent, started_at, finished_at, "
+                                    "outcome, error FROM task_attempts WHERE task_id = :id "
+                                    "ORDER BY number",
+               soci::use(key), soci::into(r.task_id), soci::into(r.number), soci::into(r.agent),
+               soci::into(r.started_at), soci::into(r.finished_at, r.finished_ind),
+               soci::into(r.outcome), soci::into(r.error, r.error_ind));
+          st.execute();
+          while (st.fetch()) out.push_back(r.to_attempt());
+          return out;
+        });
+  }
+
+  // ---- events ----
+
+  result<event> append_event(event_draft d) override {
+    if (auto e = check_draft("append_event", d)) return *e;
+    if (d.at == time_point{}) d.at = clock_->now();
+    return run<event>("append_event", [&](connection& c) -> result<event> {
+      detail::transaction tx(c, kind());
+      event ev{d};
+      ev.sequence = append(c, d);
+      tx.commit();
+      return ev;
+    });
+  }
+
+  result<std::vector<event>> read_events(std::string_view project, std::uint64_t after_sequence,
+                                         std::size_t limit) override {
+    const std::string key(project);
+    const long long after =
+        static_cast<long long>(std::min<std::uint64_t>(after_sequence, INT64_MAX));
+    const long long count =
+        static_cast<long long>(std::min<std::size_t>(limit, static_cast<std::size_t>(INT64_MAX)));
+    return run<std::vector<event>>("read_events", [&](connection& c) -> result<std::vector<event>> {
+      std::vector<event> out;
+      if (count == 0) return out;
+      event_row r;
+      soci::statement st =
+          (c.session.prepare << "SELECT project, sequence, type, subject, at, data FROM events "
+                                "WHERE project = :p AND sequence > :a ORDER BY sequence LIMIT :n",
+           soci::use(key), soci::use(after), soci::use(count), soci::into(r.project),
+           soci::into(r.sequence), soci::into(r.type), soci::into(r.subject), soci::into(r.at),
+           soci::into(r.data));
+      st.execute();
+      while (st.fetch()) out.push_back(r.to_event());
+      return out;
+    });
+  }
+
+  result<std::uint64_t> last_sequence(std::string_view project) override {
+    const std::string key(project);
+    return run<std::uint64_t>("last_sequence", [&](connection& c) -> result<std::uint64_t> {
+      long long last = 0;
+      c.session << "SELECT last_sequence FROM event_counters WHERE project = :p", soci::use(key),
+          soci::into(last);
+      return c.session.got_data() ? static_cast<std::uint64_t>(last) : 0U;
+    });
+  }
+
+  // ---- retention ----
+
+  result<compaction_stats> compact(const retention_policy& policy) override {
+    const long long now = to_ns(clock_->now());
+    return run<compaction_stats>("compact", [&](connection& c) -> result<compaction_stats> {
+      detail::transaction tx(c, kind());
+      compaction_stats out;
+      if (policy.max_events_per_project != 0 || policy.max_event_age.count() > 0) {
+        std::vector<std::pair<std::string, long long>> projects;
+        {
+          std::string p;
+          long long last = 0;
+          soci::statement st = (c.session.prepare << "SELECT project, last_sequence FROM "
+                                                     "event_counters ORDER BY project",
+                                soci::into(p), soci::into(last));
+          st.execute();
+          while (st.fetch()) projects.emplace_back(p, last);
+        }
+        for (const auto& [p, last] : projects) {
+          long long below = 0;  // delete every sequence < below
+          if (policy.max_events_per_project != 0) {
+            below = last - static_cast<long long>(policy.max_events_per_project) + 1;
+          }
+          if (policy.max_event_age.count() > 0) {
+            // The prefix of events older than the cutoff (never a hole in the middle).
+            const long long cutoff = now - static_cast<long long>(policy.max_event_age.count());
+            long long first_young = 0;
+            soci::indicator ind = soci::i_null;
+            c.session << "SELECT MIN(sequence) FROM events WHERE project = :p AND at >= :c",
+                soci::use(p), soci::use(cutoff), soci::into(first_young, ind);
+            below = std::max(below, ind == soci::i_ok ? first_young : last + 1);
+          }
+          if (below <= 1) continue;
+          soci::statement del = (c.session.prepare << "DELETE FROM events WHERE project = :p AND "
+                                                      "sequence < :b",
+                                 soci::use(p), soci::use(below));
+          del.execute(true);
+          out.events_removed += static_cast<std::uint64_t>(del.get_affected_rows());
+        }
+      }
+      const std::string finished = "('succeeded', 'failed', 'cancelled')";
+      if (policy.max_finished_tasks != 0) {
+        const long long keep = static_cast<long long>(policy.max_finished_tasks);
+        const std::string offset = kind() == dialect::sqlite ? "LIMIT -1 OFFSET :k" : "OFFSET :k";
+        soci::statement del =
+            (c.session.prepare << "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
+                                  "state IN " +
+                                      finished + " ORDER BY updated_at DESC, id DESC " + offset +
+                                      ")",
+             soci::use(keep));
+        del.execute(true);
+        out.tasks_removed += static_cast<std::uint64_t>(del.get_affected_rows());
+      }
+      if (policy.max_finished_task_age.count() > 0) {
+        const long long cutoff = now - static_cast<long long>(policy.max_finished_task_age.count());
+        soci::statement del = (c.session.prepare << "DELETE FROM tasks WHERE state IN " + finished +
+                                                        " AND updated_at < :c",
+                               soci::use(cutoff));
+        del.execute(true);
+        out.tasks_removed += static_cast<std::uint64_t>(del.get_affected_rows());
+      }
+      tx.commit();
+      return out;
+    });
+  }
+
+  // ---- artifact metadata ----
+
+  result<artifact_meta> put_artifact(artifact_meta a) override {
+    if (a.id.empty()) return error(errc::invalid_argument, "put_artifact: empty artifact id");
+    if (a.project.empty())
+      return error(errc::invalid_argument,
+                   "put_artifact: artifact " + in_quotes(a.id) + " without a project");
+    if (a.name.empty())
+      return error(errc::invalid_argument,
+                   "put_artifact: artifact " + in_quotes(a.id) + " without a name");
+    if (a.created_at == time_point{}) a.created_at = clock_->now();
+    // Concurrent writers of one name race for the next version on
+    // PostgreSQL: the loser's unique violation is retried.
+    for (int tries = 0;; ++tries) {
+      auto r = run<artifact_meta>("put_artifact", [&](connection& c) -> result<artifact_meta> {
+        detail::transaction tx(c, kind());
+        int exists = 0;
+        c.session << "SELECT COUNT(*) FROM artifacts WHERE id = :id", soci::use(a.id),
+            soci::into(exists);
+        if (exists != 0)
+          return error(errc::already_exists, "artifact " + in_quotes(a.id) + " already exists");
+        int last = 0;
+        soci::indicator ind = soci::i_null;
+        c.session << "SELECT MAX(version) FROM artifacts WHERE project = :p AND name = :n",
+            soci::use(a.project), soci::use(a.name), soci::into(last, ind);
+        a.version = (ind == soci::i_ok ? last : 0) + 1;
+        const long long size = static_cast<long long>(a.size);
+        const long long created = to_ns(a.created_at);
+        try {
+          c.session << "INSERT INTO artifacts (id, project, task, name, media_type, size, sha256, "
+                       "version, created_at) VALUES (:id, :p, :t, :n, :m, :s, :h, :v, :c)",
+              soci::use(a.id), soci::use(a.project), soci::use(a.task), soci::use(a.name),
+              soci::use(a.media_type), soci::use(size), soci::use(a.sha256), soci::use(a.version),
+              soci::use(created);
+        } catch (...) {
+          if (detail::is_unique_violation(kind())) return error(errc::conflict, "version taken");
+          throw;
+        }
+        tx.commit();
+        return a;
+      });
+      if (r || r.error().code() != errc::conflict || tries >= 20) return r;
+    }
+  }
+
+  result<artifact_meta> get_artifact(std::string_view id) override {
+    const std::string key(id);
+    return run<artifact_meta>("get_artifact", [&](connection& c) -> result<artifact_meta> {
+      auto found = select_artifacts(c, "WHERE id = :a", key, "");
+      if (found.empty()) return error(errc::not_found, "artifact " + in_quotes(id) + " not found");
+      return found.front();
+    });
+  }
+
+  result<std::vector<artifact_meta>> list_artifacts(std::string_view project) override {
+    const std::string key(project);
+    return run<std::vector<artifact_meta>>(
+        "list_artifacts", [&](connection& c) -> result<std::vector<artifact_meta>> {
+          return select_artifacts(
+              c,
+              "WHERE project = :a AND version = (SELECT MAX(version) FROM artifacts b WHERE "
+              "b.project = artifacts.project AND b.name = artifacts.name) ORDER BY name",
+              key, "");
+        });
+  }
+
+  result<std::vector<artifact_meta>> artifact_versions(std::string_view project,
+                                                       std::string_view name) override {
+    const std::string p(project);
+    const std::string n(name);
+    return run<std::vector<artifact_meta>>(
+        "artifact_versions", [&](connection& c) -> result<std::vector<artifact_meta>> {
+          return select_artifacts(c, "WHERE project = :a AND name = :b ORDER BY version", p, n);
+        });
+  }
+
+  result<bool> artifact_digest_in_use(std::string_view sha256) override {
+    const std::string key(sha256);
+    return run<bool>("artifact_digest_in_use", [&](connection& c) -> result<bool> {
+      int n = 0;
+      c.session << "SELECT COUNT(*) FROM artifacts WHERE sha256 = :h", soci::use(key),
+          soci::into(n);
+      return n > 0;
+    });
+  }
+
+ private:
+  [[nodiscard]] dialect kind() const noexcept { return pool_->kind(); }
+
+  /// Leases a connection and runs `body` on it; every exception becomes an
+  /// error value (and marks a lost connection for reopening).
+  template <class T, class Body>
+  result<T> run(std::string_view op, Body&& body) noexcept {
+    try {
+      auto lease = pool_->acquire();
+      if (!lease) return lease.error();
+      connection& c = **lease;
+      try {
+        return body(c);
+      } catch (...) {
+        return detail::to_error(op, &c, kind());
+      }
+    } catch (...) {
+      return detail::to_error(op, nullptr, kind());
+    }
+  }
+
+  /// Bumps the project's counter and writes the event; returns its sequence.
+  std::uint64_t append(connection& c, const event_draft& e) {
+    long long sequence = 0;
+    c.session << "INSERT INTO event_counters (project, last_sequence) VALUES (:p, 1) ON CONFLICT "
+                 "(project) DO UPDATE SET last_sequence = event_counters.last_sequence + 1 "
+                 "RETURNING last_sequence",
+        soci::use(e.project), soci::into(sequence);
+    const long long at = to_ns(e.at);
+    const std::string data = dump(e.data);
+    c.session << "INSERT INTO events (project, sequence, type, subject, at, data) VALUES (:p, "
+                 ":s, :t, :j, :a, :d)",
+        soci::use(e.project), soci::use(sequence), soci::use(e.type), soci::use(e.subject),
+        soci::use(at), soci::use(data);
+    return static_cast<std::uint64_t>(sequence);
+  }
+
+  void insert_project(connection& c, const project& p) {
+    const std::string metadata = dump(p.metadata);
+    const int archived = p.archived ? 1 : 0;
+    const long long created = to_ns(p.created_at);
+    const long long updated = to_ns(p.updated_at);
+    c.session << "INSERT INTO projects (id, name, description, metadata, archived, created_at, "
+                 "updated_at) VALUES (:id, :n, :d, :m, :a, :c, :u)",
+        soci::use(p.id), soci::use(p.name), soci::use(p.description), soci::use(metadata),
+        soci::use(archived), soci::use(created), soci::use(updated);
+  }
+
+  std::vector<project> select_projects(connection& c, const std::string& where,
+                                       const std::string& arg, std::size_t limit) {
+    std::vector<project> out;
+    std::string id, name, description, metadata;
+    int archived = 0;
+    long long created = 0, updated = 0;
+    const long long n = static_cast<long long>(limit);
+    soci::statement st =
+        (c.session.prepare << "SELECT id, name, description, metadata, archived, created_at, "
+                              "updated_at FROM projects " +
+                                  where + " ORDER BY id LIMIT :n",
+         soci::use(arg), soci::use(n), soci::into(id), soci::into(name), soci::into(description),
+         soci::into(metadata), soci::into(archived), soci::into(created), soci::into(updated));
+    st.execute();
+    while (st.fetch()) {
+      project p;
+      p.id = id;
+      p.name = name;
+      p.description = description;
+      p.metadata = parse_json(metadata);
+      p.archived = archived != 0;
+      p.created_at = from_ns(created);
+      p.updated_at = from_ns(updated);
+      out.push_back(std::move(p));
+    }
+    return out;
+  }
+
+  std::vector<agent_record> select_agents(connection& c, const std::string& where,
+                                          const std::string& arg) {
+    std::vector<agent_record> out;
+    std::string id, project_id, kind_name, caps, status;
+    int restarts = 0;
+    long long heartbeat = 0, created = 0;
+    soci::statement st =
+        (c.session.prepare << "SELECT id, project, kind, capabilities, status, restarts, "
+                              "last_heartbeat, created_at FROM agents " +
+                                  where + " ORDER BY id",
+         soci::use(arg), soci::into(id), soci::into(project_id), soci::into(kind_name),
+         soci::into(caps), soci::into(status), soci::into(restarts), soci::into(heartbeat),
+         soci::into(created));
+    st.execute();
+    while (st.fetch()) {
+      agent_record a;
+      a.id = id;
+      a.project = project_id;
+      a.kind = kind_name;
+      a.capabilities = parse_json(caps).get<std::vector<std::string>>();
+      a.status = status;
+      a.restarts = restarts;
+      a.last_heartbeat = from_ns(heartbeat);
+      a.created_at = from_ns(created);
+      out.push_back(std::move(a));
+    }
+    return out;
+  }
+
+  void insert_task(connection& c, task_row& r) {
+    c.session << std::string("INSERT INTO tasks (") + task_columns +
+                     ") VALUES (:id, :project, :kind, :capability, :effective, :description, "
+                     ":priority, :payload, :depends_on, :max_attempts, :timeout, :deadline, "
+                     ":requires_approval, :policy, :parent, :state, :attempt, :agent, :result, "
+                     ":error, :created_at, :updated_at, :not_before, :version)",
+        soci::use(r.id), soci::use(r.project), soci::use(r.kind), soci::use(r.capability),
+        soci::use(r.effective), soci::use(r.description), soci::use(r.priority),
+        soci::use(r.payload), soci::use(r.depends_on), soci::use(r.max_attempts),
+        soci::use(r.timeout, r.timeout_ind), soci::use(r.deadline, r.deadline_ind),
+        soci::use(r.requires_approval), soci::use(r.policy), soci::use(r.parent),
+        soci::use(r.state), soci::use(r.attempt), soci::use(r.agent),
+        soci::use(r.result, r.result_ind), soci::use(r.error, r.error_ind), soci::use(r.created_at),
+        soci::use(r.updated_at), soci::use(r.not_before), soci::use(r.version);
+    const auto deps = parse_json(r.depends_on).get<std::vector<std::string>>();
+    for (std::size_t i = 0; i < deps.size(); ++i) {
+      const int position = static_cast<int>(i);
+      c.session << "INSERT INTO task_dependencies (task_id, position, depends_on) VALUES (:t, "
+                   ":p, :d)",
+          soci::use(r.id), soci::use(position), soci::use(deps[i]);
+    }
+  }
+
+  std::vector<task> select_tasks(connection& c, const std::string& where,
+                                 const std::vector<std::string>& params, std::size_t limit) {
+    std::vector<task> out;
+    task_row r;
+    const long long n = static_cast<long long>(limit);
+    soci::statement st(c.session);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      st.exchange(soci::use(params[i], "p" + std::to_string(i)));
+    }
+    st.exchange(soci::use(n, "lim"));
+    bind_task_into(st, r);
+    st.alloc();
+    st.prepare(std::string("SELECT ") + task_columns + " FROM tasks " + where +
+               " ORDER BY id LIMIT :lim");
+    st.define_and_bind();
+    st.execute();
+    while (st.fetch()) out.push_back(r.to_task());
+    return out;
+  }
+
+  void upsert_attempt(connection& c, const std::string& task_id, const task_attempt& a) {
+    const long long started = to_ns(a.started_at);
+    long long finished = 0;
+    soci::indicator finished_ind = soci::i_null;
+    if (a.finished_at) {
+      finished = to_ns(*a.finished_at);
+      finished_ind = soci::i_ok;
+    }
+    const std::string outcome(to_string(a.outcome));
+    std::string err;
+    soci::indicator err_ind = soci::i_null;
+    if (a.error) {
+      err = error_text(*a.error);
+      err_ind = soci::i_ok;
+    }
+    c.session << "INSERT INTO task_attempts (task_id, number, agent, started_at, finished_at, "
+                 "outcome, error) VALUES (:t, :n, :a, :s, :f, :o, :e) ON CONFLICT (task_id, "
+                 "number) DO UPDATE SET agent = excluded.agent, started_at = excluded.started_at, "
+                 "finished_at = excluded.finished_at, outcome = excluded.outcome, error = "
+                 "excluded.error",
+        soci::use(task_id), soci::use(a.number), soci::use(a.agent), soci::use(started),
+        soci::use(finished, finished_ind), soci::use(outcome), soci::use(err, err_ind);
+  }
+
+  std::vector<artifact_meta> select_artifacts(connection& c, const std::string& where,
+                                              const std::string& a, const std::string& b) {
+    std::vector<artifact_meta> out;
+    artifact_row r;
+    soci::statement st(c.session);
+    st.exchange(soci::use(a, "a"));
+    if (where.find(":b") != std::string::npos) st.exchange(soci::use(b, "b"));
+    bind_artifact_into(st, r);
+    st.alloc();
+    st.prepare(std::string("SELECT ") + artifact_columns + " FROM artifacts " + where);
+    st.define_and_bind();
+    st.execute();
+    while (st.fetch()) out.push_back(r.to_meta());
+    return out;
+  }
+
+  /// Counts task changes; runs the configured retention every compact_every.
+  void note_change() noexcept {
+    const auto& r = options_.retention;
+    if (r.max_events_per_project == 0 && r.max_event_age.count() == 0 &&
+        r.max_finished_tasks == 0 && r.max_finished_task_age.count() == 0)
+      return;
+    if (changes_.fetch_add(1) + 1 < std::max<std::size_t>(1, options_.compact_every)) return;
+    changes_.store(0);
+    (void)compact(r);  // a failure is retried after the next compact_every changes
+  }
+
+  std::unique_ptr<detail::pool> pool_;
+  std::shared_ptr<aise::clock> clock_;
+  store_options options_;
+  std::atomic<std::size_t> changes_{0};
+};
+
+struct opened {
+  detail::target where;
+  std::unique_ptr<connection> first;
+};
+
+result<opened> open_first(const store_options& options) {
+  auto where = detail::parse_url(options);
+  if (!where) return where.error();
+  auto first = detail::connect(*where, options, options.connect_attempts);
+  if (!first) return first.error();
+  return opened{std::move(*where), std::move(*first)};
+}
+
+}  // namespace
+
+result<std::shared_ptr<store>> open_store(const store_options& options) {
+  auto o = open_first(options);
+  if (!o) return o.error();
+  if (options.migrate) {
+    auto s = detail::apply_migrations(*o->first, o->where.kind);
+    if (!s) return s.error();
+  } else {
+    auto s = detail::read_status(*o->first, o->where.kind);
+    if (!s) return s.error();
+    if (!s->problem.empty()) return error(errc::invalid_argument, "sql: " + s->problem);
+    if (s->database_version < s->library_version)
+      return error(errc::invalid_argument,
+                   fmt::format("sql: the database schema is at version {}, this libaise needs {}: "
+                               "run `aise-admin migrate --db <url>` (or open with migrate on)",
+                               s->database_version, s->library_version));
+  }
+  std::vector<std::unique_ptr<connection>> conns;
+  conns.push_back(std::move(o->first));
+  for (std::size_t i = 1; i < std::max<std::size_t>(1, options.pool_size); ++i) {
+    auto c = detail::connect(o->where, options, 1);
+    if (!c) return c.error();
+    conns.push_back(std::move(*c));
+  }
+  auto clock = options.clock ? options.clock : make_system_clock();
+  auto p = std::make_unique<detail::pool>(o->where, options, std::move(conns));
+  return std::shared_ptr<store>(
+      std::make_shared<sql_store>(std::move(p), std::move(clock), options));
+}
+
+result<schema_status> migrate(const store_options& options) {
+  auto o = open_first(options);
+  if (!o) return o.error();
+  return detail::apply_migrations(*o->first, o->where.kind);
+}
+
+result<schema_status> status(const store_options& options) {
+  auto o = open_first(options);
+  if (!o) return o.error();
+  return detail::read_status(*o->first, o->where.kind);
+}
+
+}  // namespace aise::sql

@@ -1,0 +1,178 @@
+// aise::sql on SQLite: the store conformance suite, unchanged, plus what
+// only the SQL stores promise (migrations, reopening, bad URLs). The same
+// suite runs against PostgreSQL in sql_postgres_test.cpp.
+
+#include <aise/sql.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <doctest/doctest.h>
+#include <filesystem>
+#include <memory>
+#include <soci/soci.h>
+#include <soci/sqlite3/soci-sqlite3.h>
+#include <string>
+#include <unistd.h>
+
+#include "conformance/store_suite.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using aise::conformance::store_suite::change;
+using aise::conformance::store_suite::draft;
+using aise::conformance::store_suite::make_task;
+using aise::conformance::store_suite::must;
+
+/// A fresh database file in this process's scratch directory.
+std::string fresh_path() {
+  static const fs::path dir = [] {
+    fs::path d = fs::temp_directory_path() / ("aise-sql-test-" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+  }();
+  static std::atomic<int> counter{0};
+  return (dir / ("store-" + std::to_string(counter.fetch_add(1)) + ".db")).string();
+}
+
+aise::sql::store_options sqlite_options(const std::string& path) {
+  aise::sql::store_options o;
+  o.url = "sqlite:" + path;
+  o.sqlite_synchronous = "NORMAL";  // the suite checks behaviour, not power-loss durability
+  return o;
+}
+
+std::shared_ptr<aise::store> open_sqlite() {
+  auto s = aise::sql::open_store(sqlite_options(fresh_path()));
+  REQUIRE_MESSAGE(s.ok(), (s.ok() ? std::string() : s.error().describe()));
+  return *s;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+AISE_STORE_CONFORMANCE_SUITE(sqlite, "sqlite", open_sqlite);
+
+TEST_CASE("sqlite store: backend name and durable reopen") {
+  const std::string path = fresh_path();
+  {
+    auto s = must(aise::sql::open_store(sqlite_options(path)));
+    CHECK(s->backend() == "sqlite");
+    auto t = make_task("t-1");
+    t.state = aise::task_state::queued;
+    must(s->insert_tasks({t}, {draft("p1", "task.queued", "t-1")}));
+    must(s->update_task(change("t-1", 1, aise::task_state::running)));
+  }
+  auto s = must(aise::sql::open_store(sqlite_options(path)));
+  auto t = must(s->get_task("t-1"));
+  CHECK(t.state == aise::task_state::running);
+  CHECK(t.version == 2);
+  CHECK(must(s->last_sequence("p1")) == 2);
+  CHECK(must(s->append_event(draft("p1", "agent.started", "a"))).sequence == 3);
+}
+
+TEST_CASE("sqlite store: migrations are applied once and recorded with a checksum") {
+  const std::string path = fresh_path();
+  auto status = must(aise::sql::status(sqlite_options(path)));
+  CHECK(status.backend == "sqlite");
+  CHECK(status.database_version == 0);
+  REQUIRE(status.library_version >= 1);
+  REQUIRE_FALSE(status.migrations.empty());
+  CHECK_FALSE(status.migrations.front().applied);
+  CHECK(status.migrations.front().checksum.size() == 64);
+
+  auto migrated = must(aise::sql::migrate(sqlite_options(path)));
+  CHECK(migrated.database_version == migrated.library_version);
+  CHECK(migrated.problem.empty());
+  for (const auto& m : migrated.migrations) {
+    CHECK(m.applied);
+    CHECK(m.applied_checksum == m.checksum);
+  }
+  // Again: nothing to do, nothing changes.
+  auto again = must(aise::sql::migrate(sqlite_options(path)));
+  CHECK(again.database_version == migrated.database_version);
+  CHECK(again.migrations.front().applied_at == migrated.migrations.front().applied_at);
+}
+
+TEST_CASE("sqlite store: a database without the schema is refused when migrate is off") {
+  auto o = sqlite_options(fresh_path());
+  o.migrate = false;
+  auto s = aise::sql::open_store(o);
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.error().code() == aise::errc::invalid_argument);
+  CHECK(contains(s.error().message(), "aise-admin migrate"));
+  o.migrate = true;
+  must(aise::sql::open_store(o));
+  o.migrate = false;
+  CHECK(aise::sql::open_store(o).ok());  // migrated now
+}
+
+TEST_CASE("sqlite store: an edited migration or a newer schema is refused") {
+  const std::string path = fresh_path();
+  must(aise::sql::migrate(sqlite_options(path)));
+  {
+    soci::session db(soci::sqlite3, "db=" + path);
+    db << "UPDATE schema_migrations SET checksum = 'deadbeef' WHERE version = 1";
+  }
+  auto edited = aise::sql::open_store(sqlite_options(path));
+  REQUIRE_FALSE(edited.ok());
+  CHECK(edited.error().code() == aise::errc::invalid_argument);
+  CHECK(contains(edited.error().message(), "changed after it was applied"));
+  CHECK(contains(edited.error().message(), "deadbeef"));
+  auto status = must(aise::sql::status(sqlite_options(path)));
+  CHECK_FALSE(status.problem.empty());
+
+  const std::string newer = fresh_path();
+  must(aise::sql::migrate(sqlite_options(newer)));
+  {
+    soci::session db(soci::sqlite3, "db=" + newer);
+    db << "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (999, "
+          "'0999_future', 'abc', 0)";
+  }
+  auto refused = aise::sql::open_store(sqlite_options(newer));
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code() == aise::errc::invalid_argument);
+  CHECK(contains(refused.error().message(), "newer than this libaise"));
+  CHECK(contains(refused.error().message(), "999"));
+}
+
+TEST_CASE("sql store: bad URLs and unreachable databases are clear errors") {
+  aise::sql::store_options o;
+  o.url = "";
+  CHECK(aise::sql::open_store(o).error().code() == aise::errc::invalid_argument);
+  o.url = "mysql://somewhere/db";
+  auto unknown = aise::sql::open_store(o);
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().code() == aise::errc::invalid_argument);
+  CHECK(contains(unknown.error().message(), "sqlite:<path>"));
+  o.url = "sqlite:" + fresh_path();
+  o.sqlite_synchronous = "SOMETIMES";
+  CHECK(aise::sql::open_store(o).error().code() == aise::errc::invalid_argument);
+
+  o = {};
+  o.url = "sqlite:/nonexistent-dir-for-aise/x/y.db";
+  o.connect_attempts = 2;
+  o.connect_backoff = std::chrono::milliseconds(5);
+  auto missing_dir = aise::sql::open_store(o);
+  REQUIRE_FALSE(missing_dir.ok());
+  CHECK(missing_dir.error().code() == aise::errc::unavailable);
+  CHECK(contains(missing_dir.error().message(), "2 attempts"));
+
+  // Nothing listens on this port: connection refused, retried, then unavailable.
+  o.url = "postgresql://aise@127.0.0.1:1/aise?connect_timeout=2";
+  const auto started = std::chrono::steady_clock::now();
+  auto refused = aise::sql::open_store(o);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code() == aise::errc::unavailable);
+  CHECK(contains(refused.error().message(), "127.0.0.1"));
+  CHECK(std::chrono::steady_clock::now() - started >= std::chrono::milliseconds(5));  // backed off
+  o.url = "postgresql://aise:secret@127.0.0.1:1/aise?connect_timeout=2";
+  auto hidden = aise::sql::open_store(o);
+  REQUIRE_FALSE(hidden.ok());
+  CHECK_FALSE(contains(hidden.error().message(), "secret"));
+}
