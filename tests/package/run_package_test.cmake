@@ -72,6 +72,9 @@ function(consumer name expected_dir)
   if(AISE_VERSION AND NOT output MATCHES "^${AISE_VERSION} x\n")
     message(FATAL_ERROR "package test: ${name}: unexpected output: ${output}")
   endif()
+  if(name MATCHES "sql$" AND NOT output MATCHES "sql sqlite ok")
+    message(FATAL_ERROR "package test: ${name}: the aise::sql check did not pass: ${output}")
+  endif()
 endfunction()
 
 run("install into ${prefix}" "${CMAKE_COMMAND}" --install "${AISE_BINARY_DIR}" --prefix "${prefix}" ${config_args})
@@ -83,6 +86,10 @@ endforeach()
 
 consumer(installed "${prefix}/" "-DCMAKE_PREFIX_PATH=${prefix}")
 consumer(build-tree "${AISE_BINARY_DIR}" "-Daise_DIR=${AISE_BINARY_DIR}")
+if(AISE_WITH_SQL)
+  # aise::sql from the installed package: FindSOCI.cmake travels with it.
+  consumer(installed-sql "${prefix}/" "-DCMAKE_PREFIX_PATH=${prefix}" "-DAISE_CONSUMER_COMPONENTS=core,sql")
+endif()
 
 # A component that does not exist must fail the configure, naming it.
 set(dir "${WORK_DIR}/nosuch")
