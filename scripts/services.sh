@@ -3,7 +3,8 @@
 # systemd and without touching a system instance.
 #
 #   scripts/services.sh start postgres    start (idempotent) and print the URL as
-#                                          AISE_TEST_POSTGRES_URL=<url> on stdout
+#                                          AISE_TEST_POSTGRES_URL=<url> on stdout (and
+#                                          AISE_SERVICES_STARTED=postgres if this call started it)
 #   scripts/services.sh stop postgres
 #   scripts/services.sh status postgres   exit 0 when running
 #
@@ -63,6 +64,7 @@ CONF
     done
     "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" || die "pg_isready failed"
     log "postgres started on 127.0.0.1:$PG_PORT in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s"
+    echo "AISE_SERVICES_STARTED=postgres"
   fi
   echo "AISE_TEST_POSTGRES_URL=$PG_URL"
 }

@@ -50,11 +50,15 @@ phase_release() {
   aise_build release
   # The PostgreSQL tests (label postgres) need a server: a private one on
   # loopback (scripts/services.sh), stopped again when the phase ends.
-  local url
-  url=$(bash scripts/services.sh start postgres | sed -n 's/^AISE_TEST_POSTGRES_URL=//p')
+  local out url
+  out=$(bash scripts/services.sh start postgres)
+  url=$(sed -n 's/^AISE_TEST_POSTGRES_URL=//p' <<<"$out")
   [[ -n $url ]] || { aise_log "PostgreSQL did not start"; return 1; }
   export AISE_TEST_POSTGRES_URL=$url
-  trap 'bash scripts/services.sh stop postgres' EXIT
+  # Stopped again only if this run started it (another run may be using it).
+  if grep -q '^AISE_SERVICES_STARTED=postgres' <<<"$out"; then
+    trap 'bash scripts/services.sh stop postgres' EXIT
+  fi
   run_ctest release
 }
 

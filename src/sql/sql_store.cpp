@@ -402,11 +402,12 @@ class sql_store final : public store {
   result<agent_snapshot> save_snapshot(agent_snapshot s) override {
     if (s.agent_id.empty()) return error(errc::invalid_argument, "save_snapshot: empty agent id");
     if (s.taken_at == time_point{}) s.taken_at = clock_->now();
-    // Concurrent snapshots of one agent race for the next version on
-    // PostgreSQL: the loser's unique violation is retried.
+    // Snapshots of one agent take a lock on it (lock_key); a unique
+    // violation on the version is still retried, should anything else race.
     for (int tries = 0;; ++tries) {
       auto r = run<agent_snapshot>("save_snapshot", [&](connection& c) -> result<agent_snapshot> {
         detail::transaction tx(c, kind());
+        lock_key(c, "snapshot/" + s.agent_id);
         long long last = 0;
         soci::indicator ind = soci::i_null;
         c.session << "SELECT MAX(version) FROM agent_snapshots WHERE agent_id = :a",
@@ -755,8 +756,8 @@ class sql_store final : public store {
       return error(errc::invalid_argument,
                    "put_artifact: artifact " + in_quotes(a.id) + " without a name");
     if (a.created_at == time_point{}) a.created_at = clock_->now();
-    // Concurrent writers of one name race for the next version on
-    // PostgreSQL: the loser's unique violation is retried.
+    // Writers of one name take a lock on it (lock_key); a unique violation
+    // on the version is still retried, should anything else race.
     for (int tries = 0;; ++tries) {
       auto r = run<artifact_meta>("put_artifact", [&](connection& c) -> result<artifact_meta> {
         detail::transaction tx(c, kind());
@@ -765,6 +766,7 @@ class sql_store final : public store {
             soci::into(exists);
         if (exists != 0)
           return error(errc::already_exists, "artifact " + in_quotes(a.id) + " already exists");
+        lock_key(c, "artifact/" + a.project + "/" + a.name);
         int last = 0;
         soci::indicator ind = soci::i_null;
         c.session << "SELECT MAX(version) FROM artifacts WHERE project = :p AND name = :n",
@@ -849,6 +851,16 @@ class sql_store final : public store {
     } catch (...) {
       return detail::to_error(op, nullptr, kind());
     }
+  }
+
+  /// Serializes the transactions that take `key` (PostgreSQL: a transaction
+  /// advisory lock on its hash; SQLite: writers are serialized already), so
+  /// writers of one "next version" do not race for it.
+  void lock_key(connection& c, const std::string& key) {
+    if (kind() != dialect::postgresql) return;
+    int n = 0;
+    c.session << "SELECT COUNT(*) FROM pg_advisory_xact_lock(hashtext(:k))", soci::use(key),
+        soci::into(n);
   }
 
   /// Bumps the project's counter and writes the event; returns its sequence.

@@ -6,6 +6,7 @@
 #include <aise/sql.hpp>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <memory>
@@ -41,7 +42,13 @@ std::string conninfo(const std::string& url) {
   return out;
 }
 
-std::shared_ptr<aise::store> open_postgres() {
+struct opened {
+  std::shared_ptr<aise::store> store;
+  std::string database;
+};
+
+/// A store on a database of its own.
+opened open_fresh(std::size_t pool_size = 4) {
   static std::atomic<int> counter{0};
   const std::string admin = admin_url();
   const std::string name =
@@ -57,9 +64,14 @@ std::shared_ptr<aise::store> open_postgres() {
   if (query != std::string::npos) url += admin.substr(query);
   aise::sql::store_options o;
   o.url = url;
+  o.pool_size = pool_size;
   auto s = aise::sql::open_store(o);
   REQUIRE_MESSAGE(s.ok(), (s.ok() ? std::string() : s.error().describe()));
-  return *s;
+  return {*s, name};
+}
+
+std::shared_ptr<aise::store> open_postgres() {
+  return open_fresh().store;
 }
 
 }  // namespace
@@ -68,4 +80,31 @@ AISE_STORE_CONFORMANCE_SUITE(postgresql, "postgresql", open_postgres);
 
 TEST_CASE("postgresql store: backend name") {
   CHECK(open_postgres()->backend() == "postgresql");
+}
+
+TEST_CASE("postgresql store: a lost connection fails the call in progress and is reopened") {
+  auto [s, database] = open_fresh(1);  // one connection: the next call must reuse it
+  aise::project p;
+  p.id = "before";
+  REQUIRE(s->create_project(p).ok());
+  {
+    // What a server restart or a dropped network does to the store's connection.
+    soci::session admin(soci::postgresql, conninfo(admin_url()));
+    int killed = 0;
+    admin << "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '" +
+                 database + "'",
+        soci::into(killed);
+    REQUIRE(killed == 1);
+  }
+  auto lost = s->get_project("before");
+  REQUIRE_FALSE(lost.ok());
+  CHECK(lost.error().code() == aise::errc::unavailable);
+  CHECK(lost.error().message().find("connection lost") != std::string::npos);
+  // The next call reconnects; what was committed before is there.
+  auto again = s->get_project("before");
+  REQUIRE_MESSAGE(again.ok(), (again.ok() ? std::string() : again.error().describe()));
+  CHECK(again->id == "before");
+  p.id = "after";
+  CHECK(s->create_project(p).ok());
+  CHECK(s->list_projects("", 10)->items.size() == 2);
 }
