@@ -118,6 +118,13 @@ struct AISE_CORE_EXPORT agent_status {
   int restarts = 0;
 };
 
+/// What `orchestrator::recover` found in the store and did.
+struct AISE_CORE_EXPORT recovery_report {
+  std::size_t tasks = 0;          ///< Unfinished tasks now scheduled by this orchestrator.
+  std::size_t lost_attempts = 0;  ///< Attempts that were running when the last owner stopped.
+  std::size_t agents = 0;         ///< Agents spawned again (each from its last snapshot).
+};
+
 /// Receives stored events.
 using event_listener = std::function<void(const event&)>;
 
@@ -174,6 +181,26 @@ class AISE_CORE_EXPORT orchestrator {
   /// `invalid_argument` on an executor thread; `timeout` when time runs out
   /// (the abandoned wait leaves nothing behind: polling stays bounded).
   result<task> wait(std::string_view id, std::chrono::milliseconds timeout);
+
+  /// Picks up where the previous process on this store stopped (a crash, a
+  /// SIGKILL, a restart): every unfinished task in the store is scheduled
+  /// here again. Pending tasks wait for their dependencies (dependencies
+  /// that finished meanwhile count with their stored results; a dependency
+  /// that failed, or is gone from the store, ends the task by its policy);
+  /// queued tasks are queued; retrying tasks retry at their `not_before`;
+  /// tasks awaiting approval keep waiting; deadlines are re-armed. A task
+  /// that was running lost its attempt with its process: the attempt is
+  /// recorded as failed (`unavailable`, "lost: …") and the task retries
+  /// while attempts remain (the lost attempt counts), else it fails. Agents
+  /// the store lists as running (or restarting) whose kind is registered
+  /// and which are not running here yet are spawned again, from their last
+  /// snapshot. The event log continues its numbering.
+  ///
+  /// Call once, after `register_kind` and before new work is submitted;
+  /// assumes this is the only orchestrator scheduling the store's tasks
+  /// (several orchestrators on one store come with the distribution issue).
+  /// Errors: `already_exists` on a second call; a store error as it came.
+  result<recovery_report> recover();
 
   // ---- events ----
   /// Adds a listener of every event from now on; returns its key.

@@ -954,6 +954,8 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
                                        std::optional<aise::error> failure, bool retryable) {
   const time_point now = rt.clock().now();
   task_attempt row{e.t.id, e.t.attempt, e.t.agent, {}, now, task_state::succeeded, std::nullopt};
+  // The attempt started when the task went running (its last change since).
+  row.started_at = e.t.updated_at;
   if (auto r = e.run.lock()) row.started_at = r->task.updated_at;
   if (!failure) {
     task_update u = base_update(e, task_state::succeeded, now);
@@ -1074,6 +1076,7 @@ bool orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::e
   std::optional<task_attempt> row;
   if (from == task_state::running) {
     row = task_attempt{e.t.id, e.t.attempt, e.t.agent, {}, rt.clock().now(), to, why};
+    row->started_at = e.t.updated_at;  // when it went running
     if (auto r = e.run.lock()) row->started_at = r->task.updated_at;
   }
   task_update u = base_update(e, to);
@@ -1243,6 +1246,148 @@ result<void> orchestrator_impl::when_done(std::string_view id, std::function<voi
 
 // ----------------------------------------------------------------- events --
 
+// Recovery: schedule what the store says is unfinished (orchestrator.hpp).
+result<recovery_report> orchestrator_impl::recover() {
+  recovery_report report;
+  // Agents first (outside the lock: spawning runs user factories).
+  std::vector<agent_spawn> to_spawn;
+  {
+    auto stored = store_->list_agents("");
+    if (!stored) return stored.error();
+    std::lock_guard lock(mutex_);
+    if (recovered_) return error(errc::already_exists, "recover: already called");
+    recovered_ = true;
+    for (const auto& a : *stored) {
+      if (a.status != "running" && a.status != "starting" && a.status != "restarting") continue;
+      if (kinds_.count(a.kind) == 0 || agents_.count(a.id) != 0) continue;
+      to_spawn.push_back(agent_spawn{a.kind, a.id, a.project, 0, 0});
+    }
+  }
+  for (auto& spec : to_spawn) {
+    const std::string name = spec.name;
+    if (auto r = spawn(std::move(spec)); r) {
+      ++report.agents;
+    } else {
+      rt.logger().error("recover: agent '{}' not spawned again: {}", name, r.error().describe());
+    }
+  }
+
+  // Every unfinished task, page by page.
+  std::vector<aise::task> unfinished;
+  task_filter f;
+  f.states = {task_state::pending,  task_state::queued,           task_state::running,
+              task_state::retrying, task_state::awaiting_approval};
+  f.limit = 1000;
+  for (;;) {
+    auto pg = store_->list_tasks(f);
+    if (!pg) return pg.error();
+    for (auto& t : pg->items) unfinished.push_back(std::move(t));
+    if (pg->next_cursor.empty()) break;
+    f.after = pg->next_cursor;
+  }
+
+  ops o(mutex_);
+  const time_point now = rt.clock().now();
+  // Entries first (in id order, which is creation order for generated ids).
+  std::vector<task_entry*> entries;
+  entries.reserve(unfinished.size());
+  for (auto& t : unfinished) {
+    if (tasks_.count(t.id) != 0) continue;  // submitted here already
+    const std::string id = t.id;
+    task_entry& e = tasks_.try_emplace(id).first->second;
+    e.seq = next_seq_++;
+    e.t = std::move(t);
+    e.approved = e.t.state != task_state::pending && e.t.state != task_state::awaiting_approval;
+    entries.push_back(&e);
+  }
+  report.tasks = entries.size();
+  // Dependencies, parents and deadlines.
+  std::vector<std::pair<std::string, aise::error>> doomed;
+  for (task_entry* entry : entries) {
+    task_entry& e = *entry;
+    const std::string& id = e.t.id;
+    for (const auto& d : e.t.depends_on) {
+      if (auto live = tasks_.find(d); live != tasks_.end()) {
+        live->second.dependents.push_back(id);
+        ++e.unmet;
+        continue;
+      }
+      auto stored = store_->get_task(d);
+      if (stored && stored->state == task_state::succeeded) {
+        e.dep_results[d] = stored->result.value_or(nullptr);
+      } else if (e.t.state == task_state::pending) {
+        const std::string why =
+            stored ? fmt::format("dependency '{}' {}", d, to_string(stored->state))
+                   : fmt::format("dependency '{}' is gone from the store ({})", d,
+                                 stored.error().message());
+        doomed.emplace_back(id, error(errc::cancelled, why));
+      }
+    }
+    if (!e.t.parent.empty()) {
+      if (auto p = tasks_.find(e.t.parent); p != tasks_.end()) p->second.children.push_back(id);
+    }
+    if (e.t.deadline) {
+      std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+      const duration left = *e.t.deadline > now ? *e.t.deadline - now : duration::zero();
+      e.deadline_timer = rt.schedule(left, [weak, id] {
+        if (auto self = weak.lock()) self->on_deadline(id);
+      });
+    }
+  }
+  for (auto& [id, why] : doomed) {
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || is_terminal(it->second.t.state)) continue;
+    const bool fail = it->second.t.on_dependency_failure == dependency_failure_policy::fail;
+    abort_task(o, it->second, fail ? task_state::failed : task_state::cancelled,
+               error(fail ? errc::handler_failed : errc::cancelled, why.message()));
+  }
+  // Each by its state. Ids are collected first: the calls below may end
+  // tasks and so erase entries.
+  std::vector<std::string> ids;
+  ids.reserve(entries.size());
+  for (task_entry* entry : entries) ids.push_back(entry->t.id);
+  for (const auto& id : ids) {
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) continue;
+    task_entry& e = it->second;
+    switch (e.t.state) {
+      case task_state::pending:
+        if (e.unmet == 0) make_ready(o, e);
+        break;
+      case task_state::queued:
+        enqueue_ready(e);
+        break;
+      case task_state::running: {
+        ++report.lost_attempts;
+        finish_attempt(
+            o, e, std::nullopt,
+            error(errc::unavailable,
+                  fmt::format("lost: attempt {} was running on '{}' when its process stopped",
+                              e.t.attempt, e.t.agent)),
+            true);
+        break;
+      }
+      case task_state::retrying: {
+        std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+        const duration left = e.t.not_before > now ? e.t.not_before - now : duration::zero();
+        e.retry_timer = rt.schedule(left, [weak, id, n = e.t.attempt] {
+          if (auto self = weak.lock()) self->on_retry_due(id, n);
+        });
+        break;
+      }
+      default:  // awaiting_approval: waits for approve/reject
+        break;
+    }
+  }
+  // Queued tasks go to whoever is free now.
+  std::vector<std::string> capabilities;
+  for (const auto& [capability, queue] : ready_) {
+    if (!queue.empty()) capabilities.push_back(capability);
+  }
+  for (const auto& c : capabilities) dispatch(o, c);
+  return report;
+}
+
 void orchestrator_impl::agent_event(ops& o, const agent_entry& a, const std::string& type,
                                     nlohmann::json data) {
   (void)o;
@@ -1393,6 +1538,9 @@ result<void> orchestrator::approve(std::string_view id, std::string by) {
 }
 result<void> orchestrator::reject(std::string_view id, std::string by, std::string reason) {
   return impl_->reject(id, std::move(by), std::move(reason));
+}
+result<recovery_report> orchestrator::recover() {
+  return impl_->recover();
 }
 result<task> orchestrator::get(std::string_view id) const {
   return impl_->get(id);

@@ -73,6 +73,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   result<task> get(std::string_view id) const;
   result<void> when_done(std::string_view id, std::function<void(const task&)> fn,
                          std::shared_ptr<std::atomic<bool>> gone = nullptr);
+  result<recovery_report> recover();
 
   // attempts (task_context)
   result<void> complete(task_run& run, std::optional<nlohmann::json> value,
@@ -197,6 +198,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::mt19937_64 rng_;
   std::size_t exit_listener_ = 0;
   bool closed_ = false;
+  bool recovered_ = false;
 
   // Live event delivery (the store's event log is the source of truth).
   std::mutex events_mutex_;

@@ -509,3 +509,99 @@ TEST_CASE("orchestrator: stopping an agent retries its running task elsewhere") 
   CHECK(f.wait(id).state == task_state::succeeded);
   CHECK(f.orch.agent_info(first)->status == "stopped");
 }
+
+TEST_CASE("orchestrator: recover schedules what a stopped process left unfinished") {
+  // What a killed process leaves in a store: tasks in every unfinished
+  // state (written as the orchestrator writes them), and numbered events.
+  auto store = aise::make_memory_store();
+  const auto now = std::chrono::system_clock::now();
+  auto task = [&](std::string id, task_state state, int attempt, int max_attempts,
+                  std::vector<std::string> deps = {}) {
+    aise::task t;
+    t.id = std::move(id);
+    t.kind = "add";
+    t.payload = {{"n", 1}};
+    t.state = state;
+    t.attempt = attempt;
+    t.max_attempts = max_attempts;
+    t.depends_on = std::move(deps);
+    t.agent = attempt > 0 ? "gone-worker" : "";
+    t.created_at = now - 10s;
+    t.updated_at = now - 5s;
+    t.not_before = state == task_state::retrying ? now - 1s : aise::time_point{};
+    return t;
+  };
+  auto done = task("done", task_state::succeeded, 1, 1);
+  done.result = 41;
+  auto broken = task("broken", task_state::failed, 1, 1);
+  auto needs_approval = task("approve-me", task_state::awaiting_approval, 0, 1);
+  needs_approval.requires_approval = true;
+  REQUIRE(store
+              ->insert_tasks({done, broken, task("queued", task_state::queued, 0, 1),
+                              task("running-2", task_state::running, 1, 2),
+                              task("running-last", task_state::running, 1, 1),
+                              task("after-queued", task_state::pending, 0, 1, {"queued"}),
+                              task("after-done", task_state::pending, 0, 1, {"done"}),
+                              task("after-broken", task_state::pending, 0, 1, {"broken"}),
+                              task("retrying", task_state::retrying, 1, 3), needs_approval},
+                             {aise::event_draft{"default", "task.pending", "queued", now, nullptr}})
+              .ok());
+  const std::uint64_t before = *store->last_sequence("default");
+
+  aise::runtime rt(quiet());
+  aise::orchestrator_options options;
+  options.store = store;
+  options.seed = 7;
+  options.retry_jitter = 0.0;
+  options.retry_initial_backoff = 1ms;
+  aise::orchestrator orch(rt, options);
+  event_recorder events(orch);
+  REQUIRE(orch.register_kind("worker", [] { return std::make_unique<worker>(); }).ok());
+  // The dead process's agent record says running: recover spawns it again.
+  aise::agent_record rec;
+  rec.id = "gone-worker";
+  rec.kind = "worker";
+  rec.status = "running";
+  REQUIRE(store->put_agent(rec).ok());
+
+  auto report = orch.recover();
+  REQUIRE(report.ok());
+  CHECK(report->tasks == 8);
+  CHECK(report->lost_attempts == 2);
+  CHECK(report->agents == 1);
+  CHECK(orch.recover().error().code() == aise::errc::already_exists);
+
+  auto wait = [&](const char* id) {
+    auto t = orch.wait(id, 10s);
+    REQUIRE_MESSAGE(t.ok(), id);
+    return *t;
+  };
+  CHECK(wait("queued").state == task_state::succeeded);
+  CHECK(*wait("after-queued").result == 2);  // its payload 1 + the dependency's 1
+  CHECK(*wait("after-done").result == 42);   // the stored result of a finished dependency
+  CHECK(wait("after-broken").state == task_state::cancelled);
+  CHECK(wait("retrying").state == task_state::succeeded);
+  // A lost attempt counts: 1 of 2 lost → the second runs; 1 of 1 lost → failed.
+  auto second = wait("running-2");
+  CHECK(second.state == task_state::succeeded);
+  auto attempts = *store->list_attempts("running-2");
+  CHECK(second.attempt == 2);
+  REQUIRE(attempts.size() == 2);
+  CHECK(attempts[0].outcome == task_state::failed);
+  REQUIRE(attempts[0].error.has_value());
+  CHECK(attempts[0].error->code() == aise::errc::unavailable);
+  CHECK(attempts[0].error->message().find("lost") != std::string::npos);
+  CHECK(attempts[1].outcome == task_state::succeeded);
+  auto last = wait("running-last");
+  CHECK(last.state == task_state::failed);
+  CHECK(last.attempt == 1);
+  // Approval steps keep waiting.
+  CHECK(orch.get("approve-me")->state == task_state::awaiting_approval);
+  REQUIRE(orch.approve("approve-me", "tester").ok());
+  CHECK(wait("approve-me").state == task_state::succeeded);
+
+  // The event log went on from where it was, without a gap.
+  auto log = *store->read_events("default", 0, 100000);
+  REQUIRE(log.size() > before);
+  for (std::size_t i = 0; i < log.size(); ++i) CHECK(log[i].sequence == i + 1);
+}
