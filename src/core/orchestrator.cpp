@@ -1334,6 +1334,11 @@ result<recovery_report> orchestrator_impl::recover() {
       });
     }
   }
+  // Ids now: ending a task (below) erases its entry.
+  std::vector<std::string> ids;
+  ids.reserve(entries.size());
+  for (task_entry* entry : entries) ids.push_back(entry->t.id);
+  entries.clear();
   for (auto& [id, why] : doomed) {
     auto it = tasks_.find(id);
     if (it == tasks_.end() || is_terminal(it->second.t.state)) continue;
@@ -1341,11 +1346,7 @@ result<recovery_report> orchestrator_impl::recover() {
     abort_task(o, it->second, fail ? task_state::failed : task_state::cancelled,
                error(fail ? errc::handler_failed : errc::cancelled, why.message()));
   }
-  // Each by its state. Ids are collected first: the calls below may end
-  // tasks and so erase entries.
-  std::vector<std::string> ids;
-  ids.reserve(entries.size());
-  for (task_entry* entry : entries) ids.push_back(entry->t.id);
+  // Each by its state.
   for (const auto& id : ids) {
     auto it = tasks_.find(id);
     if (it == tasks_.end()) continue;
