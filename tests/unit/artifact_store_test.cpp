@@ -130,7 +130,7 @@ TEST_CASE("artifacts: put and get, content-addressed on disk") {
   CHECK(store->get(empty->id).value().empty());
 }
 
-TEST_CASE("artifacts: writing a name again makes a new version; old ones stay readable") {
+TEST_CASE("artifacts: writing a name again makes a new version, old ones stay readable") {
   scratch_dir dir;
   auto store = open_store(dir.path(), aise::make_memory_store());
   const std::vector<std::string> contents = {"v1", "version two", "v1", "third"};
