@@ -229,11 +229,20 @@ class artifact_writer::impl {
 
     std::shared_lock gc_lock(store_->gc_mutex);
     // Same content already stored: refresh its time (so a collector in
-    // another process sees it as young) and drop ours.
-    if (::utimensat(AT_FDCWD, path.c_str(), nullptr, 0) == 0) {
+    // another process sees it as young) and drop ours. A blob of the wrong
+    // size (damaged, e.g. unsynced before a crash) is replaced by ours.
+    bool place = true;
+    struct ::stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+        static_cast<std::uint64_t>(st.st_size) == size_) {
+      if (::utimensat(AT_FDCWD, path.c_str(), nullptr, 0) == 0) {
+        place = false;
+      } else if (errno != ENOENT) {
+        return failed(os_error("cannot touch blob", path, errno));
+      }
+    }
+    if (!place) {
       discard();
-    } else if (errno != ENOENT) {
-      return failed(os_error("cannot touch blob", path, errno));
     } else {
       const std::string dir = store_->blob_dir(digest);
       if (::mkdir(dir.c_str(), 0755) == 0) {

@@ -456,6 +456,21 @@ TEST_CASE("artifacts: missing or truncated blobs are reported, not served") {
   CHECK(truncated.error().code() == errc::unavailable);
 }
 
+TEST_CASE("artifacts: writing content again repairs a damaged blob") {
+  scratch_dir dir;
+  auto store = open_store(dir.path(), aise::make_memory_store());
+  auto first = store->put(spec("a"), "abcdef");
+  REQUIRE(first.ok());
+  fs::resize_file(dir.path() / blob_file(first->sha256), 1);
+  CHECK(!store->get(first->id).ok());
+  auto second = store->put(spec("a"), "abcdef");
+  REQUIRE(second.ok());
+  CHECK(second->version == 2);
+  CHECK(store->get(second->id).value() == "abcdef");
+  CHECK(store->get(first->id).value() == "abcdef");  // same blob, whole again
+  CHECK(files_under(dir.path()) == std::set<std::string>{blob_file(first->sha256)});
+}
+
 TEST_CASE("artifacts: garbage collection removes unreferenced blobs and stale temp files") {
   scratch_dir dir;
   // Two stores on one root with separate metadata: what only the first
