@@ -246,19 +246,29 @@ void planner::plan(aise::task_context ctx) {
       make_step("test", "test", "compile with -O1 and run", {{"inputs", {{"code", "code"}}}});
   test.depends_on = {"code"};
   test.timeout = 90s;  // a busy machine compiles slowly
+  // A stopped run loses the attempt in progress (it counts): room to resume.
+  test.max_attempts = 3;
 
   auto lint = make_step("lint", "lint", "compile with all warnings as errors",
                         {{"inputs", {{"code", "code"}}}});
   lint.depends_on = {"code"};
   lint.timeout = 90s;
+  lint.max_attempts = 3;
 
   auto review = make_step("review", "review", "check the program's output",
                           {{"n", n}, {"inputs", {{"test", "test"}, {"lint", "lint"}}}});
   review.depends_on = {"test", "lint"};  // fan-in: waits for both checks
+  review.max_attempts = 3;
 
   std::vector<std::string> ids;
   for (auto* step : {&code, &test, &lint, &review}) {
+    const std::string wanted = step->id;
     auto id = ctx.spawn(std::move(*step));
+    if (!id && id.error().code() == aise::errc::already_exists) {
+      // A resumed plan (its first attempt was lost with its process): the
+      // step exists from that attempt and goes on by itself; wait for it.
+      id = wanted;
+    }
     if (!id) {
       // Subtasks already spawned are this task's children: failing it cancels them.
       (void)ctx.fail(id.error(), false);

@@ -18,6 +18,9 @@ struct cli_options {
   bool interactive = false;              ///< --interactive: ask before merging
   bool keep = false;                     ///< --keep: leave the work directory
   bool verbose = false;                  ///< --verbose: debug logging
+  std::string state{"aise-team-state"};  ///< --state DIR: SQLite file and work directory
+  bool fresh = false;                    ///< --fresh: discard the state and start over
+  bool memory = false;                   ///< --memory: in-memory store, temporary workdir
 };
 
 /// What `parse_cli` decided.

@@ -13,6 +13,7 @@
 
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
+#include <aise/sql.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -24,6 +25,7 @@
 #include <fmt/format.h>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <poll.h>
 #include <spdlog/logger.h>
 #include <string>
@@ -53,18 +55,22 @@ constexpr auto run_budget = 120s;
 // How long --interactive waits for an answer before taking it as "no".
 constexpr auto answer_timeout = 300s;
 
-// Registers the agent kinds and spawns the team: one supervised agent per
-// seat. A kind is a factory, so the orchestrator can also re-create an
-// agent that crashed.
-aise::result<void> assemble_team(aise::orchestrator& orch, const std::string& compiler) {
+// Registers the agent kinds (`register_only`: a kind is a factory, so the
+// orchestrator can also re-create an agent that crashed, or one a resumed
+// run brings back), or spawns the team: one supervised agent per seat.
+aise::result<void> assemble_team(aise::orchestrator& orch, const std::string& compiler,
+                                 bool register_only) {
   const std::pair<const char*, aise::agent_factory> kinds[] = {
       {"planner", [] { return std::make_unique<team::planner>(); }},
       {"coder", [] { return std::make_unique<team::coder>(); }},
       {"tester", [compiler] { return std::make_unique<team::tester>(compiler); }},
       {"reviewer", [] { return std::make_unique<team::reviewer>(); }},
   };
-  for (const auto& [kind, factory] : kinds) {
-    if (auto r = orch.register_kind(kind, factory); !r) return r;
+  if (register_only) {
+    for (const auto& [kind, factory] : kinds) {
+      if (auto r = orch.register_kind(kind, factory); !r) return r;
+    }
+    return aise::ok();
   }
   // Two testers: "test" and "lint" run at the same time, one on each.
   for (const char* kind : {"planner", "coder", "tester", "tester", "reviewer"}) {
@@ -83,6 +89,8 @@ std::vector<aise::task_spec> feature_tasks(const team::cli_options& options,
   plan.kind = "plan";
   plan.description = "turn the request into steps and see them through";
   plan.payload = {{"request", options.request}, {"workdir", workdir.string()}};
+  // A run stopped mid-task loses that attempt (it counts): leave room to resume.
+  plan.max_attempts = 3;
 
   aise::task_spec merge;
   merge.id = merge_id;
@@ -91,6 +99,7 @@ std::vector<aise::task_spec> feature_tasks(const team::cli_options& options,
   merge.payload = {{"inputs", {{"plan", plan_id}}}};  // the plan's result names file and verdict
   merge.depends_on = {plan_id};
   merge.requires_approval = true;  // waits in awaiting_approval for approve() or reject()
+  merge.max_attempts = 3;
   return {plan, merge};
 }
 
@@ -183,8 +192,9 @@ void print_summary(const std::vector<aise::task>& tasks) {
 // Runs one feature through the team. The orchestrator lives in here, so it
 // is destroyed before the runtime, as it must be.
 int run_feature(aise::runtime& rt, const team::cli_options& options, const std::string& compiler,
-                const fs::path& workdir) {
-  aise::orchestrator_options orch_options;     // default: in-memory store
+                const fs::path& workdir, std::shared_ptr<aise::store> store) {
+  aise::orchestrator_options orch_options;
+  orch_options.store = std::move(store);       // null: a new in-memory store
   orch_options.retry_initial_backoff = 100ms;  // snappier than the default 200 ms
   aise::orchestrator orch(rt, orch_options);
 
@@ -200,15 +210,47 @@ int run_feature(aise::runtime& rt, const team::cli_options& options, const std::
   });
 
   fmt::print("events\n");
-  if (auto team = assemble_team(orch, compiler); !team) {
+  if (auto kinds = assemble_team(orch, compiler, true); !kinds) {
     orch.unsubscribe(listener);
-    fmt::print(stderr, "cannot assemble the team: {}\n", team.error().describe());
+    fmt::print(stderr, "cannot register the team: {}\n", kinds.error().describe());
     return 1;
   }
-  if (auto ids = orch.submit_all(feature_tasks(options, workdir)); !ids) {
+  // Whatever an earlier run left unfinished (it was stopped or killed) goes
+  // on from where it was; agents come back from their snapshots.
+  auto recovered = orch.recover();
+  if (!recovered) {
     orch.unsubscribe(listener);
-    fmt::print(stderr, "cannot submit the tasks: {}\n", ids.error().describe());
+    fmt::print(stderr, "cannot resume: {}\n", recovered.error().describe());
     return 1;
+  }
+  const bool resuming = orch.store().get_task(plan_id).ok();
+  if (resuming) {
+    const auto merge = orch.get(merge_id);
+    if (merge && aise::is_terminal(merge->state)) {
+      orch.unsubscribe(listener);
+      fmt::print("  (nothing to do: an earlier run finished this feature; --fresh starts over)\n");
+      print_summary(final_tasks(orch));
+      const bool merged = merge->state == aise::task_state::succeeded;
+      fmt::print("  outcome   {}\n", merged ? "merged" : "not merged");
+      return merged ? 0 : 1;
+    }
+    fmt::print("  resuming: {} unfinished tasks, {} lost attempt(s) retried, {} agent(s) back\n",
+               recovered->tasks, recovered->lost_attempts, recovered->agents);
+    if (merge) merge_watch->set(merge->state);
+  }
+  if (orch.agents().empty()) {
+    if (auto team = assemble_team(orch, compiler, false); !team) {
+      orch.unsubscribe(listener);
+      fmt::print(stderr, "cannot assemble the team: {}\n", team.error().describe());
+      return 1;
+    }
+  }
+  if (!resuming) {
+    if (auto ids = orch.submit_all(feature_tasks(options, workdir)); !ids) {
+      orch.unsubscribe(listener);
+      fmt::print(stderr, "cannot submit the tasks: {}\n", ids.error().describe());
+      return 1;
+    }
   }
 
   // The merge ends up awaiting approval once the plan succeeded, or
@@ -260,16 +302,39 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "{}: no C++ compiler (c++, g++ or clang++) on PATH\n", program);
       return 1;
     }
-    auto workdir = team::scratch_dir::create("aise-team-");
-    if (!workdir) {
-      fmt::print(stderr, "{}: {}\n", program, workdir.error().describe());
-      return 1;
+    // Where state and work live: a SQLite file and a directory beside it
+    // (resumable), or memory and a temporary directory (--memory).
+    std::optional<team::scratch_dir> scratch;
+    std::shared_ptr<aise::store> store;
+    fs::path workdir;
+    if (options.memory) {
+      auto dir = team::scratch_dir::create("aise-team-");
+      if (!dir) {
+        fmt::print(stderr, "{}: {}\n", program, dir.error().describe());
+        return 1;
+      }
+      if (options.keep) dir->keep();
+      workdir = dir->path();
+      scratch.emplace(std::move(*dir));
+    } else {
+      const fs::path state = fs::absolute(options.state);
+      if (options.fresh) fs::remove_all(state);
+      workdir = state / "work";
+      fs::create_directories(workdir);
+      aise::sql::store_options sql;
+      sql.url = "sqlite:" + (state / "state.db").string();
+      auto opened = aise::sql::open_store(sql);
+      if (!opened) {
+        fmt::print(stderr, "{}: {}\n", program, opened.error().describe());
+        return 1;
+      }
+      store = *opened;
     }
-    if (options.keep) workdir->keep();
 
     fmt::print("aise team example\n");
     fmt::print("  request   {}\n", options.request);
-    fmt::print("  workdir   {}\n", workdir->path().string());
+    if (store) fmt::print("  state     {}\n", (workdir.parent_path() / "state.db").string());
+    fmt::print("  workdir   {}\n", workdir.string());
     fmt::print("  compiler  {}\n\n", *compiler);
     std::fflush(stdout);
 
@@ -277,13 +342,18 @@ int main(int argc, char** argv) {
     {
       aise::runtime rt;  // default options: its own executor and blocking threads
       rt.logger().set_level(options.verbose ? spdlog::level::debug : spdlog::level::info);
-      status = run_feature(rt, options, *compiler, workdir->path());
+      status = run_feature(rt, options, *compiler, workdir, store);
       if (auto down = rt.shutdown(); !down) {
         fmt::print(stderr, "{}: shutdown: {}\n", program, down.error().describe());
       }
     }
-    fmt::print("  workdir   {}\n", options.keep ? "kept: " + workdir->path().string()
-                                                : std::string("removed (--keep keeps it)"));
+    if (scratch) {
+      fmt::print("  workdir   {}\n", options.keep ? "kept: " + workdir.string()
+                                                  : std::string("removed (--keep keeps it)"));
+    } else {
+      fmt::print(
+          "  state     kept: run again to resume or to see the result; --fresh starts over\n");
+    }
     return status;
   } catch (const std::exception& e) {
     // Only programming errors get here (libaise reports failures as values).

@@ -27,4 +27,12 @@ std::optional<aise::task_state> task_watch::wait_until(
   return state_;
 }
 
+void task_watch::set(aise::task_state state) {
+  {
+    std::lock_guard lock(mutex_);
+    state_ = state;
+  }
+  changed_.notify_all();
+}
+
 }  // namespace team

@@ -29,6 +29,9 @@ class task_watch {
   /// the event listener: takes a mutex briefly and never waits.
   void observe(const aise::event& e);
 
+  /// Sets the state known from elsewhere (a resumed run reads it from the store).
+  void set(aise::task_state state);
+
   /// Waits until the watched task's state satisfies `accept` or `deadline`
   /// passes. Returns the last state seen (empty before the first event).
   std::optional<aise::task_state> wait_until(const std::function<bool(aise::task_state)>& accept,
