@@ -75,6 +75,23 @@ class orchestrator_impl;
 /// Creates a fresh agent of one kind.
 using agent_factory = std::function<std::unique_ptr<agent>()>;
 
+/// Where the orchestrator does its own work: task completions, timers
+/// (timeouts, retries, deadlines, restarts), agent exits, dispatch, and so
+/// the store writes they make.
+enum class orchestrator_threading {
+  /// `own_thread` when the store blocks (store::blocking(): SQL stores),
+  /// `executors` otherwise (the in-memory store never waits).
+  automatic,
+  /// On the runtime's executor threads, inline: the lowest latency.
+  executors,
+  /// On one thread the orchestrator owns: executor threads never wait for
+  /// the store. A handler's `succeed`/`fail` then returns once the
+  /// completion is accepted; it is recorded right after (a store that
+  /// refuses it is retried every second until it takes it or the attempt
+  /// ends otherwise).
+  own_thread,
+};
+
 /// Orchestrator options, with defaults for an interactive application.
 struct AISE_CORE_EXPORT orchestrator_options {
   /// Where state goes; default: a new in-memory store.
@@ -95,6 +112,9 @@ struct AISE_CORE_EXPORT orchestrator_options {
 
   /// Seed of the jitter generator; 0 = random. Fix it for reproducible tests.
   std::uint64_t seed = 0;
+
+  /// Where the orchestrator's own work runs; see orchestrator_threading.
+  orchestrator_threading threading = orchestrator_threading::automatic;
 };
 
 /// How to spawn an agent of a registered kind.

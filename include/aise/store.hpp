@@ -151,6 +151,10 @@ class AISE_CORE_EXPORT store {
 
   /// A short name for logs ("memory", "sqlite", "postgresql").
   [[nodiscard]] virtual std::string_view backend() const noexcept = 0;
+  /// Whether calls may wait on I/O (a database, a disk). The orchestrator
+  /// keeps the runtime's executor threads free of such stores by doing its
+  /// own work on a thread of its own (orchestrator_options::threading).
+  [[nodiscard]] virtual bool blocking() const noexcept { return true; }
 
   // ---- projects ----
   /// Inserts `p` (created_at/updated_at kept if set, else now). `already_exists` on a taken id.

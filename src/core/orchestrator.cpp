@@ -51,8 +51,15 @@ task_run::~task_run() {
   // mailbox inside start_attempt): never re-enter it here, post instead.
   if (auto o = orch.lock()) {
     try {
-      boost::asio::post(o->rti.io(),
-                        [o, id = task.id, n = task.attempt] { o->drop_attempt(id, n); });
+      std::weak_ptr<orchestrator_impl> weak = o;
+      auto drop = [weak, id = task.id, n = task.attempt] {
+        if (auto self = weak.lock()) self->drop_attempt(id, n);
+      };
+      if (o->has_engine()) {
+        o->engine_call(std::move(drop));
+      } else {
+        boost::asio::post(o->rti.io(), std::move(drop));
+      }
     } catch (...) {  // NOLINT(bugprone-empty-catch): nothing may escape a destructor
     }
   }
@@ -85,14 +92,48 @@ orchestrator_impl::orchestrator_impl(runtime& r, orchestrator_options opts)
   if (!options.store) options.store = make_memory_store(memory_store_options{rt.clock_ptr()});
   store_ = options.store;
   rng_.seed(options.seed != 0 ? options.seed : std::random_device{}());
+  const bool own_thread =
+      options.threading == orchestrator_threading::own_thread ||
+      (options.threading == orchestrator_threading::automatic && store_->blocking());
+  if (own_thread) {
+    engine_ = std::make_unique<boost::asio::io_context>(1);
+    engine_guard_.emplace(boost::asio::make_work_guard(*engine_));
+    engine_thread_ = std::thread([io = engine_.get(), &log = rt.logger()] {
+      for (;;) {
+        try {
+          io->run();
+          return;
+        } catch (const std::exception& e) {  // contained: the thread goes on
+          log.error("orchestrator thread: {}", e.what());
+        } catch (...) {
+          log.error("orchestrator thread: unknown exception");
+        }
+      }
+    });
+  }
 }
 
-orchestrator_impl::~orchestrator_impl() = default;
+orchestrator_impl::~orchestrator_impl() {
+  // close() joins the thread; this only covers a destruction without close().
+  if (engine_thread_.joinable()) {
+    engine_guard_.reset();
+    if (engine_) engine_->stop();
+    if (engine_thread_.get_id() == std::this_thread::get_id()) {
+      engine_thread_.detach();
+    } else {
+      engine_thread_.join();
+    }
+  }
+}
 
 void orchestrator_impl::start() {
   std::weak_ptr<orchestrator_impl> weak = weak_from_this();
   exit_listener_ = rt.on_agent_exit([weak](const agent_exit& ex) {
-    if (auto self = weak.lock()) self->on_agent_exit(ex);
+    if (auto self = weak.lock()) {
+      self->engine_call([weak, ex] {
+        if (auto again = weak.lock()) again->on_agent_exit(ex);
+      });
+    }
   });
 }
 
@@ -117,6 +158,12 @@ void orchestrator_impl::close() {
   }
   for (auto& t : tokens) t.cancel();
   for (auto& n : names) (void)rt.stop(n);
+  // The orchestrator's own thread finishes what was queued, then ends.
+  if (engine_) {
+    engine_guard_.reset();
+    if (engine_thread_.joinable() && engine_thread_.get_id() != std::this_thread::get_id())
+      engine_thread_.join();
+  }
 }
 
 // ----------------------------------------------------------------- agents --
@@ -329,9 +376,16 @@ void orchestrator_impl::checkpoint(agent& a) {
   s.agent_id = a.name();
   s.taken_at = rt.clock().now();
   s.state = std::move(state);
-  if (auto r = store_->save_snapshot(std::move(s)); !r) {
-    rt.logger().error("store: snapshot of '{}' not saved: {}", a.name(), r.error().describe());
-  }
+  // Taken here, on the agent's strand; saved where the orchestrator works
+  // (after the completion it follows, before a restart that reads it).
+  engine_call([weak = weak_from_this(), s = std::move(s)]() mutable {
+    auto self = weak.lock();
+    if (!self) return;
+    const std::string name = s.agent_id;
+    if (auto r = self->store_->save_snapshot(std::move(s)); !r) {
+      self->rt.logger().error("store: snapshot of '{}' not saved: {}", name, r.error().describe());
+    }
+  });
 }
 
 void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
@@ -390,11 +444,9 @@ void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
             o, a, "agent.restarting",
             {{"attempt", n},
              {"backoff_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}});
-        std::weak_ptr<orchestrator_impl> weak = weak_from_this();
         std::string name = a.name;
-        a.restart_timer = rt.schedule(delay, [weak, name] {
-          auto self = weak.lock();
-          if (!self) return;
+        a.restart_timer = schedule_engine(delay, [name](orchestrator_impl& target) {
+          auto self = target.shared_from_this();
           {
             std::lock_guard lock(self->mutex_);
             auto it2 = self->agents_.find(name);
@@ -598,10 +650,8 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
       }
     }
     if (e.t.deadline) {
-      std::weak_ptr<orchestrator_impl> weak = weak_from_this();
-      e.deadline_timer = rt.schedule(*e.t.deadline - now, [weak, id] {
-        if (auto self = weak.lock()) self->on_deadline(id);
-      });
+      e.deadline_timer = schedule_engine(*e.t.deadline - now,
+                                         [id](orchestrator_impl& self) { self.on_deadline(id); });
     }
   }
   for (auto& [id, why] : doomed) {
@@ -802,10 +852,9 @@ bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   e.token = run->token;  // a copy sharing the run's state
   e.run = run;
   if (e.t.timeout) {
-    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
-    e.timeout_timer = rt.schedule(*e.t.timeout, [weak, id = e.t.id, n = e.t.attempt] {
-      if (auto self = weak.lock()) self->on_timeout(id, n);
-    });
+    e.timeout_timer = schedule_engine(
+        *e.t.timeout,
+        [id = e.t.id, n = e.t.attempt](orchestrator_impl& self) { self.on_timeout(id, n); });
   }
   agent& runner = *a.instance;
   const bool posted = rti.post_job(runner, [run = std::move(run)]() mutable {
@@ -874,8 +923,10 @@ void orchestrator_impl::drop_attempt(const std::string& id, int attempt) {
                  true);
 }
 
-result<void> orchestrator_impl::complete(task_run& run, std::optional<nlohmann::json> value,
+result<void> orchestrator_impl::complete(const std::shared_ptr<task_run>& run_ptr,
+                                         std::optional<nlohmann::json> value,
                                          std::optional<aise::error> failure, bool retryable) {
+  task_run& run = *run_ptr;
   bool expected = false;
   if (!run.done.compare_exchange_strong(expected, true)) {
     if (run.aborted.load()) {
@@ -884,6 +935,15 @@ result<void> orchestrator_impl::complete(task_run& run, std::optional<nlohmann::
     }
     return error(errc::conflict, fmt::format("attempt {} of task {} is already complete",
                                              run.task.attempt, run.task.id));
+  }
+  if (engine_) {
+    // Accepted: recorded on the orchestrator's thread, off this executor.
+    boost::asio::post(*engine_, [weak = weak_from_this(), run_ptr, value = std::move(value),
+                                 failure = std::move(failure), retryable]() mutable {
+      if (auto self = weak.lock())
+        self->finish_completion(run_ptr, std::move(value), std::move(failure), retryable);
+    });
+    return {};
   }
   ops o(mutex_);
   auto it = tasks_.find(run.task.id);
@@ -907,6 +967,45 @@ result<void> orchestrator_impl::complete(task_run& run, std::optional<nlohmann::
     });
   }
   return {};
+}
+
+// The own-thread half of complete(): records an accepted completion. A
+// refused store write is tried again a second later, as long as the attempt
+// is still the running one.
+void orchestrator_impl::finish_completion(const std::shared_ptr<task_run>& run,
+                                          std::optional<nlohmann::json> value,
+                                          std::optional<aise::error> failure, bool retryable) {
+  ops o(mutex_);
+  auto it = tasks_.find(run->task.id);
+  if (it == tasks_.end() || it->second.t.state != task_state::running ||
+      it->second.t.attempt != run->task.attempt || closed_) {
+    return;  // ended meanwhile (cancelled, timed out, agent lost): nothing to record
+  }
+  if (!finish_attempt(o, it->second, value, failure, retryable)) {
+    rt.logger().warn("task {}: the store refused the completion; trying again in 1 s",
+                     run->task.id);
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    rt.schedule(std::chrono::seconds(1), [weak, run, value = std::move(value),
+                                          failure = std::move(failure), retryable]() mutable {
+      if (auto self = weak.lock()) {
+        self->engine_call([weak, run, value = std::move(value), failure = std::move(failure),
+                           retryable]() mutable {
+          if (auto again = weak.lock())
+            again->finish_completion(run, std::move(value), std::move(failure), retryable);
+        });
+      }
+    });
+    return;
+  }
+  if (run->async && run->runner) {
+    auto runner = run->runner;
+    o.after.push_back([this, runner] {
+      agent_core& core = agent_access::core(*runner);
+      if (core.checkpoint_hook) {
+        rti.post_job(*runner, [&core] { core.checkpoint_hook(); });
+      }
+    });
+  }
 }
 
 // Ends a running attempt from outside its handler: a late completion by the
@@ -986,10 +1085,8 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
         {"retry_in_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}};
     if (!apply(o, e, std::move(u))) return false;
     release_slot(o, e, false);
-    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
-    e.retry_timer = rt.schedule(delay, [weak, id, n = e.t.attempt] {
-      if (auto self = weak.lock()) self->on_retry_due(id, n);
-    });
+    e.retry_timer = schedule_engine(
+        delay, [id, n = e.t.attempt](orchestrator_impl& self) { self.on_retry_due(id, n); });
   } else {
     task_update u = base_update(e, task_state::failed);
     u.error = failure;
@@ -1041,10 +1138,9 @@ void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
           true)) {
     // The store refused the change: try again shortly rather than leave the
     // attempt running past its timeout.
-    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
-    e.timeout_timer = rt.schedule(std::chrono::seconds(1), [weak, id, attempt] {
-      if (auto self = weak.lock()) self->on_timeout(id, attempt);
-    });
+    e.timeout_timer =
+        schedule_engine(std::chrono::seconds(1),
+                        [id, attempt](orchestrator_impl& self) { self.on_timeout(id, attempt); });
     return;
   }
   // A late completion by the handler now changes nothing; its token is set.
@@ -1062,10 +1158,8 @@ void orchestrator_impl::on_deadline(const std::string& id) {
   it->second.deadline_timer = 0;
   if (!abort_task(o, it->second, task_state::failed,
                   error(errc::timeout, "the task's deadline passed"))) {
-    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
-    it->second.deadline_timer = rt.schedule(std::chrono::seconds(1), [weak, id] {
-      if (auto self = weak.lock()) self->on_deadline(id);
-    });
+    it->second.deadline_timer = schedule_engine(
+        std::chrono::seconds(1), [id](orchestrator_impl& self) { self.on_deadline(id); });
   }
 }
 
@@ -1275,8 +1369,8 @@ result<recovery_report> orchestrator_impl::recover() {
   // Every unfinished task, page by page.
   std::vector<aise::task> unfinished;
   task_filter f;
-  f.states = {task_state::pending,  task_state::queued,           task_state::running,
-              task_state::retrying, task_state::awaiting_approval};
+  f.states = {task_state::pending, task_state::queued, task_state::running, task_state::retrying,
+              task_state::awaiting_approval};
   f.limit = 1000;
   for (;;) {
     auto pg = store_->list_tasks(f);
@@ -1316,10 +1410,10 @@ result<recovery_report> orchestrator_impl::recover() {
       if (stored && stored->state == task_state::succeeded) {
         e.dep_results[d] = stored->result.value_or(nullptr);
       } else if (e.t.state == task_state::pending) {
-        const std::string why =
-            stored ? fmt::format("dependency '{}' {}", d, to_string(stored->state))
-                   : fmt::format("dependency '{}' is gone from the store ({})", d,
-                                 stored.error().message());
+        const std::string why = stored
+                                    ? fmt::format("dependency '{}' {}", d, to_string(stored->state))
+                                    : fmt::format("dependency '{}' is gone from the store ({})", d,
+                                                  stored.error().message());
         doomed.emplace_back(id, error(errc::cancelled, why));
       }
     }
@@ -1327,11 +1421,9 @@ result<recovery_report> orchestrator_impl::recover() {
       if (auto p = tasks_.find(e.t.parent); p != tasks_.end()) p->second.children.push_back(id);
     }
     if (e.t.deadline) {
-      std::weak_ptr<orchestrator_impl> weak = weak_from_this();
       const duration left = *e.t.deadline > now ? *e.t.deadline - now : duration::zero();
-      e.deadline_timer = rt.schedule(left, [weak, id] {
-        if (auto self = weak.lock()) self->on_deadline(id);
-      });
+      e.deadline_timer =
+          schedule_engine(left, [id](orchestrator_impl& self) { self.on_deadline(id); });
     }
   }
   // Ids now: ending a task (below) erases its entry.
@@ -1369,11 +1461,9 @@ result<recovery_report> orchestrator_impl::recover() {
         break;
       }
       case task_state::retrying: {
-        std::weak_ptr<orchestrator_impl> weak = weak_from_this();
         const duration left = e.t.not_before > now ? e.t.not_before - now : duration::zero();
-        e.retry_timer = rt.schedule(left, [weak, id, n = e.t.attempt] {
-          if (auto self = weak.lock()) self->on_retry_due(id, n);
-        });
+        e.retry_timer = schedule_engine(
+            left, [id, n = e.t.attempt](orchestrator_impl& self) { self.on_retry_due(id, n); });
         break;
       }
       default:  // awaiting_approval: waits for approve/reject

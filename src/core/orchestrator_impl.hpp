@@ -8,6 +8,9 @@
 #include <aise/runtime.hpp>
 
 #include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <deque>
 #include <map>
 #include <memory>
@@ -76,8 +79,34 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   result<recovery_report> recover();
 
   // attempts (task_context)
-  result<void> complete(task_run& run, std::optional<nlohmann::json> value,
+  result<void> complete(const std::shared_ptr<task_run>& run, std::optional<nlohmann::json> value,
                         std::optional<aise::error> failure, bool retryable);
+
+  // Runs `fn` on the orchestrator's own thread when it has one (posted),
+  // else now on the calling thread.
+  template <class F>
+  void engine_call(F&& fn) {
+    if (engine_) {
+      boost::asio::post(*engine_, std::forward<F>(fn));
+    } else {
+      std::forward<F>(fn)();
+    }
+  }
+  [[nodiscard]] bool has_engine() const noexcept { return engine_ != nullptr; }
+
+  // A runtime timer whose callback `fn(*this)` runs where the orchestrator
+  // works (engine_call), and not at all once the orchestrator is gone.
+  template <class F>
+  std::uint64_t schedule_engine(duration delay, F fn) {
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    return rt.schedule(delay, [weak, fn = std::move(fn)]() mutable {
+      auto self = weak.lock();
+      if (!self) return;
+      self->engine_call([weak, fn = std::move(fn)]() mutable {
+        if (auto again = weak.lock()) fn(*again);
+      });
+    });
+  }
 
   // Fails a running attempt whose context was dropped without completion.
   void drop_attempt(const std::string& id, int attempt);
@@ -199,6 +228,16 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::size_t exit_listener_ = 0;
   bool closed_ = false;
   bool recovered_ = false;
+
+  // The orchestrator's own thread (orchestrator_threading::own_thread).
+  // Work posted to it captures weak pointers only, so a queue that outlives
+  // the thread never keeps the orchestrator alive.
+  std::unique_ptr<boost::asio::io_context> engine_;
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>
+      engine_guard_;
+  std::thread engine_thread_;
+  void finish_completion(const std::shared_ptr<task_run>& run, std::optional<nlohmann::json> value,
+                         std::optional<aise::error> failure, bool retryable);
 
   // Live event delivery (the store's event log is the source of truth).
   std::mutex events_mutex_;

@@ -89,13 +89,13 @@ bool task_context::done() const noexcept {
 result<void> task_context::succeed(nlohmann::json value) {
   auto o = run_->orch.lock();
   if (!o) return error(errc::unavailable, "the orchestrator is gone");
-  return o->complete(*run_, std::move(value), std::nullopt, false);
+  return o->complete(run_, std::move(value), std::nullopt, false);
 }
 
 result<void> task_context::fail(aise::error e, bool retryable) {
   auto o = run_->orch.lock();
   if (!o) return error(errc::unavailable, "the orchestrator is gone");
-  return o->complete(*run_, std::nullopt, std::move(e), retryable);
+  return o->complete(run_, std::nullopt, std::move(e), retryable);
 }
 
 result<std::string> task_context::spawn(task_spec spec) {

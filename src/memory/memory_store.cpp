@@ -142,6 +142,7 @@ class memory_store final : public store {
       : clock_(std::move(clock)), retention_(retention) {}
 
   [[nodiscard]] std::string_view backend() const noexcept override { return "memory"; }
+  [[nodiscard]] bool blocking() const noexcept override { return false; }
 
   // ---- projects ----
 

@@ -1,9 +1,11 @@
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 
+#include <cstdlib>
 #include <doctest/doctest.h>
 #include <spdlog/logger.h>
 #include <spdlog/sinks/null_sink.h>
+#include <string_view>
 
 #include "test_util.hpp"
 
@@ -17,6 +19,16 @@ namespace {
 
 aise::runtime_options quiet(std::shared_ptr<aise::clock> clock = nullptr) {
   return aise::test::quiet_options(2, std::move(clock));
+}
+
+// Every orchestrator case also runs with the orchestrator on its own thread
+// (CTest sets AISE_TEST_ORCHESTRATOR_THREADING=own_thread for that run; see
+// tests/CMakeLists.txt): the behaviour must not depend on where it works.
+aise::orchestrator_threading test_threading() {
+  const char* env = std::getenv("AISE_TEST_ORCHESTRATOR_THREADING");
+  if (env != nullptr && std::string_view(env) == "own_thread")
+    return aise::orchestrator_threading::own_thread;
+  return aise::orchestrator_threading::automatic;
 }
 
 // Completes "add" tasks at once, and parks "hold" tasks for the test.
@@ -52,6 +64,7 @@ struct fixture {
     aise::orchestrator_options o;
     o.seed = seed;
     o.retry_jitter = 0.0;
+    o.threading = test_threading();
     return o;
   }
   std::string spawn(std::size_t concurrency = 1, std::string name = {}) {
@@ -473,6 +486,7 @@ TEST_CASE("orchestrator: an agent failing too often in the window stays down") {
   aise::runtime rt(quiet(clock));
   aise::orchestrator_options o;
   o.max_restarts = 2;
+  o.threading = test_threading();
   aise::orchestrator orch(rt, o);
   event_recorder events(orch);
   REQUIRE(orch.register_kind("stateful", [] { return std::make_unique<stateful>(); }).ok());
@@ -554,6 +568,7 @@ TEST_CASE("orchestrator: recover schedules what a stopped process left unfinishe
   options.seed = 7;
   options.retry_jitter = 0.0;
   options.retry_initial_backoff = 1ms;
+  options.threading = test_threading();
   aise::orchestrator orch(rt, options);
   event_recorder events(orch);
   REQUIRE(orch.register_kind("worker", [] { return std::make_unique<worker>(); }).ok());
@@ -604,4 +619,146 @@ TEST_CASE("orchestrator: recover schedules what a stopped process left unfinishe
   auto log = *store->read_events("default", 0, 100000);
   REQUIRE(log.size() > before);
   for (std::size_t i = 0; i < log.size(); ++i) CHECK(log[i].sequence == i + 1);
+}
+
+namespace {
+
+// An in-memory store that says it blocks (as a SQL store does) and counts
+// the calls that arrive on an executor thread of `rt`.
+class blocking_store final : public aise::store {
+ public:
+  explicit blocking_store(const aise::runtime& rt) : rt_(rt) {}
+  std::atomic<int> on_executor{0};
+  std::atomic<int> calls{0};
+
+  [[nodiscard]] std::string_view backend() const noexcept override { return "blocking"; }
+  [[nodiscard]] bool blocking() const noexcept override { return true; }
+  aise::result<aise::project> create_project(aise::project p) override {
+    return note(), inner_->create_project(std::move(p));
+  }
+  aise::result<aise::project> get_project(std::string_view id) override {
+    return note(), inner_->get_project(id);
+  }
+  aise::result<aise::page<aise::project>> list_projects(std::string_view a,
+                                                        std::size_t n) override {
+    return note(), inner_->list_projects(a, n);
+  }
+  aise::result<aise::project> update_project(aise::project p) override {
+    return note(), inner_->update_project(std::move(p));
+  }
+  aise::result<void> put_agent(aise::agent_record a) override {
+    return note(), inner_->put_agent(std::move(a));
+  }
+  aise::result<aise::agent_record> get_agent(std::string_view id) override {
+    return note(), inner_->get_agent(id);
+  }
+  aise::result<std::vector<aise::agent_record>> list_agents(std::string_view p) override {
+    return note(), inner_->list_agents(p);
+  }
+  aise::result<aise::agent_snapshot> save_snapshot(aise::agent_snapshot s) override {
+    return note(), inner_->save_snapshot(std::move(s));
+  }
+  aise::result<aise::agent_snapshot> load_snapshot(std::string_view id) override {
+    return note(), inner_->load_snapshot(id);
+  }
+  using aise::store::insert_tasks;
+  using aise::store::update_task;
+  aise::result<std::vector<std::uint64_t>> insert_tasks(
+      const std::vector<aise::task>& t, std::vector<aise::event_draft>&& e) override {
+    return note(), inner_->insert_tasks(t, std::move(e));
+  }
+  aise::result<std::uint64_t> update_task(aise::task_update&& u) override {
+    return note(), inner_->update_task(std::move(u));
+  }
+  aise::result<aise::task> get_task(std::string_view id) override {
+    return note(), inner_->get_task(id);
+  }
+  aise::result<aise::page<aise::task>> list_tasks(const aise::task_filter& f) override {
+    return note(), inner_->list_tasks(f);
+  }
+  aise::result<std::vector<aise::task_attempt>> list_attempts(std::string_view id) override {
+    return note(), inner_->list_attempts(id);
+  }
+  aise::result<aise::event> append_event(aise::event_draft e) override {
+    return note(), inner_->append_event(std::move(e));
+  }
+  aise::result<std::vector<aise::event>> read_events(std::string_view p, std::uint64_t a,
+                                                     std::size_t n) override {
+    return note(), inner_->read_events(p, a, n);
+  }
+  aise::result<std::uint64_t> last_sequence(std::string_view p) override {
+    return note(), inner_->last_sequence(p);
+  }
+  aise::result<aise::compaction_stats> compact(const aise::retention_policy& r) override {
+    return note(), inner_->compact(r);
+  }
+  aise::result<aise::artifact_meta> put_artifact(aise::artifact_meta a) override {
+    return note(), inner_->put_artifact(std::move(a));
+  }
+  aise::result<aise::artifact_meta> get_artifact(std::string_view id) override {
+    return note(), inner_->get_artifact(id);
+  }
+  aise::result<std::vector<aise::artifact_meta>> list_artifacts(std::string_view p) override {
+    return note(), inner_->list_artifacts(p);
+  }
+  aise::result<std::vector<aise::artifact_meta>> artifact_versions(std::string_view p,
+                                                                   std::string_view n) override {
+    return note(), inner_->artifact_versions(p, n);
+  }
+  aise::result<bool> artifact_digest_in_use(std::string_view h) override {
+    return note(), inner_->artifact_digest_in_use(h);
+  }
+
+ private:
+  void note() {
+    ++calls;
+    if (rt_.on_executor()) ++on_executor;
+  }
+  const aise::runtime& rt_;
+  std::shared_ptr<aise::store> inner_ = aise::make_memory_store();
+};
+
+}  // namespace
+
+TEST_CASE("orchestrator: with a blocking store, executor threads never wait for it") {
+  aise::runtime rt(quiet());
+  auto store = std::make_shared<blocking_store>(rt);
+  aise::orchestrator_options options;
+  options.store = store;  // blocking(): the orchestrator works on a thread of its own
+  options.retry_initial_backoff = 1ms;
+  options.retry_jitter = 0.0;
+  aise::orchestrator orch(rt, options);
+  event_recorder events(orch);
+  parked_tasks parked;
+  REQUIRE(
+      orch.register_kind("worker", [&parked] { return std::make_unique<worker>(&parked); }).ok());
+  REQUIRE(orch.register_kind("stateful", [] { return std::make_unique<stateful>(); }).ok());
+  REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
+  REQUIRE(orch.spawn({.kind = "stateful", .name = "s"}).ok());
+  REQUIRE(events.wait_for("agent.started", "w"));
+  REQUIRE(events.wait_for("agent.started", "s"));
+
+  // A DAG, a retried failure, a snapshotting agent that crashes and comes back.
+  auto a = spec("add", {{"n", 1}});
+  a.id = "a";
+  auto b = spec("add", {{"n", 2}});
+  b.id = "b";
+  b.depends_on = {"a"};
+  auto flaky = spec("fail");
+  flaky.id = "flaky";
+  flaky.max_attempts = 3;
+  REQUIRE(orch.submit_all({a, b, flaky}).ok());
+  for (int i = 1; i <= 3; ++i) {
+    CHECK(orch.wait(orch.submit(spec("count")).value(), 10s)->result == nlohmann::json(i));
+  }
+  REQUIRE(rt.send("s", "crash").ok());
+  REQUIRE(events.wait_count("agent.started", "s", 2));
+  CHECK(orch.wait(orch.submit(spec("count")).value(), 10s)->result == nlohmann::json(4));
+  CHECK(*orch.wait("b", 10s)->result == 3);  // its n (2) + a's result (1)
+  auto failed = orch.wait("flaky", 10s);
+  CHECK(failed->state == task_state::failed);
+  CHECK(failed->attempt == 3);
+
+  CHECK(store->calls.load() > 20);
+  CHECK(store->on_executor.load() == 0);
 }
