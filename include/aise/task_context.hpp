@@ -8,7 +8,10 @@
 /// wins, later ones return `conflict`; a completion after the attempt was
 /// cancelled or timed out returns `cancelled` and changes nothing. When the
 /// store refuses the change, it returns `unavailable`, nothing changed, and
-/// the handler may complete again. When the
+/// the handler may complete again. (With the orchestrator on its own thread,
+/// `orchestrator_threading::own_thread`, the default for SQL stores, a
+/// completion returns once accepted and is recorded right after; a refusing
+/// store is retried by the orchestrator.) When the
 /// last copy is destroyed without a completion, the attempt fails with
 /// `handler_failed` ("handler dropped the task"). Every member is
 /// thread-safe; continuations (`when_all`) run on the owning agent's strand.
