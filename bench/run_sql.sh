@@ -9,11 +9,15 @@
 #
 # Environment knobs:
 #   RUNS=3                 processes per (workload, backend, threads)
-#   TASKS=1500             tasks per process (4 transitions, 3 commits each)
+#   TASKS=3000             tasks per process (4 transitions, 3 commits each)
 #   THREADS_LIST="1 4"     writer threads (psql processes on the raw PostgreSQL side)
 #   BACKENDS="sqlite postgresql"
 #   WORKLOADS="aise raw_batch raw_per_call"
 #   BUILD_DIR=DIR          libaise's release build (default build/release)
+#   AISE_PG_PORT=25434     PostgreSQL port; the cluster lives in AISE_SERVICES_DIR
+#                          (default <tmp>/aise-sql-bench.<uid>), a cluster of its own
+#                          so that tests using scripts/test.sh's server (25433) do
+#                          not share its WAL while we measure
 #   KEEP_SERVICES=1        leave PostgreSQL running if this script started it
 #
 # Workloads (bench/sql_bench.cpp says exactly what each writes):
@@ -36,7 +40,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
-TASKS=${TASKS:-1500}
+TASKS=${TASKS:-3000}
 THREADS_LIST=${THREADS_LIST:-"1 4"}
 BACKENDS=${BACKENDS:-"sqlite postgresql"}
 WORKLOADS=${WORKLOADS:-"aise raw_batch raw_per_call"}
@@ -61,12 +65,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-pg_port=${AISE_PG_PORT:-25433}
+export AISE_PG_PORT=${AISE_PG_PORT:-25434}
+export AISE_SERVICES_DIR=${AISE_SERVICES_DIR:-${TMPDIR:-/tmp}/aise-sql-bench.$(id -u)}
+pg_port=$AISE_PG_PORT
 server_pid=0
 if [[ " $BACKENDS " == *" postgresql "* ]]; then
   services_out=$(bash "$root/scripts/services.sh" start postgres)
   grep -q '^AISE_SERVICES_STARTED=postgres' <<<"$services_out" && started_pg=1
-  pg_base=${AISE_SERVICES_DIR:-${TMPDIR:-/tmp}/aise-services.$(id -u)}
+  pg_base=$AISE_SERVICES_DIR
   # The postmaster: its processes' CPU is reported as db_cpu_pct, not as
   # disturbance (other_cpu_pct).
   server_pid=$(head -1 "$pg_base/pg/data/postmaster.pid" 2>/dev/null || echo 0)
