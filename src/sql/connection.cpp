@@ -165,6 +165,7 @@ result<pool::lease> pool::acquire() {
   lease l(this, c);
   if (c->broken) {
     try {
+      c->forget_statements();  // prepared on the old connection
       c->session.reconnect();
       configure(*c, where_.kind, options_);
       c->broken = false;

@@ -31,10 +31,30 @@ struct target {
 
 result<target> parse_url(const store_options& options);
 
-/// One open connection.
+/// The bound values of a connection's prepared hot statements (SOCI binds
+/// by reference: these must outlive the statements, so they come first).
+struct hot_values {
+  // update_task
+  std::string state, agent, result, error, id;
+  int attempt = 0, set_result = 0, error_mode = 0, error_mode2 = 0;
+  long long updated = 0, not_before = 0, expected = 0;
+  // event insert
+  std::string event_project, event_type, event_subject, event_data;
+  long long event_sequence = 0, event_at = 0;
+};
+
+/// One open connection, with the statements the hot path reuses (prepared
+/// on first use, dropped when the connection is reopened).
 struct connection {
   soci::session session;
   bool broken = false;
+  hot_values values;
+  std::unique_ptr<soci::statement> update_task;
+  std::unique_ptr<soci::statement> insert_event;
+  void forget_statements() noexcept {
+    update_task.reset();
+    insert_event.reset();
+  }
 };
 
 /// Opens one connection (with the per-connection settings), retrying with

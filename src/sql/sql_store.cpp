@@ -491,12 +491,7 @@ class sql_store final : public store {
         "insert_tasks", [&](connection& c) -> result<std::vector<std::uint64_t>> {
           detail::transaction tx(c, kind());
           for (auto& r : rows) {
-            int exists = 0;
-            c.session << "SELECT COUNT(*) FROM tasks WHERE id = :id", soci::use(r.id),
-                soci::into(exists);
-            if (exists != 0)
-              return error(errc::already_exists, "task " + in_quotes(r.id) + " already exists");
-            try {
+            try {  // a taken id is a unique violation: no lookup first
               insert_task(c, r);
             } catch (...) {
               if (detail::is_unique_violation(kind()))
@@ -526,28 +521,41 @@ class sql_store final : public store {
     const time_point now = clock_->now();
     if (u.event.at == time_point{}) u.event.at = now;
     if (u.via_event && u.via_event->at == time_point{}) u.via_event->at = now;
-    const std::string state(to_string(u.state));
     const long long updated = to_ns(u.at == time_point{} ? now : u.at);
-    const long long not_before = to_ns(u.not_before);
-    const long long expected = static_cast<long long>(u.expected_version);
-    const int set_result = u.result ? 1 : 0;
     std::string result_text = u.result ? dump(*u.result) : std::string();
     // error: 0 keep, 1 set, 2 clear (clear_error before error: both = replace)
     const int error_mode = u.error ? 1 : (u.clear_error ? 2 : 0);
     std::string error_value = u.error ? error_text(*u.error) : std::string();
     return run<std::uint64_t>("update_task", [&](connection& c) -> result<std::uint64_t> {
       detail::transaction tx(c, kind());
-      soci::statement st =
-          (c.session.prepare
-               << "UPDATE tasks SET state = :s, attempt = :a, agent = :g, updated_at = :u, "
-                  "not_before = :nb, version = version + 1, "
-                  "result = CASE WHEN :rs = 1 THEN :r ELSE result END, "
-                  "error = CASE WHEN :em = 1 THEN :e WHEN :em2 = 2 THEN NULL ELSE error END "
-                  "WHERE id = :id AND version = :v",
-           soci::use(state), soci::use(u.attempt), soci::use(u.agent), soci::use(updated),
-           soci::use(not_before), soci::use(set_result), soci::use(result_text),
-           soci::use(error_mode), soci::use(error_value), soci::use(error_mode), soci::use(u.id),
-           soci::use(expected));
+      // The compare-and-set, prepared once per connection.
+      detail::hot_values& v = c.values;
+      v.state = to_string(u.state);
+      v.attempt = u.attempt;
+      v.agent = u.agent;
+      v.updated = updated;
+      v.not_before = to_ns(u.not_before);
+      v.set_result = u.result ? 1 : 0;
+      v.result = result_text;
+      v.error_mode = error_mode;
+      v.error_mode2 = error_mode;
+      v.error = error_value;
+      v.id = u.id;
+      v.expected = static_cast<long long>(u.expected_version);
+      if (!c.update_task) {
+        c.update_task = std::make_unique<soci::statement>(
+            (c.session.prepare
+                 << "UPDATE tasks SET state = :s, attempt = :a, agent = :g, updated_at = :u, "
+                    "not_before = :nb, version = version + 1, "
+                    "result = CASE WHEN :rs = 1 THEN :r ELSE result END, "
+                    "error = CASE WHEN :em = 1 THEN :e WHEN :em2 = 2 THEN NULL ELSE error END "
+                    "WHERE id = :id AND version = :v",
+             soci::use(v.state), soci::use(v.attempt), soci::use(v.agent), soci::use(v.updated),
+             soci::use(v.not_before), soci::use(v.set_result), soci::use(v.result),
+             soci::use(v.error_mode), soci::use(v.error), soci::use(v.error_mode2),
+             soci::use(v.id), soci::use(v.expected)));
+      }
+      soci::statement& st = *c.update_task;
       st.execute(true);
       if (st.get_affected_rows() != 1) {
         long long stored = 0;
@@ -870,12 +878,21 @@ class sql_store final : public store {
                  "(project) DO UPDATE SET last_sequence = event_counters.last_sequence + 1 "
                  "RETURNING last_sequence",
         soci::use(e.project), soci::into(sequence);
-    const long long at = to_ns(e.at);
-    const std::string data = dump(e.data);
-    c.session << "INSERT INTO events (project, sequence, type, subject, at, data) VALUES (:p, "
-                 ":s, :t, :j, :a, :d)",
-        soci::use(e.project), soci::use(sequence), soci::use(e.type), soci::use(e.subject),
-        soci::use(at), soci::use(data);
+    detail::hot_values& v = c.values;
+    v.event_project = e.project;
+    v.event_sequence = sequence;
+    v.event_type = e.type;
+    v.event_subject = e.subject;
+    v.event_at = to_ns(e.at);
+    v.event_data = dump(e.data);
+    if (!c.insert_event) {
+      c.insert_event = std::make_unique<soci::statement>(
+          (c.session.prepare << "INSERT INTO events (project, sequence, type, subject, at, data) "
+                                "VALUES (:p, :s, :t, :j, :a, :d)",
+           soci::use(v.event_project), soci::use(v.event_sequence), soci::use(v.event_type),
+           soci::use(v.event_subject), soci::use(v.event_at), soci::use(v.event_data)));
+    }
+    c.insert_event->execute(true);
     return static_cast<std::uint64_t>(sequence);
   }
 
