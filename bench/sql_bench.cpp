@@ -66,6 +66,8 @@
 #include <unistd.h>
 #include <vector>
 
+#include "bench_cpu.hpp"
+
 extern char** environ;
 
 namespace {
@@ -117,22 +119,12 @@ struct cpu_snapshot {
 
 cpu_snapshot take_cpu(int server_pid) {
   cpu_snapshot s;
-  long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
-  std::FILE* f = std::fopen("/proc/stat", "r");
-  if (f == nullptr || std::fscanf(f, "cpu %lld %lld %lld %lld %lld %lld %lld %lld", &user, &nice,
-                                  &system, &idle, &iowait, &irq, &softirq, &steal) != 8) {
-    fail("cannot read /proc/stat");
-  }
-  std::fclose(f);
-  s.busy = user + nice + system + irq + softirq + steal;
-  s.total = s.busy + idle + iowait;
+  aise::bench::system_ticks ticks;
+  if (!aise::bench::read_system_ticks(ticks)) fail("cannot read /proc/stat");
+  s.busy = ticks.busy;
+  s.total = ticks.total;
   s.server = server_ticks(server_pid);
-  for (int who : {RUSAGE_SELF, RUSAGE_CHILDREN}) {
-    rusage ru{};
-    getrusage(who, &ru);
-    s.own += static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-             static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-  }
+  s.own = aise::bench::process_cpu_seconds(true);  // psql children included
   return s;
 }
 
@@ -142,7 +134,7 @@ struct cpu_split {
 };
 
 cpu_split split_cpu(const cpu_snapshot& a, const cpu_snapshot& b) {
-  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  const double tick = aise::bench::ticks_per_second();
   const double total = static_cast<double>(b.total - a.total) / tick;
   if (total <= 0) return {};
   const double db = static_cast<double>(b.server - a.server) / tick;

@@ -654,13 +654,7 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
                                          [id](orchestrator_impl& self) { self.on_deadline(id); });
     }
   }
-  for (auto& [id, why] : doomed) {
-    auto it = tasks_.find(id);
-    if (it == tasks_.end() || is_terminal(it->second.t.state)) continue;
-    const bool fail = it->second.t.on_dependency_failure == dependency_failure_policy::fail;
-    abort_task(o, it->second, fail ? task_state::failed : task_state::cancelled,
-               error(fail ? errc::handler_failed : errc::cancelled, why.message()));
-  }
+  end_doomed(o, doomed);
   for (const auto& id : ids) {
     auto it = tasks_.find(id);
     if (it != tasks_.end() && it->second.t.state == task_state::pending && it->second.unmet == 0) {
@@ -1163,6 +1157,19 @@ void orchestrator_impl::on_deadline(const std::string& id) {
   }
 }
 
+// Ends tasks whose dependency (or parent) failed, by each task's policy:
+// cancelled, or failed naming the dependency.
+void orchestrator_impl::end_doomed(ops& o,
+                                   const std::vector<std::pair<std::string, aise::error>>& doomed) {
+  for (const auto& [id, why] : doomed) {
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || is_terminal(it->second.t.state)) continue;
+    const bool fail = it->second.t.on_dependency_failure == dependency_failure_policy::fail;
+    abort_task(o, it->second, fail ? task_state::failed : task_state::cancelled,
+               error(fail ? errc::handler_failed : errc::cancelled, why.message()));
+  }
+}
+
 // Ends a task from outside its handler: cancel, reject, deadline, or a
 // failed dependency. A running attempt is cancelled (token set) first.
 bool orchestrator_impl::abort_task(ops& o, task_entry& e, task_state to, aise::error why) {
@@ -1431,13 +1438,7 @@ result<recovery_report> orchestrator_impl::recover() {
   ids.reserve(entries.size());
   for (task_entry* entry : entries) ids.push_back(entry->t.id);
   entries.clear();
-  for (auto& [id, why] : doomed) {
-    auto it = tasks_.find(id);
-    if (it == tasks_.end() || is_terminal(it->second.t.state)) continue;
-    const bool fail = it->second.t.on_dependency_failure == dependency_failure_policy::fail;
-    abort_task(o, it->second, fail ? task_state::failed : task_state::cancelled,
-               error(fail ? errc::handler_failed : errc::cancelled, why.message()));
-  }
+  end_doomed(o, doomed);
   // Each by its state.
   for (const auto& id : ids) {
     auto it = tasks_.find(id);

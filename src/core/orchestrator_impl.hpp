@@ -194,6 +194,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   bool finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
                       std::optional<aise::error> failure, bool retryable);
   bool abort_task(ops& o, task_entry& e, task_state to, aise::error why);
+  void end_doomed(ops& o, const std::vector<std::pair<std::string, aise::error>>& doomed);
   // Frees the agent slot of e's attempt; returns that agent's entry, if any.
   agent_entry* release_slot(ops& o, task_entry& e, bool redispatch);
   // Sets the token's flag now (so it is set before the change is visible)
