@@ -383,7 +383,7 @@ class sql_store final : public store {
   result<agent_record> get_agent(std::string_view id) override {
     const std::string key(id);
     return run<agent_record>("get_agent", [&](connection& c) -> result<agent_record> {
-      auto found = select_agents(c, "WHERE id = :a", key);
+      auto found = select_agents(c, "WHERE id = :p0", {key});
       if (found.empty()) return error(errc::not_found, "agent " + in_quotes(id) + " not found");
       return found.front();
     });
@@ -394,8 +394,8 @@ class sql_store final : public store {
     return run<std::vector<agent_record>>("list_agents",
                                           [&](connection& c) -> result<std::vector<agent_record>> {
                                             if (key.empty())
-                                              return select_agents(c, "WHERE id <> :a", key);
-                                            return select_agents(c, "WHERE project = :a", key);
+                                              return select_agents(c, "", {});  // every project
+                                            return select_agents(c, "WHERE project = :p0", {key});
                                           });
   }
 
@@ -543,17 +543,18 @@ class sql_store final : public store {
       v.id = u.id;
       v.expected = static_cast<long long>(u.expected_version);
       if (!c.update_task) {
-        c.update_task = std::make_unique<soci::statement>(
-            (c.session.prepare
-                 << "UPDATE tasks SET state = :s, attempt = :a, agent = :g, updated_at = :u, "
-                    "not_before = :nb, version = version + 1, "
-                    "result = CASE WHEN :rs = 1 THEN :r ELSE result END, "
-                    "error = CASE WHEN :em = 1 THEN :e WHEN :em2 = 2 THEN NULL ELSE error END "
-                    "WHERE id = :id AND version = :v",
-             soci::use(v.state), soci::use(v.attempt), soci::use(v.agent), soci::use(v.updated),
-             soci::use(v.not_before), soci::use(v.set_result), soci::use(v.result),
-             soci::use(v.error_mode), soci::use(v.error), soci::use(v.error_mode2),
-             soci::use(v.id), soci::use(v.expected)));
+        c.update_task =
+            std::make_unique<soci::statement>(
+                (c.session.prepare
+                     << "UPDATE tasks SET state = :s, attempt = :a, agent = :g, updated_at = :u, "
+                        "not_before = :nb, version = version + 1, "
+                        "result = CASE WHEN :rs = 1 THEN :r ELSE result END, "
+                        "error = CASE WHEN :em = 1 THEN :e WHEN :em2 = 2 THEN NULL ELSE error END "
+                        "WHERE id = :id AND version = :v",
+                 soci::use(v.state), soci::use(v.attempt), soci::use(v.agent), soci::use(v.updated),
+                 soci::use(v.not_before), soci::use(v.set_result), soci::use(v.result),
+                 soci::use(v.error_mode), soci::use(v.error), soci::use(v.error_mode2),
+                 soci::use(v.id), soci::use(v.expected)));
       }
       soci::statement& st = *c.update_task;
       st.execute(true);
@@ -935,19 +936,30 @@ class sql_store final : public store {
     return out;
   }
 
+  /// Agents matching `where` (parameters :p0, :p1, … bound from `params`), by id.
   std::vector<agent_record> select_agents(connection& c, const std::string& where,
-                                          const std::string& arg) {
+                                          const std::vector<std::string>& params) {
     std::vector<agent_record> out;
     std::string id, project_id, kind_name, caps, status;
     int restarts = 0;
     long long heartbeat = 0, created = 0;
-    soci::statement st =
-        (c.session.prepare << "SELECT id, project, kind, capabilities, status, restarts, "
-                              "last_heartbeat, created_at FROM agents " +
-                                  where + " ORDER BY id",
-         soci::use(arg), soci::into(id), soci::into(project_id), soci::into(kind_name),
-         soci::into(caps), soci::into(status), soci::into(restarts), soci::into(heartbeat),
-         soci::into(created));
+    soci::statement st(c.session);
+    for (std::size_t i = 0; i < params.size(); ++i)
+      st.exchange(soci::use(params[i], "p" + std::to_string(i)));
+    st.exchange(soci::into(id));
+    st.exchange(soci::into(project_id));
+    st.exchange(soci::into(kind_name));
+    st.exchange(soci::into(caps));
+    st.exchange(soci::into(status));
+    st.exchange(soci::into(restarts));
+    st.exchange(soci::into(heartbeat));
+    st.exchange(soci::into(created));
+    st.alloc();
+    st.prepare(
+        "SELECT id, project, kind, capabilities, status, restarts, last_heartbeat, "
+        "created_at FROM agents " +
+        where + " ORDER BY id");
+    st.define_and_bind();
     st.execute();
     while (st.fetch()) {
       agent_record a;
