@@ -10,8 +10,9 @@
 /// - Thread safety: every member may be called from any thread concurrently.
 /// - Calls are synchronous and may block (a SQL store waits for its
 ///   database); callers that must not block run them off their executor.
-/// - Atomicity: `insert_tasks` and `update_task` write the task rows, the
-///   attempt row and the events of one call in one transaction: all or nothing.
+/// - Atomicity: `insert_tasks`, `update_task` and `update_tasks` write the
+///   task rows, the attempt rows and the events of one call in one
+///   transaction: all or nothing.
 /// - Events: `sequence` is assigned per project at write time, starting at
 ///   1, with no gaps or duplicates, in commit order.
 /// - A `time_point` left at its default (the epoch) is filled from the
@@ -199,6 +200,19 @@ class AISE_CORE_EXPORT store {
   /// below copies for callers that keep `u`.
   virtual result<std::uint64_t> update_task(task_update&& u) = 0;
   result<std::uint64_t> update_task(const task_update& u) { return update_task(task_update(u)); }
+
+  /// Applies a batch of changes in order, in ONE transaction: all or
+  /// nothing. Each change is checked against the version the earlier
+  /// changes of the batch leave (a task may change several times in one
+  /// batch). The first failing change's error (`conflict`, `not_found`,
+  /// `invalid_argument`, `unavailable`) is returned and nothing of the batch
+  /// is written; its events take no sequences. Returns the sequence of each
+  /// change's `event`, in batch order. `batch` is not modified, so a caller
+  /// can try the same batch again after `unavailable`. The orchestrator's
+  /// group commit writes everything one turn of its thread changed this
+  /// way: one commit, one fsync. An empty batch writes nothing.
+  virtual result<std::vector<std::uint64_t>> update_tasks(
+      const std::vector<task_update>& batch) = 0;
   virtual result<task> get_task(std::string_view id) = 0;
   virtual result<page<task>> list_tasks(const task_filter& f) = 0;
   /// Attempts of a task ordered by number; empty for a task never started;

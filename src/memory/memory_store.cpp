@@ -359,83 +359,52 @@ class memory_store final : public store {
 
   result<std::uint64_t> update_task(task_update&& u) override {
     return guarded("update_task", [&]() -> result<std::uint64_t> {
-      if (u.id.empty()) return fail(errc::invalid_argument, "update_task: empty task id");
-      if (auto e = check_draft("update_task", u.event)) return *e;
-      if (u.via_event) {
-        if (auto e = check_draft("update_task: via_event", *u.via_event)) return *e;
-        if (u.via_event->project != u.event.project)
-          return fail(errc::invalid_argument, "update_task: via_event names project " +
-                                                  in_quotes(u.via_event->project) + ", the event " +
-                                                  in_quotes(u.event.project));
+      if (auto e = check_update("update_task", u)) return *e;
+      const time_point now = fill_times(u);
+      std::lock_guard lock(mutex_);
+      return update_locked(std::move(u), now);
+    });
+  }
+
+  result<std::vector<std::uint64_t>> update_tasks(const std::vector<task_update>& batch) override {
+    return guarded("update_tasks", [&]() -> result<std::vector<std::uint64_t>> {
+      std::vector<task_update> work(batch);  // the store moves from its own copies
+      for (std::size_t i = 0; i < work.size(); ++i) {
+        if (auto e = check_update("update_tasks: change #" + std::to_string(i), work[i])) return *e;
       }
-      const bool needs_now = u.event.at == time_point{} || u.at == time_point{} ||
-                             (u.via_event && u.via_event->at == time_point{});
-      const time_point now = needs_now ? clock_->now() : time_point{};
-      if (u.event.at == time_point{}) u.event.at = now;
-      if (u.via_event && u.via_event->at == time_point{}) u.via_event->at = now;
-      // The key of an attempt row is (this task, number), whatever it says.
-      if (u.attempt_row) u.attempt_row->task_id = u.id;  // may allocate: before any write
+      std::vector<time_point> nows;
+      nows.reserve(work.size());
+      for (auto& u : work) nows.push_back(fill_times(u));
+      std::vector<std::uint64_t> out;
+      out.reserve(work.size());
 
       std::lock_guard lock(mutex_);
-      auto it = tasks_.find(std::string_view(u.id));
-      if (it == tasks_.end())
-        return fail(errc::not_found, "task " + in_quotes(u.id) + " not found");
-      task_row& row = it->second;
-      if (row.t.version != u.expected_version)
-        return fail(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
-                                        std::to_string(u.expected_version) +
-                                        " but the stored version is " +
-                                        std::to_string(row.t.version));
-
-      // Prepare the attempt slot (may allocate), then the events (strong
-      // guarantee, built in place from the caller's drafts); everything
-      // after that cannot throw and only moves what the caller handed over.
-      auto slot = row.attempts.end();
-      if (u.attempt_row) {
-        const int number = u.attempt_row->number;
-        slot = std::lower_bound(row.attempts.begin(), row.attempts.end(), number,
-                                [](const task_attempt& a, int n) { return a.number < n; });
-        if (slot == row.attempts.end() || slot->number != number) {
-          const auto index = slot - row.attempts.begin();
-          if (row.attempts.size() == row.attempts.capacity())
-            row.attempts.reserve(std::max<std::size_t>(1, row.attempts.size() * 2));
-          slot = row.attempts.begin() + index;
+      // All or nothing: check every compare-and-set first, each change
+      // against the version the earlier changes of the batch leave.
+      std::unordered_map<std::string_view, std::uint64_t> versions;
+      for (const auto& u : work) {
+        auto seen = versions.find(u.id);
+        std::uint64_t stored = 0;
+        if (seen != versions.end()) {
+          stored = seen->second;
+        } else {
+          auto it = tasks_.find(std::string_view(u.id));
+          if (it == tasks_.end())
+            return fail(errc::not_found, "task " + in_quotes(u.id) + " not found");
+          stored = it->second.t.version;
         }
+        if (stored != u.expected_version)
+          return fail(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
+                                          std::to_string(u.expected_version) +
+                                          " but the stored version is " + std::to_string(stored));
+        versions[u.id] = stored + 1;
       }
-      const bool finishes = is_terminal(u.state) && !row.listed_finished;
-      if (finishes) reserve_finished(1);
-      event_log& log = log_of(u.event.project);
-      if (u.via_event) log.events.emplace_back(std::move(*u.via_event), log.next());
-      const std::uint64_t sequence = log.next();
-      try {
-        log.events.emplace_back(std::move(u.event), sequence);
-      } catch (...) {
-        if (u.via_event) log.events.pop_back();  // all or nothing
-        throw;
+      for (std::size_t i = 0; i < work.size(); ++i) {
+        auto sequence = update_locked(std::move(work[i]), nows[i]);
+        if (!sequence) return sequence.error();  // checked above: only out of memory
+        out.push_back(sequence.value());
       }
-
-      // Commit.
-      if (u.attempt_row) {
-        task_attempt& a = *u.attempt_row;
-        if (slot != row.attempts.end() && slot->number == a.number)
-          *slot = std::move(a);
-        else
-          row.attempts.insert(slot, std::move(a));  // capacity reserved, nothrow moves
-      }
-      task& t = row.t;
-      t.state = u.state;
-      t.attempt = u.attempt;
-      t.agent = std::move(u.agent);
-      if (u.result) t.result = std::move(u.result);
-      if (u.clear_error) t.error.reset();  // before the new error: both set = replace
-      if (u.error) t.error = std::move(u.error);
-      t.updated_at = u.at == time_point{} ? now : u.at;
-      t.not_before = u.not_before;
-      ++t.version;
-      if (finishes) list_finished(row);  // capacity reserved
-      trim_events(log);
-      trim_tasks();
-      return sequence;
+      return out;
     });
   }
 
@@ -631,6 +600,95 @@ class memory_store final : public store {
   }
 
  private:
+  /// `invalid_argument` for a change that no store state could accept.
+  static std::optional<aise::error> check_update(const std::string& op, const task_update& u) {
+    if (u.id.empty()) return fail(errc::invalid_argument, op + ": empty task id");
+    if (auto e = check_draft(op, u.event)) return *e;
+    if (u.via_event) {
+      if (auto e = check_draft(op + ": via_event", *u.via_event)) return *e;
+      if (u.via_event->project != u.event.project)
+        return fail(errc::invalid_argument, op + ": via_event names project " +
+                                                in_quotes(u.via_event->project) + ", the event " +
+                                                in_quotes(u.event.project));
+    }
+    return std::nullopt;
+  }
+
+  /// Fills the times left at the epoch; returns the now it used (the epoch
+  /// when none was needed). Before the lock: it may allocate.
+  time_point fill_times(task_update& u) const {
+    const bool needs_now = u.event.at == time_point{} || u.at == time_point{} ||
+                           (u.via_event && u.via_event->at == time_point{});
+    const time_point now = needs_now ? clock_->now() : time_point{};
+    if (u.event.at == time_point{}) u.event.at = now;
+    if (u.via_event && u.via_event->at == time_point{}) u.via_event->at = now;
+    // The key of an attempt row is (this task, number), whatever it says.
+    if (u.attempt_row) u.attempt_row->task_id = u.id;
+    return now;
+  }
+
+  /// The compare-and-set and its writes; mutex_ held.
+  result<std::uint64_t> update_locked(task_update&& u, time_point now) {
+    auto it = tasks_.find(std::string_view(u.id));
+    if (it == tasks_.end()) return fail(errc::not_found, "task " + in_quotes(u.id) + " not found");
+    task_row& row = it->second;
+    if (row.t.version != u.expected_version)
+      return fail(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
+                                      std::to_string(u.expected_version) +
+                                      " but the stored version is " +
+                                      std::to_string(row.t.version));
+
+    // Prepare the attempt slot (may allocate), then the events (strong
+    // guarantee, built in place from the caller's drafts); everything
+    // after that cannot throw and only moves what the caller handed over.
+    auto slot = row.attempts.end();
+    if (u.attempt_row) {
+      const int number = u.attempt_row->number;
+      slot = std::lower_bound(row.attempts.begin(), row.attempts.end(), number,
+                              [](const task_attempt& a, int n) { return a.number < n; });
+      if (slot == row.attempts.end() || slot->number != number) {
+        const auto index = slot - row.attempts.begin();
+        if (row.attempts.size() == row.attempts.capacity())
+          row.attempts.reserve(std::max<std::size_t>(1, row.attempts.size() * 2));
+        slot = row.attempts.begin() + index;
+      }
+    }
+    const bool finishes = is_terminal(u.state) && !row.listed_finished;
+    if (finishes) reserve_finished(1);
+    event_log& log = log_of(u.event.project);
+    if (u.via_event) log.events.emplace_back(std::move(*u.via_event), log.next());
+    const std::uint64_t sequence = log.next();
+    try {
+      log.events.emplace_back(std::move(u.event), sequence);
+    } catch (...) {
+      if (u.via_event) log.events.pop_back();  // all or nothing
+      throw;
+    }
+
+    // Commit.
+    if (u.attempt_row) {
+      task_attempt& a = *u.attempt_row;
+      if (slot != row.attempts.end() && slot->number == a.number)
+        *slot = std::move(a);
+      else
+        row.attempts.insert(slot, std::move(a));  // capacity reserved, nothrow moves
+    }
+    task& t = row.t;
+    t.state = u.state;
+    t.attempt = u.attempt;
+    t.agent = std::move(u.agent);
+    if (u.result) t.result = std::move(u.result);
+    if (u.clear_error) t.error.reset();  // before the new error: both set = replace
+    if (u.error) t.error = std::move(u.error);
+    t.updated_at = u.at == time_point{} ? now : u.at;
+    t.not_before = u.not_before;
+    ++t.version;
+    if (finishes) list_finished(row);  // capacity reserved
+    trim_events(log);
+    trim_tasks();
+    return sequence;
+  }
+
   struct task_row {
     explicit task_row(const task& source) : t(source) {}
     task t;

@@ -509,72 +509,42 @@ class sql_store final : public store {
   }
 
   result<std::uint64_t> update_task(task_update&& u) override {
-    if (u.id.empty()) return error(errc::invalid_argument, "update_task: empty task id");
-    if (auto e = check_draft("update_task", u.event)) return *e;
-    if (u.via_event) {
-      if (auto e = check_draft("update_task: via_event", *u.via_event)) return *e;
-      if (u.via_event->project != u.event.project)
-        return error(errc::invalid_argument, "update_task: via_event names project " +
-                                                 in_quotes(u.via_event->project) + ", the event " +
-                                                 in_quotes(u.event.project));
-    }
-    const time_point now = clock_->now();
-    if (u.event.at == time_point{}) u.event.at = now;
-    if (u.via_event && u.via_event->at == time_point{}) u.via_event->at = now;
-    const long long updated = to_ns(u.at == time_point{} ? now : u.at);
-    std::string result_text = u.result ? dump(*u.result) : std::string();
-    // error: 0 keep, 1 set, 2 clear (clear_error before error: both = replace)
-    const int error_mode = u.error ? 1 : (u.clear_error ? 2 : 0);
-    std::string error_value = u.error ? error_text(*u.error) : std::string();
+    auto prepared = prepare_change("update_task", u);
+    if (!prepared) return prepared.error();
     return run<std::uint64_t>("update_task", [&](connection& c) -> result<std::uint64_t> {
       detail::transaction tx(c, kind());
-      // The compare-and-set, prepared once per connection.
-      detail::hot_values& v = c.values;
-      v.state = to_string(u.state);
-      v.attempt = u.attempt;
-      v.agent = u.agent;
-      v.updated = updated;
-      v.not_before = to_ns(u.not_before);
-      v.set_result = u.result ? 1 : 0;
-      v.result = result_text;
-      v.error_mode = error_mode;
-      v.error_mode2 = error_mode;
-      v.error = error_value;
-      v.id = u.id;
-      v.expected = static_cast<long long>(u.expected_version);
-      if (!c.update_task) {
-        c.update_task =
-            std::make_unique<soci::statement>(
-                (c.session.prepare
-                     << "UPDATE tasks SET state = :s, attempt = :a, agent = :g, updated_at = :u, "
-                        "not_before = :nb, version = version + 1, "
-                        "result = CASE WHEN :rs = 1 THEN :r ELSE result END, "
-                        "error = CASE WHEN :em = 1 THEN :e WHEN :em2 = 2 THEN NULL ELSE error END "
-                        "WHERE id = :id AND version = :v",
-                 soci::use(v.state), soci::use(v.attempt), soci::use(v.agent), soci::use(v.updated),
-                 soci::use(v.not_before), soci::use(v.set_result), soci::use(v.result),
-                 soci::use(v.error_mode), soci::use(v.error), soci::use(v.error_mode2),
-                 soci::use(v.id), soci::use(v.expected)));
-      }
-      soci::statement& st = *c.update_task;
-      st.execute(true);
-      if (st.get_affected_rows() != 1) {
-        long long stored = 0;
-        c.session << "SELECT version FROM tasks WHERE id = :id", soci::use(u.id),
-            soci::into(stored);
-        if (!c.session.got_data())
-          return error(errc::not_found, "task " + in_quotes(u.id) + " not found");
-        return error(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
-                                         std::to_string(u.expected_version) +
-                                         " but the stored version is " + std::to_string(stored));
-      }
-      if (u.attempt_row) upsert_attempt(c, u.id, *u.attempt_row);
-      if (u.via_event) append(c, *u.via_event);
-      const std::uint64_t sequence = append(c, u.event);
+      auto sequence = write_change(c, u, prepared.value());
+      if (!sequence) return sequence;
       tx.commit();
       note_change();
       return sequence;
     });
+  }
+
+  result<std::vector<std::uint64_t>> update_tasks(const std::vector<task_update>& batch) override {
+    if (batch.empty()) return std::vector<std::uint64_t>{};
+    std::vector<task_update> work(batch);
+    std::vector<change_values> values;
+    values.reserve(work.size());
+    for (std::size_t i = 0; i < work.size(); ++i) {
+      auto prepared = prepare_change("update_tasks: change #" + std::to_string(i), work[i]);
+      if (!prepared) return prepared.error();
+      values.push_back(std::move(prepared.value()));
+    }
+    return run<std::vector<std::uint64_t>>(
+        "update_tasks", [&](connection& c) -> result<std::vector<std::uint64_t>> {
+          detail::transaction tx(c, kind());
+          std::vector<std::uint64_t> out;
+          out.reserve(work.size());
+          for (std::size_t i = 0; i < work.size(); ++i) {
+            auto sequence = write_change(c, work[i], values[i]);
+            if (!sequence) return sequence.error();  // rolled back: nothing of the batch stays
+            out.push_back(sequence.value());
+          }
+          tx.commit();
+          note_change();
+          return out;
+        });
   }
 
   result<task> get_task(std::string_view id) override {
@@ -842,6 +812,85 @@ class sql_store final : public store {
   }
 
  private:
+  /// A change's column values, computed before its transaction.
+  struct change_values {
+    long long updated = 0;
+    std::string result_text;
+    int error_mode = 0;  // 0 keep, 1 set, 2 clear (clear_error before error: both = replace)
+    std::string error_value;
+  };
+
+  /// Validates `u` and fills its times left at the epoch.
+  result<change_values> prepare_change(const std::string& op, task_update& u) const {
+    if (u.id.empty()) return error(errc::invalid_argument, op + ": empty task id");
+    if (auto e = check_draft(op, u.event)) return *e;
+    if (u.via_event) {
+      if (auto e = check_draft(op + ": via_event", *u.via_event)) return *e;
+      if (u.via_event->project != u.event.project)
+        return error(errc::invalid_argument, op + ": via_event names project " +
+                                                 in_quotes(u.via_event->project) + ", the event " +
+                                                 in_quotes(u.event.project));
+    }
+    const time_point now = clock_->now();
+    if (u.event.at == time_point{}) u.event.at = now;
+    if (u.via_event && u.via_event->at == time_point{}) u.via_event->at = now;
+    change_values out;
+    out.updated = to_ns(u.at == time_point{} ? now : u.at);
+    if (u.result) out.result_text = dump(*u.result);
+    out.error_mode = u.error ? 1 : (u.clear_error ? 2 : 0);
+    if (u.error) out.error_value = error_text(*u.error);
+    return out;
+  }
+
+  /// The compare-and-set of one change and its rows, inside the caller's
+  /// transaction. Returns the sequence of its event.
+  result<std::uint64_t> write_change(connection& c, const task_update& u,
+                                     const change_values& values) {
+    // The compare-and-set, prepared once per connection.
+    detail::hot_values& v = c.values;
+    v.state = to_string(u.state);
+    v.attempt = u.attempt;
+    v.agent = u.agent;
+    v.updated = values.updated;
+    v.not_before = to_ns(u.not_before);
+    v.set_result = u.result ? 1 : 0;
+    v.result = values.result_text;
+    v.error_mode = values.error_mode;
+    v.error_mode2 = values.error_mode;
+    v.error = values.error_value;
+    v.id = u.id;
+    v.expected = static_cast<long long>(u.expected_version);
+    if (!c.update_task) {
+      c.update_task =
+          std::make_unique<soci::statement>(
+              (
+                  c.session.prepare
+                      << "UPDATE tasks SET state = :s, attempt = :a, agent = :g, updated_at = :u, "
+                         "not_before = :nb, version = version + 1, "
+                         "result = CASE WHEN :rs = 1 THEN :r ELSE result END, "
+                         "error = CASE WHEN :em = 1 THEN :e WHEN :em2 = 2 THEN NULL ELSE error END "
+                         "WHERE id = :id AND version = :v",
+                  soci::use(v.state), soci::use(v.attempt), soci::use(v.agent),
+                  soci::use(v.updated), soci::use(v.not_before), soci::use(v.set_result),
+                  soci::use(v.result), soci::use(v.error_mode), soci::use(v.error),
+                  soci::use(v.error_mode2), soci::use(v.id), soci::use(v.expected)));
+    }
+    soci::statement& st = *c.update_task;
+    st.execute(true);
+    if (st.get_affected_rows() != 1) {
+      long long stored = 0;
+      c.session << "SELECT version FROM tasks WHERE id = :id", soci::use(u.id), soci::into(stored);
+      if (!c.session.got_data())
+        return error(errc::not_found, "task " + in_quotes(u.id) + " not found");
+      return error(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
+                                       std::to_string(u.expected_version) +
+                                       " but the stored version is " + std::to_string(stored));
+    }
+    if (u.attempt_row) upsert_attempt(c, u.id, *u.attempt_row);
+    if (u.via_event) append(c, *u.via_event);
+    return append(c, u.event);
+  }
+
   [[nodiscard]] dialect kind() const noexcept { return pool_->kind(); }
 
   /// Leases a connection and runs `body` on it; every exception becomes an

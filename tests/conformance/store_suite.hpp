@@ -786,6 +786,80 @@ inline void update_task_via_event(const store_factory& make) {
   CHECK(must(s->update_task(change("t-1", 2, task_state::succeeded))) == 4);
 }
 
+/// A batch of changes: in order, chained per task, one transaction.
+inline void update_tasks_batch(const store_factory& make) {
+  auto s = fresh(make);
+  auto t1 = make_task("t-1");
+  t1.state = task_state::pending;
+  auto t2 = make_task("t-2");
+  t2.state = task_state::pending;
+  must(s->insert_tasks({t1, t2},
+                       {draft("p1", "task.pending", "t-1"), draft("p1", "task.pending", "t-2")}));
+  CHECK(must(s->update_tasks({})).empty());
+  CHECK(must(s->last_sequence("p1")) == 2);
+
+  // t-1 runs and succeeds, t-2 is queued: three changes, two of one task
+  // (the second checked against the version the first leaves).
+  std::vector<task_update> batch;
+  auto run = change("t-1", 1, task_state::running);
+  run.attempt = 1;
+  run.agent = "worker-1";
+  run.via_event = draft("p1", "task.queued", "t-1");
+  run.attempt_row =
+      task_attempt{"t-1", 1, "worker-1", at(11), std::nullopt, task_state::running, std::nullopt};
+  batch.push_back(run);
+  batch.push_back(change("t-2", 1, task_state::queued));
+  auto done = change("t-1", 2, task_state::succeeded);
+  done.attempt = 1;
+  done.agent = "worker-1";
+  done.result = nlohmann::json{{"ok", true}};
+  done.attempt_row =
+      task_attempt{"t-1", 1, "worker-1", at(11), at(12), task_state::succeeded, std::nullopt};
+  batch.push_back(done);
+  const auto copy = batch;
+  auto sequences = must(s->update_tasks(batch));
+  CHECK(sequences == std::vector<std::uint64_t>{4, 5, 6});
+  CHECK(batch.size() == copy.size());  // the batch is left as it was
+  CHECK(batch[2].result == copy[2].result);
+  CHECK(batch[0].via_event.has_value());
+  auto log = must(s->read_events("p1", 2, 10));
+  REQUIRE(log.size() == 4);
+  CHECK(log[0].type == "task.queued");
+  CHECK(log[0].subject == "t-1");
+  CHECK(log[1].type == "task.running");
+  CHECK(log[2].subject == "t-2");
+  CHECK(log[3].type == "task.succeeded");
+  task got = must(s->get_task("t-1"));
+  CHECK(got.version == 3);
+  CHECK(name_of(got.state) == "succeeded");
+  REQUIRE(got.result.has_value());
+  CHECK(*got.result == nlohmann::json{{"ok", true}});
+  auto attempts = must(s->list_attempts("t-1"));
+  REQUIRE(attempts.size() == 1);
+  CHECK(attempts[0].finished_at == at(12));
+  CHECK(must(s->get_task("t-2")).version == 2);
+
+  // All or nothing: a lost compare-and-set, an unknown task or a bad draft
+  // anywhere in a batch writes none of it, and no sequence is used up.
+  std::vector<task_update> stale{change("t-2", 2, task_state::running),
+                                 change("t-2", 2, task_state::cancelled)};
+  expect_error(s->update_tasks(stale), errc::conflict);
+  std::vector<task_update> unknown{change("t-2", 2, task_state::cancelled),
+                                   change("t-404", 1, task_state::cancelled)};
+  expect_error(s->update_tasks(unknown), errc::not_found);
+  std::vector<task_update> bad{change("t-2", 2, task_state::cancelled),
+                               change("t-2", 3, task_state::failed)};
+  bad[1].event.type.clear();
+  expect_error(s->update_tasks(bad), errc::invalid_argument);
+  got = must(s->get_task("t-2"));
+  CHECK(got.version == 2);
+  CHECK(name_of(got.state) == "queued");
+  CHECK(must(s->last_sequence("p1")) == 6);
+  // The numbering goes on without a gap.
+  std::vector<task_update> cancel{change("t-2", 2, task_state::cancelled)};
+  CHECK(must(s->update_tasks(cancel)) == std::vector<std::uint64_t>{7});
+}
+
 /// Retention: compact() by count and by age, events and finished tasks.
 inline void retention_compact(const store_factory& make) {
   using namespace std::chrono_literals;
@@ -1593,6 +1667,9 @@ inline void json_round_trip(const store_factory& make) {
   }                                                                                                \
   TEST_CASE(label " store: update_task through an intermediate state") {                           \
     ::aise::conformance::store_suite::update_task_via_event(&aise_store_conformance_make_##id);    \
+  }                                                                                                \
+  TEST_CASE(label " store: update_tasks applies a batch in one transaction") {                     \
+    ::aise::conformance::store_suite::update_tasks_batch(&aise_store_conformance_make_##id);       \
   }                                                                                                \
   TEST_CASE(label " store: retention drops old events and finished tasks") {                       \
     ::aise::conformance::store_suite::retention_compact(&aise_store_conformance_make_##id);        \

@@ -670,6 +670,10 @@ class blocking_store final : public aise::store {
   aise::result<std::uint64_t> update_task(aise::task_update&& u) override {
     return note(), inner_->update_task(std::move(u));
   }
+  aise::result<std::vector<std::uint64_t>> update_tasks(
+      const std::vector<aise::task_update>& b) override {
+    return note(), inner_->update_tasks(b);
+  }
   aise::result<aise::task> get_task(std::string_view id) override {
     return note(), inner_->get_task(id);
   }
