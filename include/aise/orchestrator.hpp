@@ -115,6 +115,26 @@ struct AISE_CORE_EXPORT orchestrator_options {
 
   /// Where the orchestrator's own work runs; see orchestrator_threading.
   orchestrator_threading threading = orchestrator_threading::automatic;
+
+  /// Group commit, on the orchestrator's own thread only: the task changes
+  /// made while the thread works through what is waiting for it (task
+  /// completions, timers, agent exits, and the dispatch they cause) are
+  /// written to the store together, with `store::update_tasks`: one
+  /// transaction, one commit (one fsync) for the lot. Under load a batch
+  /// holds whatever arrived during the previous commit, so throughput
+  /// follows the store's commit rate times the batch size, not the commit
+  /// rate alone. Events are announced, `when_done` callbacks and
+  /// cancellation callbacks run, only after the batch is written. While a
+  /// batch cannot be written (the database is unreachable), it is kept and
+  /// written again with backoff (50 ms doubling to 2 s), and no new attempt
+  /// is started until it is written; `get` already shows the changes. A
+  /// batch the store refuses for another reason (a task changed by someone
+  /// else: `conflict`) is written change by change; a refused change makes
+  /// the orchestrator take the stored task as the truth (logged as an
+  /// error). Calls made from other threads (`submit`, `cancel`, …) write
+  /// what is still waiting first, then their own changes, before they
+  /// return. With `false`, every change is written on its own.
+  bool group_commit = true;
 };
 
 /// How to spawn an agent of a registered kind.

@@ -66,6 +66,11 @@ task_run::~task_run() {
 }
 
 orchestrator_impl::ops::~ops() {
+  if (park != nullptr && lock.owns_lock()) {
+    // This call's changes are not written yet: its actions run after them.
+    for (auto& fn : after) park->push_back(std::move(fn));
+    after.clear();
+  }
   if (lock.owns_lock()) lock.unlock();
   for (auto& fn : after) {
     try {
@@ -110,6 +115,7 @@ orchestrator_impl::orchestrator_impl(runtime& r, orchestrator_options opts)
         }
       }
     });
+    engine_id_ = engine_thread_.get_id();
   }
 }
 
@@ -163,6 +169,13 @@ void orchestrator_impl::close() {
     engine_guard_.reset();
     if (engine_thread_.joinable() && engine_thread_.get_id() != std::this_thread::get_id())
       engine_thread_.join();
+    ops o(mutex_);
+    if (!flush_locked(o)) {
+      rt.logger().warn(
+          "orchestrator closed with {} task changes the store did not take; the tasks "
+          "resume from their stored state when the orchestrator recovers",
+          batch_.size());
+    }
   }
 }
 
@@ -289,7 +302,9 @@ result<std::string> orchestrator_impl::start_agent(const std::string& name, bool
   agent_event(o, a, "agent.started",
               {{"kind", kind}, {"restarts", a.restarts}, {"restored", restart}});
   index_agent(a);
+  defer_call(o);
   dispatch_for(o, a);
+  commit_call(o);
   return name;
 }
 
@@ -529,6 +544,10 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
         continue;
       }
       if (tasks_.count(d) != 0 || finished.count(d) != 0) continue;
+      if (auto f = finished_unwritten_.find(d); f != finished_unwritten_.end()) {
+        finished.emplace(d, f->second);
+        continue;
+      }
       auto stored = store_->get_task(d);
       if (!stored) {
         if (stored.error().code() == errc::not_found) {
@@ -654,6 +673,8 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
                                          [id](orchestrator_impl& self) { self.on_deadline(id); });
     }
   }
+  // The changes that follow (dispatch, doomed tasks) are written together.
+  defer_call(o);
   end_doomed(o, doomed);
   for (const auto& id : ids) {
     auto it = tasks_.find(id);
@@ -661,6 +682,7 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
       make_ready(o, it->second);
     }
   }
+  commit_call(o);  // the tasks are stored; a failure here only delays their dispatch
   return ids;
 }
 
@@ -681,9 +703,9 @@ task_update orchestrator_impl::base_update(const task_entry& e, task_state to,
   return u;
 }
 
-// Writes the change; on success mirrors it in the cache and announces it.
+// Writes the change (or, with group commit, adds it to the batch); on
+// success mirrors it in the cache and announces it (after the write).
 bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
-  (void)o;
   // With a via_event the task passes through `via` (its event's state) first.
   const task_state from = e.t.state;
   std::optional<task_state> via;
@@ -692,6 +714,13 @@ bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
   if (legal && via) legal = check_transition(*via, u.state);
   if (!legal) {
     rt.logger().error("task {}: {}", e.t.id, legal.error().message());
+    return false;
+  }
+  const bool deferred = defers(o);
+  // A change written on its own goes after the ones still waiting.
+  if (!deferred && !flush_locked(o)) {
+    rt.logger().error("task {} not moved to {}: earlier changes are not written yet", e.t.id,
+                      to_string(u.state));
     return false;
   }
   // The store gets the update itself; the cache keeps its own copies of
@@ -705,17 +734,25 @@ bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
   std::string agent = u.agent;
   std::optional<nlohmann::json> result = u.result;
   std::optional<aise::error> failure = u.error;
-  std::optional<event> announced;
-  std::optional<event> announced_via;
+  announcement announced;
   if (has_listeners_.load(std::memory_order_acquire)) {
-    announced.emplace(event{u.event});
-    if (u.via_event) announced_via.emplace(event{*u.via_event});
+    announced.main.emplace(event{u.event});
+    if (u.via_event) announced.via.emplace(event{*u.via_event});
   }
-  auto r = store_->update_task(std::move(u));
-  if (!r) {
-    rt.logger().error("store: task {} not moved to {}: {}", e.t.id, to_string(to),
-                      r.error().describe());
-    return false;
+  std::uint64_t sequence = 0;
+  if (deferred) {
+    batch_.push_back(std::move(u));
+    batch_events_.push_back(std::move(announced));
+    o.park = &batch_after_;
+    if (!flush_scheduled_) schedule_flush(false);
+  } else {
+    auto r = store_->update_task(std::move(u));
+    if (!r) {
+      rt.logger().error("store: task {} not moved to {}: {}", e.t.id, to_string(to),
+                        r.error().describe());
+      return false;
+    }
+    sequence = r.value();
   }
   e.t.state = to;
   e.t.attempt = attempt;
@@ -726,15 +763,158 @@ bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
   if (clear_error) e.t.error.reset();
   if (failure) e.t.error = std::move(failure);
   e.t.version = version;
-  if (announced_via) {
-    announced_via->sequence = r.value() - 1;
-    emit(std::move(*announced_via));
-  }
-  if (announced) {
-    announced->sequence = r.value();
-    emit(std::move(*announced));
+  if (!deferred) {
+    if (announced.via) {
+      announced.via->sequence = sequence - 1;
+      emit(std::move(*announced.via));
+    }
+    if (announced.main) {
+      announced.main->sequence = sequence;
+      emit(std::move(*announced.main));
+    }
   }
   return true;
+}
+
+// ------------------------------------------------------------ group commit --
+
+bool orchestrator_impl::defers(const ops& o) const {
+  return options.group_commit && engine_ != nullptr && (o.defer || on_engine_thread());
+}
+
+void orchestrator_impl::defer_call(ops& o) const {
+  o.defer = options.group_commit && engine_ != nullptr && !on_engine_thread();
+}
+
+void orchestrator_impl::schedule_flush(bool backoff) {
+  if (closed_ && backoff) return;  // close() makes the last attempt itself
+  flush_scheduled_ = true;
+  if (!backoff) {
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    boost::asio::post(*engine_, [weak] {
+      if (auto self = weak.lock()) self->flush_turn();
+    });
+    return;
+  }
+  const int shift = std::min(flush_failures_ - 1, 6);
+  const auto delay = std::min<duration>(std::chrono::milliseconds(50) * (1 << std::max(shift, 0)),
+                                        std::chrono::seconds(2));
+  schedule_engine(delay, [](orchestrator_impl& self) { self.flush_turn(); });
+}
+
+void orchestrator_impl::flush_turn() {
+  ops o(mutex_);
+  flush_scheduled_ = false;
+  (void)flush_locked(o);
+}
+
+void orchestrator_impl::commit_call(ops& o) {
+  if (!o.defer) return;
+  o.defer = false;
+  if (!flush_locked(o)) {
+    rt.logger().warn("{} task changes wait for the store; written again with backoff",
+                     batch_.size());
+  }
+}
+
+bool orchestrator_impl::flush_locked(ops& o) {
+  if (batch_.empty()) return true;
+  std::vector<std::uint64_t> sequences;
+  std::size_t written = batch_.size();  // a prefix of the batch, on the slow path
+  if (auto r = store_->update_tasks(batch_)) {
+    sequences = std::move(r.value());
+  } else if (r.error().code() == errc::unavailable) {
+    if (flush_failures_++ == 0) {
+      rt.logger().error("store: {} task changes not written: {}; trying again with backoff",
+                        batch_.size(), r.error().describe());
+    }
+    if (!flush_scheduled_) schedule_flush(true);
+    return false;
+  } else {
+    // Refused as a whole: someone else changed a task. Change by change;
+    // for a refused one the stored task is the truth.
+    rt.logger().error("store: a batch of {} task changes was refused ({}); writing them one by one",
+                      batch_.size(), r.error().describe());
+    sequences.assign(batch_.size(), 0);
+    for (std::size_t i = 0; i < batch_.size(); ++i) {
+      auto one = store_->update_task(batch_[i]);
+      if (one) {
+        sequences[i] = one.value();
+        continue;
+      }
+      if (one.error().code() == errc::unavailable) {
+        written = i;
+        break;
+      }
+      rt.logger().error("store: task {} change refused: {}", batch_[i].id, one.error().describe());
+      resync(o, batch_[i].id);
+    }
+  }
+  for (std::size_t i = 0; i < written; ++i) {
+    if (sequences[i] == 0) continue;  // refused
+    announcement& a = batch_events_[i];
+    if (a.via) {
+      a.via->sequence = sequences[i] - 1;
+      emit(std::move(*a.via));
+    }
+    if (a.main) {
+      a.main->sequence = sequences[i];
+      emit(std::move(*a.main));
+    }
+  }
+  batch_.erase(batch_.begin(), batch_.begin() + static_cast<std::ptrdiff_t>(written));
+  batch_events_.erase(batch_events_.begin(),
+                      batch_events_.begin() + static_cast<std::ptrdiff_t>(written));
+  if (!batch_.empty()) {  // the store went away half-way
+    ++flush_failures_;
+    if (!flush_scheduled_) schedule_flush(true);
+    return false;
+  }
+  // Everything is written: the actions waiting for it run after this call.
+  finished_unwritten_.clear();
+  o.after.insert(o.after.begin(), std::make_move_iterator(batch_after_.begin()),
+                 std::make_move_iterator(batch_after_.end()));
+  batch_after_.clear();
+  o.park = nullptr;
+  if (flush_failures_ > 0) {
+    rt.logger().info("store: the waiting task changes are written; dispatch resumes");
+    flush_failures_ = 0;
+    // On the orchestrator's thread, after this call (which may be in the
+    // middle of a dispatch of its own).
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    boost::asio::post(*engine_, [weak] {
+      auto self = weak.lock();
+      if (!self) return;
+      ops again(self->mutex_);
+      std::vector<std::string> capabilities;
+      for (const auto& [c, q] : self->ready_)
+        if (!q.empty()) capabilities.push_back(c);
+      for (const auto& c : capabilities) self->dispatch(again, c);
+    });
+  }
+  return true;
+}
+
+// The store refused a change of task `id` that the cache already shows:
+// the stored task wins. A local attempt the store does not know ends.
+void orchestrator_impl::resync(ops& o, const std::string& id) {
+  auto it = tasks_.find(id);
+  if (it == tasks_.end()) return;
+  task_entry& e = it->second;
+  auto stored = store_->get_task(id);
+  if (!stored) {
+    rt.logger().error("store: task {} could not be read back: {}", id, stored.error().describe());
+    return;
+  }
+  if (e.t.state == task_state::running &&
+      (stored->state != task_state::running || stored->attempt != e.t.attempt)) {
+    abort_run(o, e);
+    release_slot(o, e, false);
+  }
+  const bool was_terminal = is_terminal(e.t.state);
+  e.t = std::move(stored.value());
+  if (e.t.state == task_state::queued) enqueue_ready(e);
+  if (is_terminal(e.t.state) && !was_terminal) on_terminal(o, id);  // may erase e
 }
 
 void orchestrator_impl::make_ready(ops& o, task_entry& e) {
@@ -780,6 +960,7 @@ void orchestrator_impl::queue_and_dispatch(ops& o, task_entry& e) {
 orchestrator_impl::agent_entry* orchestrator_impl::pick_agent(const std::string& capability) {
   auto ci = capable_.find(capability);
   if (ci == capable_.end()) return nullptr;
+  if (flush_failures_ > 0) return nullptr;  // the store is behind: start nothing new
   agent_entry* best = nullptr;
   for (agent_entry* a : ci->second) {
     if (a->status != "running" || !a->instance || a->running.size() >= a->concurrency) continue;
@@ -1217,6 +1398,7 @@ void orchestrator_impl::on_terminal(ops& o, const std::string& task_id) {
     if (t != 0) rt.cancel_timer(t);
   }
   const task_state state = e.t.state;
+  if (!batch_.empty()) finished_unwritten_.insert_or_assign(e.t.id, e.t);  // until written
   const std::vector<std::string> dependents = std::move(e.dependents);
   const std::vector<std::string> children = std::move(e.children);
   // Out of the map, but the node lives to the end of this function: `id`
@@ -1230,7 +1412,11 @@ void orchestrator_impl::on_terminal(ops& o, const std::string& task_id) {
         std::make_shared<const aise::task>(std::move(e.t));  // the entry is done with it
     for (auto& w : e.waiters) {
       if (w.gone && w.gone->load()) continue;
-      boost::asio::post(rti.io(), [fn = std::move(w.fn), snapshot] { fn(*snapshot); });
+      // After the lock is released, and with group commit after the change
+      // is written.
+      o.after.push_back([&io = rti.io(), fn = std::move(w.fn), snapshot]() mutable {
+        boost::asio::post(io, [fn = std::move(fn), snapshot] { fn(*snapshot); });
+      });
     }
     e.waiters.clear();
   } else {
@@ -1317,8 +1503,11 @@ result<void> orchestrator_impl::reject(std::string_view id, std::string by, std:
 result<task> orchestrator_impl::get(std::string_view id) const {
   {
     std::lock_guard lock(mutex_);
-    auto it = tasks_.find(std::string(id));
+    const std::string key(id);
+    auto it = tasks_.find(key);
     if (it != tasks_.end()) return it->second.t;
+    // Finished, its last change still waiting in the batch.
+    if (auto f = finished_unwritten_.find(key); f != finished_unwritten_.end()) return f->second;
   }
   return store_->get_task(id);
 }
@@ -1332,6 +1521,13 @@ result<void> orchestrator_impl::when_done(std::string_view id, std::function<voi
     auto& waiters = it->second.waiters;
     std::erase_if(waiters, [](const task_entry::waiter& w) { return w.gone && w.gone->load(); });
     waiters.push_back(task_entry::waiter{std::move(gone), std::move(fn)});
+    return {};
+  }
+  if (auto f = finished_unwritten_.find(std::string(id)); f != finished_unwritten_.end()) {
+    // Finished, its last change still waiting in the batch: told once it is written.
+    batch_after_.push_back([&io = rti.io(), fn = std::move(fn), done = f->second]() mutable {
+      boost::asio::post(io, [fn = std::move(fn), done = std::move(done)] { fn(done); });
+    });
     return {};
   }
   lock.unlock();
@@ -1482,7 +1678,7 @@ result<recovery_report> orchestrator_impl::recover() {
 
 void orchestrator_impl::agent_event(ops& o, const agent_entry& a, const std::string& type,
                                     nlohmann::json data) {
-  (void)o;
+  (void)flush_locked(o);  // the log keeps the order of changes
   auto r =
       store_->append_event(event_draft{a.project, type, a.name, rt.clock().now(), std::move(data)});
   if (!r) {

@@ -176,6 +176,12 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
     ~ops();
     std::unique_lock<std::mutex> lock;
     std::vector<std::function<void()>> after;
+    // Set while this call's task changes wait in the group-commit batch:
+    // `after` then joins the batch's actions (run once it is written).
+    std::vector<std::function<void()>>* park = nullptr;
+    // A call from outside the orchestrator's thread whose changes go into
+    // the batch; it writes the batch itself before it returns (commit_call).
+    bool defer = false;
   };
 
   const std::string& capability_of(const aise::task& t) const {
@@ -184,6 +190,18 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   // The change of `e` to `to` at `now` (the clock's now when left out).
   task_update base_update(const task_entry& e, task_state to, time_point now = {}) const;
   bool apply(ops& o, task_entry& e, task_update&& u);
+  // Group commit (see orchestrator_options::group_commit).
+  [[nodiscard]] bool defers(const ops& o) const;
+  [[nodiscard]] bool on_engine_thread() const {
+    return engine_ != nullptr && std::this_thread::get_id() == engine_id_;
+  }
+  // Writes the batch; true when nothing is left waiting. mutex_ held.
+  bool flush_locked(ops& o);
+  void flush_turn();                  // the posted or retried flush
+  void schedule_flush(bool backoff);  // mutex_ held
+  void defer_call(ops& o) const;      // an outside call whose changes go into the batch
+  void commit_call(ops& o);           // ... writes it before it returns
+  void resync(ops& o, const std::string& id);
   void make_ready(ops& o, task_entry& e);
   void enqueue_ready(task_entry& e);
   void queue_and_dispatch(ops& o, task_entry& e);  // e is queued in the store
@@ -237,6 +255,22 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>
       engine_guard_;
   std::thread engine_thread_;
+  std::thread::id engine_id_;  // set once, before any work is posted
+
+  // The group-commit batch (mutex_): changes in the order they were made,
+  // the events to announce after the write, the actions to run after it.
+  struct announcement {
+    std::optional<event> via;
+    std::optional<event> main;
+  };
+  std::vector<task_update> batch_;
+  std::vector<announcement> batch_events_;
+  std::vector<std::function<void()>> batch_after_;
+  // Tasks that finished (and left tasks_) while their last change waits in
+  // the batch: get(), when_done() and dependencies read them here.
+  std::unordered_map<std::string, aise::task> finished_unwritten_;
+  bool flush_scheduled_ = false;  // a flush_turn is posted or its retry timer armed
+  int flush_failures_ = 0;        // in a row; > 0: no new attempts start
   void finish_completion(const std::shared_ptr<task_run>& run, std::optional<nlohmann::json> value,
                          std::optional<aise::error> failure, bool retryable);
 

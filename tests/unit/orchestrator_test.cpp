@@ -3,9 +3,12 @@
 
 #include <cstdlib>
 #include <doctest/doctest.h>
+#include <mutex>
+#include <set>
 #include <spdlog/logger.h>
 #include <spdlog/sinks/null_sink.h>
 #include <string_view>
+#include <thread>
 
 #include "test_util.hpp"
 
@@ -630,6 +633,21 @@ class blocking_store final : public aise::store {
   explicit blocking_store(const aise::runtime& rt) : rt_(rt) {}
   std::atomic<int> on_executor{0};
   std::atomic<int> calls{0};
+  // Failure injection for update_tasks (group commit): the next N batches
+  // are refused as `unavailable` (the database is away) or as `conflict`
+  // (as if another writer had changed a task) without being written.
+  std::atomic<int> unavailable_batches{0};
+  std::atomic<int> conflict_batches{0};
+  std::atomic<int> refused_batches{0};
+  // Writes of task changes: batches, changes in them, single updates, and
+  // the largest batch; attempts started (task.running) while batches were
+  // being refused.
+  std::atomic<int> batches{0};
+  std::atomic<int> batched_changes{0};
+  std::atomic<int> single_updates{0};
+  std::atomic<std::size_t> largest_batch{0};
+  std::atomic<bool> refusing{false};
+  std::atomic<int> started_while_refusing{0};
 
   [[nodiscard]] std::string_view backend() const noexcept override { return "blocking"; }
   [[nodiscard]] bool blocking() const noexcept override { return true; }
@@ -668,11 +686,36 @@ class blocking_store final : public aise::store {
     return note(), inner_->insert_tasks(t, std::move(e));
   }
   aise::result<std::uint64_t> update_task(aise::task_update&& u) override {
+    ++single_updates;
     return note(), inner_->update_task(std::move(u));
   }
   aise::result<std::vector<std::uint64_t>> update_tasks(
       const std::vector<aise::task_update>& b) override {
-    return note(), inner_->update_tasks(b);
+    note();
+    {
+      std::lock_guard lock(seen_mutex_);
+      for (const auto& u : b) {
+        if (u.state != task_state::running) continue;
+        const bool fresh = seen_running_.insert(u.id + "#" + std::to_string(u.attempt)).second;
+        if (fresh && refusing.load()) ++started_while_refusing;
+      }
+    }
+    if (take(unavailable_batches)) {
+      ++refused_batches;
+      refusing.store(true);
+      return aise::error(aise::errc::unavailable, "injected: the database is away");
+    }
+    if (take(conflict_batches)) {
+      ++refused_batches;
+      return aise::error(aise::errc::conflict, "injected: a task changed elsewhere");
+    }
+    refusing.store(false);
+    ++batches;
+    batched_changes += static_cast<int>(b.size());
+    std::size_t seen = largest_batch.load();
+    while (b.size() > seen && !largest_batch.compare_exchange_weak(seen, b.size())) {
+    }
+    return inner_->update_tasks(b);
   }
   aise::result<aise::task> get_task(std::string_view id) override {
     return note(), inner_->get_task(id);
@@ -718,8 +761,16 @@ class blocking_store final : public aise::store {
     ++calls;
     if (rt_.on_executor()) ++on_executor;
   }
+  static bool take(std::atomic<int>& n) {
+    int left = n.load();
+    while (left > 0 && !n.compare_exchange_weak(left, left - 1)) {
+    }
+    return left > 0;
+  }
   const aise::runtime& rt_;
   std::shared_ptr<aise::store> inner_ = aise::make_memory_store();
+  std::mutex seen_mutex_;
+  std::set<std::string> seen_running_;
 };
 
 }  // namespace
@@ -765,4 +816,92 @@ TEST_CASE("orchestrator: with a blocking store, executor threads never wait for 
 
   CHECK(store->calls.load() > 20);
   CHECK(store->on_executor.load() == 0);
+}
+
+TEST_CASE("orchestrator: group commit writes the changes of a turn in one batch") {
+  aise::runtime rt(quiet());
+  auto store = std::make_shared<blocking_store>(rt);
+  aise::orchestrator_options options;
+  options.store = store;
+  aise::orchestrator orch(rt, options);
+  event_recorder events(orch);
+  REQUIRE(orch.register_kind("worker", [] { return std::make_unique<worker>(nullptr); }).ok());
+  for (int i = 0; i < 4; ++i) REQUIRE(orch.spawn({.kind = "worker"}).ok());
+  std::vector<aise::task_spec> specs;
+  for (int i = 0; i < 200; ++i) specs.push_back(spec("add", {{"n", i}}));
+  auto ids = orch.submit_all(specs);
+  REQUIRE(ids.ok());
+  for (std::size_t i = 0; i < ids->size(); ++i) {
+    auto t = orch.wait((*ids)[i], 10s);
+    REQUIRE(t.ok());
+    CHECK(t->state == task_state::succeeded);
+    CHECK(t->result == nlohmann::json(static_cast<int>(i)));
+  }
+  // Every change went through update_tasks: 200 × (running, succeeded) and
+  // 196 × queued first (4 agents took 4 tasks at once), in fewer batches.
+  CHECK(store->single_updates.load() == 0);
+  CHECK(store->batched_changes.load() == 200 * 2 + 196);
+  CHECK(store->largest_batch.load() >= 196);  // submit_all's dispatch: one write
+  CHECK(store->batches.load() < store->batched_changes.load());
+  // Announced after the write, in the store's order, without a gap.
+  auto log = store->read_events("default", 0, 100000).value();
+  for (std::size_t i = 0; i < log.size(); ++i) REQUIRE(log[i].sequence == i + 1);
+  REQUIRE(events.wait_count("task.succeeded", "", 200));
+}
+
+TEST_CASE("orchestrator: group commit keeps changes the store refuses and writes them later") {
+  aise::runtime rt(quiet());
+  auto store = std::make_shared<blocking_store>(rt);
+  aise::orchestrator_options options;
+  options.store = store;
+  aise::orchestrator orch(rt, options);
+  parked_tasks parked;
+  REQUIRE(
+      orch.register_kind("worker", [&parked] { return std::make_unique<worker>(&parked); }).ok());
+  REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 1}).ok());
+
+  SUBCASE("the database is away for a while") {
+    // One slot, three tasks. The first completes while the store refuses
+    // every batch; the second starts in that same turn (before anything
+    // was refused) and completes too. The third must wait: nothing new
+    // starts while the store is behind. Once it is back, all three finish.
+    auto first = orch.submit(spec("hold")).value();
+    auto second = orch.submit(spec("hold")).value();
+    auto third = orch.submit(spec("hold")).value();
+    REQUIRE(parked.wait_count(1));
+    store->unavailable_batches.store(1000);
+    REQUIRE(parked.take(first).succeed(nlohmann::json("held")).ok());
+    REQUIRE(parked.wait_count(1));
+    REQUIRE(parked.take(second).succeed(nlohmann::json("held too")).ok());
+    const int refused = store->refused_batches.load();
+    for (int i = 0; i < 500 && store->refused_batches.load() < refused + 2; ++i)
+      std::this_thread::sleep_for(10ms);
+    REQUIRE(store->refused_batches.load() >= refused + 2);        // retried meanwhile
+    CHECK(orch.get(second)->state == task_state::succeeded);      // the orchestrator's view
+    CHECK(store->get_task(second)->state == task_state::queued);  // none of it written yet
+    CHECK(orch.get(third)->state == task_state::queued);
+    store->unavailable_batches.store(0);
+    REQUIRE(parked.wait_count(1));
+    REQUIRE(parked.take(third).succeed(nlohmann::json(7)).ok());
+    for (const auto& id : {first, second, third}) {
+      auto t = orch.wait(id, 10s);
+      REQUIRE(t.ok());
+      CHECK(t->state == task_state::succeeded);
+      CHECK(store->get_task(id)->state == task_state::succeeded);
+    }
+    CHECK(store->started_while_refusing.load() == 0);
+    CHECK(store->get_task(third)->result == nlohmann::json(7));
+  }
+  SUBCASE("a batch refused as a whole is written change by change") {
+    store->conflict_batches.store(1);
+    auto id = orch.submit(spec("add", {{"n", 3}})).value();
+    auto t = orch.wait(id, 10s);
+    REQUIRE(t.ok());
+    CHECK(t->state == task_state::succeeded);
+    CHECK(store->refused_batches.load() == 1);
+    CHECK(store->single_updates.load() >= 1);
+    CHECK(store->get_task(id)->state == task_state::succeeded);
+  }
+  auto log = store->read_events("default", 0, 100000).value();
+  for (std::size_t i = 0; i < log.size(); ++i) REQUIRE(log[i].sequence == i + 1);
 }

@@ -9,12 +9,14 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <spdlog/logger.h>
 #include <spdlog/sinks/null_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
 #include <string>
 #include <vector>
 
@@ -29,8 +31,14 @@ inline runtime_options quiet_options(std::size_t threads = 2,
   runtime_options o;
   o.threads = threads;
   o.clock = std::move(clock);
-  o.logger =
-      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  // AISE_DEBUG_LOG=1 shows the runtime's log on stderr while debugging a test.
+  spdlog::sink_ptr sink;
+  if (std::getenv("AISE_DEBUG_LOG") != nullptr) {
+    sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+  } else {
+    sink = std::make_shared<spdlog::sinks::null_sink_mt>();
+  }
+  o.logger = std::make_shared<spdlog::logger>("test", std::move(sink));
   return o;
 }
 
