@@ -43,12 +43,15 @@
 // but this process, its children (psql) and the PostgreSQL server whose
 // postmaster is --server-pid (its share is db_cpu_pct), in % of all cores.
 
+#include <aise/orchestrator.hpp>
+#include <aise/runtime.hpp>
 #include <aise/sql.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -56,7 +59,10 @@
 #include <fmt/format.h>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <spawn.h>
+#include <spdlog/logger.h>
+#include <spdlog/sinks/stdout_sinks.h>
 #include <sqlite3.h>
 #include <string>
 #include <string_view>
@@ -150,6 +156,9 @@ struct config {
   int projects = 1;
   int server_pid = 0;
   std::string sqlite_synchronous = "FULL";  // a diagnostic knob; FULL is the default
+  long chunk = 100;                         // orchestrator: tasks per submit_all
+  long concurrency = 1;                     // orchestrator: tasks per agent at once
+  bool group_commit = true;                 // orchestrator: its group commit on/off
   std::string workload;
   std::string url;
   bool postgres = false;
@@ -277,6 +286,102 @@ aise::sql::store_options store_options_of(const config& c) {
   o.sqlite_synchronous = c.sqlite_synchronous;  // WAL + FULL unless asked otherwise
   return o;
 }
+
+// ---- libaise, the whole way: the orchestrator -------------------------------------
+
+void run_threads(int threads, const std::function<void(int)>& body) {
+  std::vector<std::thread> pool;
+  pool.reserve(static_cast<std::size_t>(threads));
+  for (int t = 0; t < threads; ++t) pool.emplace_back(body, t);
+  for (auto& th : pool) th.join();
+}
+
+/// The agent of the orchestrator workload: a task's result is its payload's n + 1.
+class step_agent : public aise::agent {
+ public:
+  step_agent() {
+    on_task("step", [](aise::task_context& ctx) -> aise::result<nlohmann::json> {
+      return nlohmann::json{{"n", ctx.task().payload.at("n").get<long>() + 1}};
+    });
+  }
+};
+
+/// Everything the orchestrator writes for N tasks that T agents run: T
+/// threads submit their share in chunks (submit_all), the agents (one task
+/// at a time each) work them off; the clock stops when the orchestrator has
+/// reported the last task done (with group commit: after its write).
+class orchestrator_run {
+ public:
+  orchestrator_run(const config& c, std::shared_ptr<aise::store> store) : c_(c) {
+    aise::runtime_options ro;
+    ro.threads = 2;
+    ro.logger = std::make_shared<spdlog::logger>("bench",
+                                                 std::make_shared<spdlog::sinks::stderr_sink_mt>());
+    ro.logger->set_level(spdlog::level::warn);
+    rt_ = std::make_unique<aise::runtime>(std::move(ro));
+    aise::orchestrator_options oo;
+    oo.store = std::move(store);
+    oo.group_commit = c.group_commit;
+    orch_ = std::make_unique<aise::orchestrator>(*rt_, oo);
+    if (auto r = orch_->register_kind("step", [] { return std::make_unique<step_agent>(); }); !r)
+      fail("register_kind: " + r.error().describe());
+    for (int t = 0; t < c.threads; ++t) {
+      auto spawned = orch_->spawn({.kind = "step",
+                                   .name = agent_of(t),
+                                   .project = project_of(c, t),
+                                   .concurrency = static_cast<std::size_t>(c.concurrency)});
+      if (!spawned) fail("spawn: " + spawned.error().describe());
+    }
+  }
+  orchestrator_run(const orchestrator_run&) = delete;
+  orchestrator_run& operator=(const orchestrator_run&) = delete;
+  ~orchestrator_run() {
+    orch_.reset();
+    rt_.reset();
+  }
+
+  void measured() {
+    run_threads(c_.threads, [this](int t) { submit_share(t); });
+    std::unique_lock lock(mutex_);
+    if (!done_cv_.wait_for(lock, std::chrono::minutes(10), [&] { return done_ == c_.tasks; }))
+      fail(fmt::format("orchestrator: {} of {} tasks done after 10 minutes", done_, c_.tasks));
+    if (failed_ != 0) fail(fmt::format("orchestrator: {} tasks did not succeed", failed_));
+  }
+
+ private:
+  void submit_share(int t) {
+    const auto [begin, end] = share_of(c_, t);
+    const std::string project = project_of(c_, t);
+    for (long first = begin; first < end; first += c_.chunk) {
+      std::vector<aise::task_spec> specs;
+      for (long i = first; i < std::min(end, first + c_.chunk); ++i) {
+        aise::task_spec& s = specs.emplace_back();
+        s.id = task_id(i);
+        s.project = project;
+        s.kind = "step";
+        s.payload = {{"n", i}};
+      }
+      auto ids = orch_->submit_all(std::move(specs));
+      if (!ids) fail("submit_all: " + ids.error().describe());
+      for (const auto& id : *ids) {
+        auto watched = orch_->when_done(id, [this](const aise::task& done) {
+          std::lock_guard lock(mutex_);
+          if (done.state != aise::task_state::succeeded) ++failed_;
+          if (++done_ == c_.tasks) done_cv_.notify_all();
+        });
+        if (!watched) fail("when_done: " + watched.error().describe());
+      }
+    }
+  }
+
+  const config& c_;
+  std::unique_ptr<aise::runtime> rt_;
+  std::unique_ptr<aise::orchestrator> orch_;
+  std::mutex mutex_;
+  std::condition_variable done_cv_;
+  long done_ = 0;
+  long failed_ = 0;
+};
 
 // ---- raw SQLite (sqlite3 C API) ------------------------------------------------
 
@@ -592,18 +697,30 @@ constexpr const char* check_sql =
     "(SELECT COUNT(*) FROM task_attempts WHERE outcome = 'succeeded') || ' ' || "
     "(SELECT COALESCE(SUM(last_sequence), 0) FROM event_counters)";
 
+/// The orchestrator's rows: tasks succeeded, task events, attempts
+/// succeeded, and sequences used minus events stored (0: no gap). Its
+/// tasks may pass through queued on their own (one version more) and its
+/// agents add agent.started events.
+constexpr const char* check_orchestrator_sql =
+    "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 'succeeded') || ' ' || "
+    "(SELECT COUNT(*) FROM events WHERE type LIKE 'task.%') || ' ' || "
+    "(SELECT COUNT(*) FROM task_attempts WHERE outcome = 'succeeded') || ' ' || "
+    "((SELECT COALESCE(SUM(last_sequence), 0) FROM event_counters) - "
+    "(SELECT COUNT(*) FROM events))";
+
 std::string query_counts(const config& c) {
+  const char* sql = c.workload == "orchestrator" ? check_orchestrator_sql : check_sql;
   if (!c.postgres) {
     sqlite_db db(c.sqlite_path(), c.sqlite_synchronous);
     sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(db.get(), check_sql, -1, &st, nullptr) != SQLITE_OK ||
+    if (sqlite3_prepare_v2(db.get(), sql, -1, &st, nullptr) != SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW)
       fail(fmt::format("check: {}", sqlite3_errmsg(db.get())));
     std::string out(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)));
     sqlite3_finalize(st);
     return out;
   }
-  const std::string cmd = fmt::format("psql -X -A -t -d '{}' -c \"{}\"", c.url, check_sql);
+  const std::string cmd = fmt::format("psql -X -A -t -d '{}' -c \"{}\"", c.url, sql);
   std::FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) fail("cannot run psql");
   char buf[256] = {};
@@ -616,7 +733,9 @@ std::string query_counts(const config& c) {
 
 void check_rows(const config& c) {
   const long n = c.tasks;
-  const std::string expected = fmt::format("{} {} {} {}", n, 4 * n, n, 4 * n);
+  const std::string expected = c.workload == "orchestrator"
+                                   ? fmt::format("{} {} {} 0", n, 4 * n, n)
+                                   : fmt::format("{} {} {} {}", n, 4 * n, n, 4 * n);
   const std::string got = query_counts(c);
   if (got != expected)
     fail(fmt::format("{}: the database holds '{}' (tasks events attempts sequence), expected '{}'",
@@ -625,15 +744,11 @@ void check_rows(const config& c) {
 
 // ---- main ---------------------------------------------------------------------
 
-void run_threads(int threads, const std::function<void(int)>& body) {
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<std::size_t>(threads));
-  for (int t = 0; t < threads; ++t) pool.emplace_back(body, t);
-  for (auto& th : pool) th.join();
-}
-
 const char* batching_of(const config& c) {
   if (c.workload == "aise") return "one transaction per store call (3 per task)";
+  if (c.workload == "orchestrator")
+    return c.group_commit ? "the orchestrator's group commit (one transaction per turn)"
+                          : "the orchestrator, one transaction per change";
   if (c.workload == "raw_per_call") return "one transaction per cycle step (3 per task), plain SQL";
   return c.postgres ? "one transaction per thread for all its rows (psql COPY)"
                     : "one transaction per thread for all its rows (prepared INSERTs)";
@@ -642,8 +757,9 @@ const char* batching_of(const config& c) {
 int usage() {
   std::fprintf(stderr,
                "usage: aise_sql_bench [--threads T] [--tasks N] [--projects P] [--server-pid PID] "
-               "[--sqlite-synchronous FULL|NORMAL] aise|raw_batch|raw_per_call <sqlite:path | "
-               "postgresql://...>\n");
+               "[--sqlite-synchronous FULL|NORMAL] [--chunk K] [--concurrency C] "
+               "[--group-commit 0|1] "
+               "orchestrator|aise|raw_batch|raw_per_call <sqlite:path | postgresql://...>\n");
   return 2;
 }
 
@@ -663,6 +779,14 @@ int main(int argc, char** argv) {
       c.projects = static_cast<int>(value);
     } else if (flag == "--server-pid") {
       c.server_pid = static_cast<int>(value);
+    } else if (flag == "--chunk") {
+      c.chunk = value;
+      if (c.chunk < 1) return usage();
+    } else if (flag == "--concurrency") {
+      c.concurrency = value;
+      if (c.concurrency < 1) return usage();
+    } else if (flag == "--group-commit") {
+      c.group_commit = value != 0;
     } else if (flag == "--sqlite-synchronous") {
       c.sqlite_synchronous = argv[i + 1];
       if (c.sqlite_synchronous != "FULL" && c.sqlite_synchronous != "NORMAL") return usage();
@@ -675,7 +799,8 @@ int main(int argc, char** argv) {
   c.url = argv[i + 1];
   c.postgres = c.url.starts_with("postgresql://") || c.url.starts_with("postgres://");
   if (!c.postgres && !c.url.starts_with("sqlite:")) return usage();
-  if (c.workload != "aise" && c.workload != "raw_batch" && c.workload != "raw_per_call")
+  if (c.workload != "aise" && c.workload != "orchestrator" && c.workload != "raw_batch" &&
+      c.workload != "raw_per_call")
     return usage();
 
   // The schema, before the clock starts, for every workload.
@@ -685,7 +810,13 @@ int main(int argc, char** argv) {
   std::function<void()> measured;
   std::shared_ptr<aise::store> store;
   std::vector<std::string> scripts;
-  if (c.workload == "aise") {
+  std::unique_ptr<orchestrator_run> orch;
+  if (c.workload == "orchestrator") {
+    auto opened = aise::sql::open_store(store_options_of(c));
+    if (!opened) fail("open_store: " + opened.error().describe());
+    orch = std::make_unique<orchestrator_run>(c, *opened);
+    measured = [&] { orch->measured(); };
+  } else if (c.workload == "aise") {
     auto opened = aise::sql::open_store(store_options_of(c));
     if (!opened) fail("open_store: " + opened.error().describe());
     store = *opened;
@@ -716,6 +847,7 @@ int main(int argc, char** argv) {
   measured();
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
   const auto cpu1 = take_cpu(c.server_pid);
+  orch.reset();
   store.reset();
   for (const auto& s : scripts) std::remove(s.c_str());
   if (!scripts.empty()) rmdir(scripts.front().substr(0, scripts.front().rfind('/')).c_str());
@@ -723,8 +855,11 @@ int main(int argc, char** argv) {
 
   const auto cpu = split_cpu(cpu0, cpu1);
   const double tasks = static_cast<double>(c.tasks);
-  const bool raw = c.workload != "aise";
-  const double commits = c.workload == "raw_batch" ? c.threads : 3 * tasks;
+  const bool raw = c.workload != "aise" && c.workload != "orchestrator";
+  // The orchestrator's commits depend on its batches: not counted (0).
+  const double commits = c.workload == "raw_batch"      ? c.threads
+                         : c.workload == "orchestrator" ? 0
+                                                        : 3 * tasks;
   fmt::print(
       R"({{"workload":"{}","side":"{}","backend":"{}","threads":{},"projects":{},"tasks":{},)"
       R"("transitions":{:.0f},"commits":{:.0f},"batching":"{}","seconds":{:.3f},)"

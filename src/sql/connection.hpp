@@ -7,6 +7,7 @@
 #include <aise/error.hpp>
 #include <aise/sql.hpp>
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -43,6 +44,13 @@ struct hot_values {
   long long event_sequence = 0, event_at = 0;
 };
 
+/// A statement prepared once per connection with the variables it binds
+/// (owned here, of a type its user knows). The statement goes first.
+struct cached_statement {
+  std::shared_ptr<void> values;
+  std::unique_ptr<soci::statement> statement;  // declared last: destroyed first
+};
+
 /// One open connection, with the statements the hot path reuses (prepared
 /// on first use, dropped when the connection is reopened).
 struct connection {
@@ -51,9 +59,14 @@ struct connection {
   hot_values values;
   std::unique_ptr<soci::statement> update_task;
   std::unique_ptr<soci::statement> insert_event;
+  std::array<cached_statement, 4> cached;  // slots: sql_store.cpp's `cached_id`
   void forget_statements() noexcept {
     update_task.reset();
     insert_event.reset();
+    for (auto& c : cached) {
+      c.statement.reset();
+      c.values.reset();
+    }
   }
 };
 

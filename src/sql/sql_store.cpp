@@ -22,6 +22,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 
@@ -499,9 +500,16 @@ class sql_store final : public store {
               throw;
             }
           }
+          std::map<std::string_view, std::pair<long long, std::uint64_t>> projects;
+          for (const auto& e : events) ++projects[e.project].first;
+          for (auto& [project, counts] : projects)
+            counts.second = reserve_sequences(c, std::string(project), counts.first);
           std::vector<std::uint64_t> out;
           out.reserve(events.size());
-          for (auto& e : events) out.push_back(append(c, e));
+          for (const auto& e : events) {
+            out.push_back(projects[e.project].second++);
+            insert_event(c, e, out.back());
+          }
           tx.commit();
           note_change();
           return out;
@@ -513,11 +521,12 @@ class sql_store final : public store {
     if (!prepared) return prepared.error();
     return run<std::uint64_t>("update_task", [&](connection& c) -> result<std::uint64_t> {
       detail::transaction tx(c, kind());
-      auto sequence = write_change(c, u, prepared.value());
-      if (!sequence) return sequence;
+      auto sequences = write_changes(c, std::span<const task_update>(&u, 1),
+                                     std::span<const change_values>(&prepared.value(), 1));
+      if (!sequences) return sequences.error();
       tx.commit();
       note_change();
-      return sequence;
+      return sequences->front();
     });
   }
 
@@ -534,13 +543,8 @@ class sql_store final : public store {
     return run<std::vector<std::uint64_t>>(
         "update_tasks", [&](connection& c) -> result<std::vector<std::uint64_t>> {
           detail::transaction tx(c, kind());
-          std::vector<std::uint64_t> out;
-          out.reserve(work.size());
-          for (std::size_t i = 0; i < work.size(); ++i) {
-            auto sequence = write_change(c, work[i], values[i]);
-            if (!sequence) return sequence.error();  // rolled back: nothing of the batch stays
-            out.push_back(sequence.value());
-          }
+          auto out = write_changes(c, work, values);
+          if (!out) return out;  // rolled back: nothing of the batch stays
           tx.commit();
           note_change();
           return out;
@@ -842,10 +846,33 @@ class sql_store final : public store {
     return out;
   }
 
-  /// The compare-and-set of one change and its rows, inside the caller's
-  /// transaction. Returns the sequence of its event.
-  result<std::uint64_t> write_change(connection& c, const task_update& u,
-                                     const change_values& values) {
+  /// The changes of one transaction, inside it: the compare-and-sets and
+  /// attempt rows in order, then one sequence reservation per project
+  /// (projects in name order, so transactions lock counters in one order),
+  /// then the events. Returns the sequence of each change's event.
+  result<std::vector<std::uint64_t>> write_changes(connection& c,
+                                                   std::span<const task_update> changes,
+                                                   std::span<const change_values> values) {
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+      if (auto r = compare_and_set(c, changes[i], values[i]); !r) return r.error();
+    }
+    std::map<std::string_view, std::pair<long long, std::uint64_t>> projects;  // count, next
+    for (const auto& u : changes) projects[u.event.project].first += u.via_event ? 2 : 1;
+    for (auto& [project, counts] : projects)
+      counts.second = reserve_sequences(c, std::string(project), counts.first);
+    std::vector<std::uint64_t> out;
+    out.reserve(changes.size());
+    for (const auto& u : changes) {
+      std::uint64_t& next = projects[u.event.project].second;
+      if (u.via_event) insert_event(c, *u.via_event, next++);
+      out.push_back(next);
+      insert_event(c, u.event, next++);
+    }
+    return out;
+  }
+
+  /// The compare-and-set of one change and its attempt row.
+  result<void> compare_and_set(connection& c, const task_update& u, const change_values& values) {
     // The compare-and-set, prepared once per connection.
     detail::hot_values& v = c.values;
     v.state = to_string(u.state);
@@ -887,8 +914,7 @@ class sql_store final : public store {
                                        " but the stored version is " + std::to_string(stored));
     }
     if (u.attempt_row) upsert_attempt(c, u.id, *u.attempt_row);
-    if (u.via_event) append(c, *u.via_event);
-    return append(c, u.event);
+    return {};
   }
 
   [[nodiscard]] dialect kind() const noexcept { return pool_->kind(); }
@@ -922,15 +948,43 @@ class sql_store final : public store {
   }
 
   /// Bumps the project's counter and writes the event; returns its sequence.
+  /// One event with the next sequence of its project.
   std::uint64_t append(connection& c, const event_draft& e) {
-    long long sequence = 0;
-    c.session << "INSERT INTO event_counters (project, last_sequence) VALUES (:p, 1) ON CONFLICT "
-                 "(project) DO UPDATE SET last_sequence = event_counters.last_sequence + 1 "
-                 "RETURNING last_sequence",
-        soci::use(e.project), soci::into(sequence);
+    const std::uint64_t sequence = reserve_sequences(c, e.project, 1);
+    insert_event(c, e, sequence);
+    return sequence;
+  }
+
+  /// Takes the next `n` sequences of `project` (its counter row stays
+  /// locked until the transaction ends); returns the first.
+  std::uint64_t reserve_sequences(connection& c, const std::string& project, long long n) {
+    struct values {
+      std::string project;
+      long long n = 0, n2 = 0, last = 0;
+    };
+    auto [v, st] = cached<values>(c, cached_id::reserve_sequences, [](values& v, connection& c) {
+      return std::make_unique<soci::statement>(
+          (c.session.prepare << "INSERT INTO event_counters (project, last_sequence) VALUES (:p, "
+                                ":n) ON CONFLICT (project) DO UPDATE SET last_sequence = "
+                                "event_counters.last_sequence + :n2 RETURNING last_sequence",
+           soci::use(v.project), soci::use(v.n), soci::use(v.n2), soci::into(v.last)));
+    });
+    v.project = project;
+    v.n = n;
+    v.n2 = n;
+    st.execute(true);
+    // Step past the one row RETURNING gives: SQLite keeps a statement that
+    // still has a row to give "in progress", and refuses to commit then.
+    const long long last = v.last;
+    while (st.fetch()) {
+    }
+    return static_cast<std::uint64_t>(last - n + 1);
+  }
+
+  void insert_event(connection& c, const event_draft& e, std::uint64_t sequence) {
     detail::hot_values& v = c.values;
     v.event_project = e.project;
-    v.event_sequence = sequence;
+    v.event_sequence = static_cast<long long>(sequence);
     v.event_type = e.type;
     v.event_subject = e.subject;
     v.event_at = to_ns(e.at);
@@ -943,7 +997,22 @@ class sql_store final : public store {
            soci::use(v.event_subject), soci::use(v.event_at), soci::use(v.event_data)));
     }
     c.insert_event->execute(true);
-    return static_cast<std::uint64_t>(sequence);
+  }
+
+  /// Slots of connection::cached.
+  enum class cached_id : std::size_t { reserve_sequences, upsert_attempt, insert_task };
+
+  /// The statement in slot `id` of `c`, prepared by `make(values, c)` on
+  /// first use, with the variables it binds.
+  template <class Values, class Make>
+  static std::pair<Values&, soci::statement&> cached(connection& c, cached_id id, Make make) {
+    detail::cached_statement& slot = c.cached.at(static_cast<std::size_t>(id));
+    if (!slot.statement) {
+      auto values = std::make_shared<Values>();
+      slot.statement = make(*values, c);
+      slot.values = std::move(values);
+    }
+    return {*static_cast<Values*>(slot.values.get()), *slot.statement};
   }
 
   void insert_project(connection& c, const project& p) {
@@ -1026,19 +1095,26 @@ class sql_store final : public store {
   }
 
   void insert_task(connection& c, task_row& r) {
-    c.session << std::string("INSERT INTO tasks (") + task_columns +
-                     ") VALUES (:id, :project, :kind, :capability, :effective, :description, "
-                     ":priority, :payload, :depends_on, :max_attempts, :timeout, :deadline, "
-                     ":requires_approval, :policy, :parent, :state, :attempt, :agent, :result, "
-                     ":error, :created_at, :updated_at, :not_before, :version)",
-        soci::use(r.id), soci::use(r.project), soci::use(r.kind), soci::use(r.capability),
-        soci::use(r.effective), soci::use(r.description), soci::use(r.priority),
-        soci::use(r.payload), soci::use(r.depends_on), soci::use(r.max_attempts),
-        soci::use(r.timeout, r.timeout_ind), soci::use(r.deadline, r.deadline_ind),
-        soci::use(r.requires_approval), soci::use(r.policy), soci::use(r.parent),
-        soci::use(r.state), soci::use(r.attempt), soci::use(r.agent),
-        soci::use(r.result, r.result_ind), soci::use(r.error, r.error_ind), soci::use(r.created_at),
-        soci::use(r.updated_at), soci::use(r.not_before), soci::use(r.version);
+    auto [v, st] = cached<task_row>(c, cached_id::insert_task, [](task_row& v, connection& c) {
+      return std::make_unique<soci::statement>(
+          (c.session.prepare
+               << std::string("INSERT INTO tasks (") + task_columns +
+                      ") VALUES (:id, :project, :kind, :capability, :effective, :description, "
+                      ":priority, :payload, :depends_on, :max_attempts, :timeout, :deadline, "
+                      ":requires_approval, :policy, :parent, :state, :attempt, :agent, :result, "
+                      ":error, :created_at, :updated_at, :not_before, :version)",
+           soci::use(v.id), soci::use(v.project), soci::use(v.kind), soci::use(v.capability),
+           soci::use(v.effective), soci::use(v.description), soci::use(v.priority),
+           soci::use(v.payload), soci::use(v.depends_on), soci::use(v.max_attempts),
+           soci::use(v.timeout, v.timeout_ind), soci::use(v.deadline, v.deadline_ind),
+           soci::use(v.requires_approval), soci::use(v.policy), soci::use(v.parent),
+           soci::use(v.state), soci::use(v.attempt), soci::use(v.agent),
+           soci::use(v.result, v.result_ind), soci::use(v.error, v.error_ind),
+           soci::use(v.created_at), soci::use(v.updated_at), soci::use(v.not_before),
+           soci::use(v.version)));
+    });
+    v = r;
+    st.execute(true);
     const auto deps = parse_json(r.depends_on).get<std::vector<std::string>>();
     for (std::size_t i = 0; i < deps.size(); ++i) {
       const int position = static_cast<int>(i);
@@ -1069,27 +1145,34 @@ class sql_store final : public store {
   }
 
   void upsert_attempt(connection& c, const std::string& task_id, const task_attempt& a) {
-    const long long started = to_ns(a.started_at);
-    long long finished = 0;
-    soci::indicator finished_ind = soci::i_null;
-    if (a.finished_at) {
-      finished = to_ns(*a.finished_at);
-      finished_ind = soci::i_ok;
-    }
-    const std::string outcome(to_string(a.outcome));
-    std::string err;
-    soci::indicator err_ind = soci::i_null;
-    if (a.error) {
-      err = error_text(*a.error);
-      err_ind = soci::i_ok;
-    }
-    c.session << "INSERT INTO task_attempts (task_id, number, agent, started_at, finished_at, "
-                 "outcome, error) VALUES (:t, :n, :a, :s, :f, :o, :e) ON CONFLICT (task_id, "
-                 "number) DO UPDATE SET agent = excluded.agent, started_at = excluded.started_at, "
-                 "finished_at = excluded.finished_at, outcome = excluded.outcome, error = "
-                 "excluded.error",
-        soci::use(task_id), soci::use(a.number), soci::use(a.agent), soci::use(started),
-        soci::use(finished, finished_ind), soci::use(outcome), soci::use(err, err_ind);
+    struct values {
+      std::string task_id, agent, outcome, error;
+      int number = 0;
+      long long started = 0, finished = 0;
+      soci::indicator finished_ind = soci::i_null, error_ind = soci::i_null;
+    };
+    auto [v, st] = cached<values>(c, cached_id::upsert_attempt, [](values& v, connection& c) {
+      return std::make_unique<soci::statement>(
+          (c.session.prepare
+               << "INSERT INTO task_attempts (task_id, number, agent, started_at, finished_at, "
+                  "outcome, error) VALUES (:t, :n, :a, :s, :f, :o, :e) ON CONFLICT (task_id, "
+                  "number) DO UPDATE SET agent = excluded.agent, started_at = excluded.started_at, "
+                  "finished_at = excluded.finished_at, outcome = excluded.outcome, error = "
+                  "excluded.error",
+           soci::use(v.task_id), soci::use(v.number), soci::use(v.agent), soci::use(v.started),
+           soci::use(v.finished, v.finished_ind), soci::use(v.outcome),
+           soci::use(v.error, v.error_ind)));
+    });
+    v.task_id = task_id;
+    v.number = a.number;
+    v.agent = a.agent;
+    v.started = to_ns(a.started_at);
+    v.finished = a.finished_at ? to_ns(*a.finished_at) : 0;
+    v.finished_ind = a.finished_at ? soci::i_ok : soci::i_null;
+    v.outcome = to_string(a.outcome);
+    v.error = a.error ? error_text(*a.error) : std::string();
+    v.error_ind = a.error ? soci::i_ok : soci::i_null;
+    st.execute(true);
   }
 
   std::vector<artifact_meta> select_artifacts(connection& c, const std::string& where,
