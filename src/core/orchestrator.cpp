@@ -608,10 +608,14 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
   for (auto& s : specs) {
     aise::task& t = records.emplace_back();
     static_cast<task_spec&>(t) = std::move(s);
-    t.state = task_state::pending;
+    // A task that waits for nothing is ready at once: it is stored queued,
+    // its pending and queued events with it (one write, not two).
+    const bool ready = t.depends_on.empty() && !t.requires_approval;
+    t.state = ready ? task_state::queued : task_state::pending;
     t.created_at = now;
     t.updated_at = now;
     drafts.emplace_back(t.project, event_type_of(task_state::pending), t.id, now, nullptr);
+    if (ready) drafts.emplace_back(t.project, event_type_of(task_state::queued), t.id, now, nullptr);
   }
   // Listeners get copies of the drafts; the store gets the drafts themselves.
   std::vector<event> announced;
@@ -678,8 +682,12 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
   end_doomed(o, doomed);
   for (const auto& id : ids) {
     auto it = tasks_.find(id);
-    if (it != tasks_.end() && it->second.t.state == task_state::pending && it->second.unmet == 0) {
-      make_ready(o, it->second);
+    if (it == tasks_.end()) continue;
+    task_entry& e = it->second;
+    if (e.t.state == task_state::queued) {
+      queue_and_dispatch(o, e);
+    } else if (e.t.state == task_state::pending && e.unmet == 0) {
+      make_ready(o, e);
     }
   }
   commit_call(o);  // the tasks are stored; a failure here only delays their dispatch
@@ -791,7 +799,7 @@ void orchestrator_impl::schedule_flush(bool backoff) {
   flush_scheduled_ = true;
   if (!backoff) {
     std::weak_ptr<orchestrator_impl> weak = weak_from_this();
-    boost::asio::post(*engine_, [weak] {
+    post_engine([weak] {
       if (auto self = weak.lock()) self->flush_turn();
     });
     return;
@@ -804,6 +812,23 @@ void orchestrator_impl::schedule_flush(bool backoff) {
 
 void orchestrator_impl::flush_turn() {
   ops o(mutex_);
+  // Under load, the work already waiting for this thread (completions,
+  // timers) joins the batch first, up to max_batch changes: fewer, larger
+  // commits, and a short task's start and end may share one.
+  // At most max_yields times in a row, so that a stream of work that
+  // changes nothing cannot hold a batch back.
+  constexpr std::size_t max_batch = 1024;
+  constexpr int max_yields = 64;
+  if (engine_queued_.load(std::memory_order_relaxed) > 0 && batch_.size() < max_batch &&
+      flush_yields_ < max_yields && flush_failures_ == 0 && !closed_) {
+    ++flush_yields_;
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    post_engine([weak] {
+      if (auto self = weak.lock()) self->flush_turn();
+    });
+    return;  // flush_scheduled_ stays set
+  }
+  flush_yields_ = 0;
   flush_scheduled_ = false;
   (void)flush_locked(o);
 }
@@ -882,7 +907,7 @@ bool orchestrator_impl::flush_locked(ops& o) {
     // On the orchestrator's thread, after this call (which may be in the
     // middle of a dispatch of its own).
     std::weak_ptr<orchestrator_impl> weak = weak_from_this();
-    boost::asio::post(*engine_, [weak] {
+    post_engine([weak] {
       auto self = weak.lock();
       if (!self) return;
       ops again(self->mutex_);
@@ -1113,8 +1138,8 @@ result<void> orchestrator_impl::complete(const std::shared_ptr<task_run>& run_pt
   }
   if (engine_) {
     // Accepted: recorded on the orchestrator's thread, off this executor.
-    boost::asio::post(*engine_, [weak = weak_from_this(), run_ptr, value = std::move(value),
-                                 failure = std::move(failure), retryable]() mutable {
+    post_engine([weak = weak_from_this(), run_ptr, value = std::move(value),
+                 failure = std::move(failure), retryable]() mutable {
       if (auto self = weak.lock())
         self->finish_completion(run_ptr, std::move(value), std::move(failure), retryable);
     });

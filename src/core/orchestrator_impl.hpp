@@ -87,10 +87,21 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   template <class F>
   void engine_call(F&& fn) {
     if (engine_) {
-      boost::asio::post(*engine_, std::forward<F>(fn));
+      post_engine(std::forward<F>(fn));
     } else {
       std::forward<F>(fn)();
     }
+  }
+  // Posts `fn` to the orchestrator's own thread, counted in engine_queued_
+  // (group commit lets work already waiting join a batch). The thread is
+  // joined before the counter goes away, so handlers may point at it.
+  template <class F>
+  void post_engine(F fn) {
+    engine_queued_.fetch_add(1, std::memory_order_relaxed);
+    boost::asio::post(*engine_, [queued = &engine_queued_, fn = std::move(fn)]() mutable {
+      queued->fetch_sub(1, std::memory_order_relaxed);
+      fn();
+    });
   }
   [[nodiscard]] bool has_engine() const noexcept { return engine_ != nullptr; }
 
@@ -256,6 +267,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
       engine_guard_;
   std::thread engine_thread_;
   std::thread::id engine_id_;  // set once, before any work is posted
+  std::atomic<int> engine_queued_{0};  // posted to the thread, not yet run
 
   // The group-commit batch (mutex_): changes in the order they were made,
   // the events to announce after the write, the actions to run after it.
@@ -271,6 +283,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::unordered_map<std::string, aise::task> finished_unwritten_;
   bool flush_scheduled_ = false;  // a flush_turn is posted or its retry timer armed
   int flush_failures_ = 0;        // in a row; > 0: no new attempts start
+  int flush_yields_ = 0;          // flush_turn let waiting work go first, in a row
   void finish_completion(const std::shared_ptr<task_run>& run, std::optional<nlohmann::json> value,
                          std::optional<aise::error> failure, bool retryable);
 

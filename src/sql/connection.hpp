@@ -38,7 +38,7 @@ struct hot_values {
   // update_task
   std::string state, agent, result, error, id;
   int attempt = 0, set_result = 0, error_mode = 0, error_mode2 = 0;
-  long long updated = 0, not_before = 0, expected = 0;
+  long long updated = 0, not_before = 0, expected = 0, steps = 1;
   // event insert
   std::string event_project, event_type, event_subject, event_data;
   long long event_sequence = 0, event_at = 0;

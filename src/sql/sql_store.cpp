@@ -24,6 +24,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 #include "connection.hpp"
@@ -846,15 +847,66 @@ class sql_store final : public store {
     return out;
   }
 
-  /// The changes of one transaction, inside it: the compare-and-sets and
-  /// attempt rows in order, then one sequence reservation per project
+  /// Several changes of one task in one transaction, folded into one
+  /// compare-and-set: the values of the last change, the result and error
+  /// as the changes leave them, the version moved by their number.
+  struct folded_change {
+    const task_update* last = nullptr;
+    const change_values* last_values = nullptr;
+    std::uint64_t expected = 0;  // of the first change
+    long long steps = 0;
+    const std::string* result = nullptr;  // the last result set, if any
+    int error_mode = 0;                   // 0 keep, 1 set (from `error`), 2 clear
+    const std::string* error = nullptr;
+  };
+
+  /// The changes of one transaction, inside it: one compare-and-set per
+  /// task (its changes folded) and one write per attempt row (the last
+  /// one of each number), then one sequence reservation per project
   /// (projects in name order, so transactions lock counters in one order),
-  /// then the events. Returns the sequence of each change's event.
+  /// then every event. Returns the sequence of each change's event.
   result<std::vector<std::uint64_t>> write_changes(connection& c,
                                                    std::span<const task_update> changes,
                                                    std::span<const change_values> values) {
+    std::vector<folded_change> folded;
+    std::unordered_map<std::string_view, std::size_t> by_task;
+    std::map<std::pair<std::string_view, int>, const task_attempt*> attempts;
+    std::vector<std::pair<std::string_view, const task_attempt*>> attempt_order;
     for (std::size_t i = 0; i < changes.size(); ++i) {
-      if (auto r = compare_and_set(c, changes[i], values[i]); !r) return r.error();
+      const task_update& u = changes[i];
+      auto [it, first] = by_task.try_emplace(u.id, folded.size());
+      if (first) {
+        folded.push_back({.expected = u.expected_version});
+      }
+      folded_change& f = folded[it->second];
+      if (!first && u.expected_version != f.expected + static_cast<std::uint64_t>(f.steps)) {
+        return error(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
+                                         std::to_string(u.expected_version) +
+                                         " but the batch leaves version " +
+                                         std::to_string(f.expected + f.steps));
+      }
+      f.last = &u;
+      f.last_values = &values[i];
+      ++f.steps;
+      if (u.result) f.result = &values[i].result_text;
+      if (values[i].error_mode != 0) {
+        f.error_mode = values[i].error_mode;
+        f.error = &values[i].error_value;
+      }
+      if (u.attempt_row) {
+        auto [at, fresh] = attempts.try_emplace({u.id, u.attempt_row->number}, &*u.attempt_row);
+        if (fresh) {
+          attempt_order.emplace_back(u.id, &*u.attempt_row);
+        } else {
+          at->second = &*u.attempt_row;  // an upsert: the last one wins
+        }
+      }
+    }
+    for (const folded_change& f : folded) {
+      if (auto r = compare_and_set(c, f); !r) return r.error();
+    }
+    for (const auto& [id, first] : attempt_order) {
+      upsert_attempt(c, std::string(id), *attempts.at({id, first->number}));
     }
     std::map<std::string_view, std::pair<long long, std::uint64_t>> projects;  // count, next
     for (const auto& u : changes) projects[u.event.project].first += u.via_event ? 2 : 1;
@@ -871,36 +923,36 @@ class sql_store final : public store {
     return out;
   }
 
-  /// The compare-and-set of one change and its attempt row.
-  result<void> compare_and_set(connection& c, const task_update& u, const change_values& values) {
+  /// The compare-and-set of one task's (folded) changes.
+  result<void> compare_and_set(connection& c, const folded_change& f) {
+    const task_update& u = *f.last;
     // The compare-and-set, prepared once per connection.
     detail::hot_values& v = c.values;
     v.state = to_string(u.state);
     v.attempt = u.attempt;
     v.agent = u.agent;
-    v.updated = values.updated;
+    v.updated = f.last_values->updated;
     v.not_before = to_ns(u.not_before);
-    v.set_result = u.result ? 1 : 0;
-    v.result = values.result_text;
-    v.error_mode = values.error_mode;
-    v.error_mode2 = values.error_mode;
-    v.error = values.error_value;
+    v.set_result = f.result != nullptr ? 1 : 0;
+    v.result = f.result != nullptr ? *f.result : std::string();
+    v.error_mode = f.error_mode;
+    v.error_mode2 = f.error_mode;
+    v.error = f.error != nullptr ? *f.error : std::string();
     v.id = u.id;
-    v.expected = static_cast<long long>(u.expected_version);
+    v.expected = static_cast<long long>(f.expected);
+    v.steps = f.steps;
     if (!c.update_task) {
-      c.update_task =
-          std::make_unique<soci::statement>(
-              (
-                  c.session.prepare
-                      << "UPDATE tasks SET state = :s, attempt = :a, agent = :g, updated_at = :u, "
-                         "not_before = :nb, version = version + 1, "
-                         "result = CASE WHEN :rs = 1 THEN :r ELSE result END, "
-                         "error = CASE WHEN :em = 1 THEN :e WHEN :em2 = 2 THEN NULL ELSE error END "
-                         "WHERE id = :id AND version = :v",
-                  soci::use(v.state), soci::use(v.attempt), soci::use(v.agent),
-                  soci::use(v.updated), soci::use(v.not_before), soci::use(v.set_result),
-                  soci::use(v.result), soci::use(v.error_mode), soci::use(v.error),
-                  soci::use(v.error_mode2), soci::use(v.id), soci::use(v.expected)));
+      c.update_task = std::make_unique<soci::statement>(
+          (c.session.prepare
+               << "UPDATE tasks SET state = :s, attempt = :a, agent = :g, updated_at = :u, "
+                  "not_before = :nb, version = version + :k, "
+                  "result = CASE WHEN :rs = 1 THEN :r ELSE result END, "
+                  "error = CASE WHEN :em = 1 THEN :e WHEN :em2 = 2 THEN NULL ELSE error END "
+                  "WHERE id = :id AND version = :v",
+           soci::use(v.state), soci::use(v.attempt), soci::use(v.agent), soci::use(v.updated),
+           soci::use(v.not_before), soci::use(v.steps), soci::use(v.set_result),
+           soci::use(v.result), soci::use(v.error_mode), soci::use(v.error),
+           soci::use(v.error_mode2), soci::use(v.id), soci::use(v.expected)));
     }
     soci::statement& st = *c.update_task;
     st.execute(true);
@@ -910,10 +962,9 @@ class sql_store final : public store {
       if (!c.session.got_data())
         return error(errc::not_found, "task " + in_quotes(u.id) + " not found");
       return error(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
-                                       std::to_string(u.expected_version) +
+                                       std::to_string(f.expected) +
                                        " but the stored version is " + std::to_string(stored));
     }
-    if (u.attempt_row) upsert_attempt(c, u.id, *u.attempt_row);
     return {};
   }
 
