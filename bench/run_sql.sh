@@ -12,7 +12,8 @@
 #   TASKS=3000             tasks per process (4 transitions, 3 commits each)
 #   THREADS_LIST="1 4"     writer threads (psql processes on the raw PostgreSQL side)
 #   BACKENDS="sqlite postgresql"
-#   WORKLOADS="aise raw_batch raw_per_call"
+#   WORKLOADS="orchestrator aise raw_batch raw_per_call"
+#   CONCURRENCY=64         orchestrator: tasks each of its T agents runs at once
 #   BUILD_DIR=DIR          libaise's release build (default build/release)
 #   AISE_PG_PORT=25434     PostgreSQL port; the cluster lives in AISE_SERVICES_DIR
 #                          (default <tmp>/aise-sql-bench.<uid>), a cluster of its own
@@ -21,7 +22,11 @@
 #   KEEP_SERVICES=1        leave PostgreSQL running if this script started it
 #
 # Workloads (bench/sql_bench.cpp says exactly what each writes):
-#   aise          per task: insert_tasks (pending + event), update_task to
+#   orchestrator  libaise the whole way: T threads submit N tasks (chunks of
+#                 100), T agents run them through the orchestrator with its
+#                 group commit; timed until the last task is reported done
+#                 (after its write). The target is judged on this one.
+#   aise          the store alone, per task: insert_tasks (pending + event), update_task to
 #                 running (via task.queued, attempt row), update_task to
 #                 succeeded (result, attempt row): 3 transactions, 4 events
 #   raw_batch     the raw limit: the same final rows (task, 4 events, attempt)
@@ -43,7 +48,8 @@ RUNS=${RUNS:-3}
 TASKS=${TASKS:-3000}
 THREADS_LIST=${THREADS_LIST:-"1 4"}
 BACKENDS=${BACKENDS:-"sqlite postgresql"}
-WORKLOADS=${WORKLOADS:-"aise raw_batch raw_per_call"}
+WORKLOADS=${WORKLOADS:-"orchestrator aise raw_batch raw_per_call"}
+CONCURRENCY=${CONCURRENCY:-64}
 BUILD_DIR=${BUILD_DIR:-$root/build/release}
 LOCK=/tmp/aise-bench.lock
 PY=/usr/bin/python3
@@ -99,7 +105,7 @@ for run in $(seq 1 "$RUNS"); do
         fi
         log "$workload $backend threads=$threads tasks=$TASKS (run $run/$RUNS)"
         flock "$LOCK" "$bin" --threads "$threads" --tasks "$TASKS" --server-pid "$server_pid" \
-          "$workload" "$url" >>"$raw"
+          --concurrency "$CONCURRENCY" "$workload" "$url" >>"$raw"
         tail -1 "$raw" >&2
         if [ "$backend" = sqlite ]; then rm -rf "$dir"; else pg_admin "DROP DATABASE $db"; fi
       done
@@ -131,20 +137,20 @@ for key, runs in groups.items():
     summary[key] = row
     print(json.dumps(row))
 
-ratios = {"compare": "aise / raw, medians of tasks_per_s (= transitions_per_s / 4), same run",
-          "target_ratio_vs_raw_batch": 0.5}
-met = True
+ratios = {"compare": "libaise / raw, medians of tasks_per_s (= transitions_per_s / 4), same run",
+          "target_ratio_vs_raw_batch": 0.5, "target_judged_on": "orchestrator"}
+met = None
 for (workload, backend, threads, projects), row in sorted(summary.items()):
-    if workload != "aise":
+    if workload not in ("orchestrator", "aise"):
         continue
     ours = row["tasks_per_s"]["median"]
     for raw in ("raw_batch", "raw_per_call"):
         other = summary.get((raw, backend, threads, projects))
         if other:
             ratio = ours / other["tasks_per_s"]["median"]
-            ratios[f"{backend}_{threads}t_aise_over_{raw}"] = round(ratio, 3)
-            if raw == "raw_batch":
-                met = met and ratio >= 0.5
+            ratios[f"{backend}_{threads}t_{workload}_over_{raw}"] = round(ratio, 3)
+            if raw == "raw_batch" and workload == "orchestrator":
+                met = (met is not False) and ratio >= 0.5
 ratios["target_met"] = met
 print(json.dumps(ratios))
 PY

@@ -615,7 +615,8 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
     t.created_at = now;
     t.updated_at = now;
     drafts.emplace_back(t.project, event_type_of(task_state::pending), t.id, now, nullptr);
-    if (ready) drafts.emplace_back(t.project, event_type_of(task_state::queued), t.id, now, nullptr);
+    if (ready)
+      drafts.emplace_back(t.project, event_type_of(task_state::queued), t.id, now, nullptr);
   }
   // Listeners get copies of the drafts; the store gets the drafts themselves.
   std::vector<event> announced;

@@ -266,7 +266,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>
       engine_guard_;
   std::thread engine_thread_;
-  std::thread::id engine_id_;  // set once, before any work is posted
+  std::thread::id engine_id_;          // set once, before any work is posted
   std::atomic<int> engine_queued_{0};  // posted to the thread, not yet run
 
   // The group-commit batch (mutex_): changes in the order they were made,

@@ -17,6 +17,7 @@
 #include <aise/sql.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <fmt/format.h>
 #include <map>
@@ -492,13 +493,22 @@ class sql_store final : public store {
     return run<std::vector<std::uint64_t>>(
         "insert_tasks", [&](connection& c) -> result<std::vector<std::uint64_t>> {
           detail::transaction tx(c, kind());
-          for (auto& r : rows) {
+          if (kind() == dialect::postgresql && rows.size() > 1) {
             try {  // a taken id is a unique violation: no lookup first
-              insert_task(c, r);
-            } catch (...) {
-              if (detail::is_unique_violation(kind()))
-                return error(errc::already_exists, "task " + in_quotes(r.id) + " already exists");
-              throw;
+              insert_tasks_many(c, rows);
+            } catch (const soci::soci_error& e) {
+              if (!detail::is_unique_violation(kind())) throw;
+              return error(errc::already_exists, "insert_tasks: " + taken_id(e.what()));
+            }
+          } else {
+            for (auto& r : rows) {
+              try {  // a taken id is a unique violation: no lookup first
+                insert_task(c, r);
+              } catch (...) {
+                if (detail::is_unique_violation(kind()))
+                  return error(errc::already_exists, "task " + in_quotes(r.id) + " already exists");
+                throw;
+              }
             }
           }
           std::map<std::string_view, std::pair<long long, std::uint64_t>> projects;
@@ -507,10 +517,13 @@ class sql_store final : public store {
             counts.second = reserve_sequences(c, std::string(project), counts.first);
           std::vector<std::uint64_t> out;
           out.reserve(events.size());
+          std::vector<numbered_event> numbered;
+          numbered.reserve(events.size());
           for (const auto& e : events) {
             out.push_back(projects[e.project].second++);
-            insert_event(c, e, out.back());
+            numbered.push_back({&e, out.back()});
           }
+          insert_events(c, numbered);
           tx.commit();
           note_change();
           return out;
@@ -902,25 +915,269 @@ class sql_store final : public store {
         }
       }
     }
-    for (const folded_change& f : folded) {
-      if (auto r = compare_and_set(c, f); !r) return r.error();
+    if (kind() == dialect::postgresql && folded.size() > 1) {
+      if (auto r = compare_and_set_many(c, folded); !r) return r.error();
+    } else {
+      for (const folded_change& f : folded) {
+        if (auto r = compare_and_set(c, f); !r) return r.error();
+      }
     }
-    for (const auto& [id, first] : attempt_order) {
-      upsert_attempt(c, std::string(id), *attempts.at({id, first->number}));
-    }
+    std::vector<std::pair<std::string_view, const task_attempt*>> rows;
+    rows.reserve(attempt_order.size());
+    for (const auto& [id, first] : attempt_order)
+      rows.emplace_back(id, attempts.at({id, first->number}));
+    upsert_attempts(c, rows);
     std::map<std::string_view, std::pair<long long, std::uint64_t>> projects;  // count, next
     for (const auto& u : changes) projects[u.event.project].first += u.via_event ? 2 : 1;
     for (auto& [project, counts] : projects)
       counts.second = reserve_sequences(c, std::string(project), counts.first);
     std::vector<std::uint64_t> out;
     out.reserve(changes.size());
+    std::vector<numbered_event> numbered;
+    numbered.reserve(2 * changes.size());
     for (const auto& u : changes) {
       std::uint64_t& next = projects[u.event.project].second;
-      if (u.via_event) insert_event(c, *u.via_event, next++);
+      if (u.via_event) numbered.push_back({&*u.via_event, next++});
       out.push_back(next);
-      insert_event(c, u.event, next++);
+      numbered.push_back({&u.event, next++});
     }
+    insert_events(c, numbered);
     return out;
+  }
+
+  // ---- PostgreSQL: one statement for many rows -------------------------------
+  // A batch on PostgreSQL would otherwise pay a network round trip per row;
+  // these pass every column as one array (unnest) instead.
+
+  /// A PostgreSQL array literal, element by element ("{"a","b\\"c",NULL}").
+  class pg_array {
+   public:
+    void add(std::string_view v) {
+      separate();
+      text_ += '"';
+      for (char ch : v) {
+        if (ch == '"' || ch == '\\') text_ += '\\';
+        text_ += ch;
+      }
+      text_ += '"';
+    }
+    void add(long long v) {
+      separate();
+      text_ += std::to_string(v);
+    }
+    void add_null() {
+      separate();
+      text_ += "NULL";
+    }
+    [[nodiscard]] std::string done() const { return text_ + "}"; }
+
+   private:
+    void separate() {
+      if (text_.size() > 1) text_ += ',';
+    }
+    std::string text_ = "{";
+  };
+
+  struct numbered_event {
+    const event_draft* draft;
+    std::uint64_t sequence;
+  };
+
+  void insert_events(connection& c, std::span<const numbered_event> events) {
+    if (kind() != dialect::postgresql || events.size() < 2) {
+      for (const auto& e : events) insert_event(c, *e.draft, e.sequence);
+      return;
+    }
+    pg_array project, sequence, type, subject, at, data;
+    for (const auto& e : events) {
+      project.add(e.draft->project);
+      sequence.add(static_cast<long long>(e.sequence));
+      type.add(e.draft->type);
+      subject.add(e.draft->subject);
+      at.add(to_ns(e.draft->at));
+      data.add(dump(e.draft->data));
+    }
+    const std::string a = project.done(), b = sequence.done(), t = type.done(), j = subject.done(),
+                      x = at.done(), d = data.done();
+    c.session << "INSERT INTO events (project, sequence, type, subject, at, data) SELECT * FROM "
+                 "unnest(CAST(:p AS text[]), CAST(:s AS bigint[]), CAST(:t AS text[]), "
+                 "CAST(:j AS text[]), CAST(:a AS bigint[]), CAST(:d AS text[]))",
+        soci::use(a), soci::use(b), soci::use(t), soci::use(j), soci::use(x), soci::use(d);
+  }
+
+  void upsert_attempts(connection& c,
+                       std::span<const std::pair<std::string_view, const task_attempt*>> rows) {
+    if (kind() != dialect::postgresql || rows.size() < 2) {
+      for (const auto& [id, a] : rows) upsert_attempt(c, std::string(id), *a);
+      return;
+    }
+    pg_array task, number, agent, started, finished, outcome, err;
+    for (const auto& [id, a] : rows) {
+      task.add(id);
+      number.add(static_cast<long long>(a->number));
+      agent.add(a->agent);
+      started.add(to_ns(a->started_at));
+      if (a->finished_at) {
+        finished.add(to_ns(*a->finished_at));
+      } else {
+        finished.add_null();
+      }
+      outcome.add(to_string(a->outcome));
+      if (a->error) {
+        err.add(error_text(*a->error));
+      } else {
+        err.add_null();
+      }
+    }
+    const std::string t = task.done(), n = number.done(), g = agent.done(), s = started.done(),
+                      f = finished.done(), o = outcome.done(), e = err.done();
+    c.session << "INSERT INTO task_attempts (task_id, number, agent, started_at, finished_at, "
+                 "outcome, error) SELECT * FROM unnest(CAST(:t AS text[]), CAST(:n AS int[]), "
+                 "CAST(:g AS text[]), CAST(:s AS bigint[]), CAST(:f AS bigint[]), "
+                 "CAST(:o AS text[]), CAST(:e AS text[])) ON CONFLICT (task_id, number) DO UPDATE "
+                 "SET agent = excluded.agent, started_at = excluded.started_at, finished_at = "
+                 "excluded.finished_at, outcome = excluded.outcome, error = excluded.error",
+        soci::use(t), soci::use(n), soci::use(g), soci::use(s), soci::use(f), soci::use(o),
+        soci::use(e);
+  }
+
+  /// "task 'x' already exists" from PostgreSQL's unique-violation detail
+  /// ("Key (id)=(x) already exists."), or a general text without it.
+  static std::string taken_id(std::string_view what) {
+    constexpr std::string_view key = "Key (id)=(";
+    const auto from = what.find(key);
+    const auto to = from == std::string_view::npos ? from : what.find(") already exists", from);
+    if (to == std::string_view::npos) return "a task id in the batch is already taken";
+    const auto start = from + key.size();
+    return "task " + in_quotes(what.substr(start, to - start)) + " already exists";
+  }
+
+  /// The task rows of insert_tasks in one INSERT (dependencies row by row).
+  void insert_tasks_many(connection& c, std::vector<task_row>& rows) {
+    std::array<pg_array, 24> col;
+    auto opt = [](pg_array& a, long long v, soci::indicator ind) {
+      if (ind == soci::i_ok) {
+        a.add(v);
+      } else {
+        a.add_null();
+      }
+    };
+    auto opt_text = [](pg_array& a, const std::string& v, soci::indicator ind) {
+      if (ind == soci::i_ok) {
+        a.add(v);
+      } else {
+        a.add_null();
+      }
+    };
+    for (const task_row& r : rows) {
+      col[0].add(r.id);
+      col[1].add(r.project);
+      col[2].add(r.kind);
+      col[3].add(r.capability);
+      col[4].add(r.effective);
+      col[5].add(r.description);
+      col[6].add(static_cast<long long>(r.priority));
+      col[7].add(r.payload);
+      col[8].add(r.depends_on);
+      col[9].add(static_cast<long long>(r.max_attempts));
+      opt(col[10], r.timeout, r.timeout_ind);
+      opt(col[11], r.deadline, r.deadline_ind);
+      col[12].add(static_cast<long long>(r.requires_approval));
+      col[13].add(static_cast<long long>(r.policy));
+      col[14].add(r.parent);
+      col[15].add(r.state);
+      col[16].add(static_cast<long long>(r.attempt));
+      col[17].add(r.agent);
+      opt_text(col[18], r.result, r.result_ind);
+      opt_text(col[19], r.error, r.error_ind);
+      col[20].add(r.created_at);
+      col[21].add(r.updated_at);
+      col[22].add(r.not_before);
+      col[23].add(r.version);
+    }
+    static constexpr std::array<const char*, 24> types = {
+        "text", "text", "text",   "text",   "text",   "text",   "int",    "text",
+        "text", "int",  "bigint", "bigint", "int",    "int",    "text",   "text",
+        "int",  "text", "text",   "text",   "bigint", "bigint", "bigint", "bigint"};
+    std::string sql = std::string("INSERT INTO tasks (") + task_columns + ") SELECT * FROM unnest(";
+    std::array<std::string, 24> values;
+    for (std::size_t i = 0; i < col.size(); ++i) {
+      values[i] = col[i].done();
+      sql += fmt::format("{}CAST(:c{} AS {}[])", i == 0 ? "" : ", ", i, types[i]);
+    }
+    sql += ")";
+    soci::statement st = (c.session.prepare << sql);
+    for (auto& v : values) st.exchange(soci::use(v));
+    st.define_and_bind();
+    st.execute(true);
+    for (task_row& r : rows) insert_dependencies(c, r);
+  }
+
+  /// Every compare-and-set of a batch in one UPDATE. When fewer rows than
+  /// tasks change, the first task that is missing or was changed elsewhere
+  /// is named (the caller's transaction then rolls everything back).
+  result<void> compare_and_set_many(connection& c, std::span<const folded_change> folded) {
+    pg_array id, expected, steps, state, attempt, agent, updated, not_before, set_result, result_,
+        error_mode, error_;
+    for (const folded_change& f : folded) {
+      const task_update& u = *f.last;
+      id.add(u.id);
+      expected.add(static_cast<long long>(f.expected));
+      steps.add(f.steps);
+      state.add(to_string(u.state));
+      attempt.add(static_cast<long long>(u.attempt));
+      agent.add(u.agent);
+      updated.add(f.last_values->updated);
+      not_before.add(to_ns(u.not_before));
+      set_result.add(f.result != nullptr ? 1LL : 0LL);
+      if (f.result != nullptr) {
+        result_.add(*f.result);
+      } else {
+        result_.add_null();
+      }
+      error_mode.add(static_cast<long long>(f.error_mode));
+      if (f.error != nullptr) {
+        error_.add(*f.error);
+      } else {
+        error_.add_null();
+      }
+    }
+    const std::string a1 = id.done(), a2 = expected.done(), a3 = steps.done(), a4 = state.done(),
+                      a5 = attempt.done(), a6 = agent.done(), a7 = updated.done(),
+                      a8 = not_before.done(), a9 = set_result.done(), a10 = result_.done(),
+                      a11 = error_mode.done(), a12 = error_.done();
+    soci::statement st =
+        (c.session.prepare
+             << "UPDATE tasks AS t SET state = v.state, attempt = v.attempt, agent = v.agent, "
+                "updated_at = v.updated_at, not_before = v.not_before, version = t.version + "
+                "v.steps, result = CASE WHEN v.set_result = 1 THEN v.result ELSE t.result END, "
+                "error = CASE WHEN v.error_mode = 1 THEN v.error WHEN v.error_mode = 2 THEN NULL "
+                "ELSE t.error END FROM unnest(CAST(:a1 AS text[]), CAST(:a2 AS bigint[]), "
+                "CAST(:a3 AS bigint[]), CAST(:a4 AS text[]), CAST(:a5 AS int[]), "
+                "CAST(:a6 AS text[]), CAST(:a7 AS bigint[]), CAST(:a8 AS bigint[]), "
+                "CAST(:a9 AS int[]), CAST(:a10 AS text[]), CAST(:a11 AS int[]), "
+                "CAST(:a12 AS text[])) AS v(id, expected, steps, state, attempt, agent, "
+                "updated_at, not_before, set_result, result, error_mode, error) "
+                "WHERE t.id = v.id AND t.version = v.expected",
+         soci::use(a1), soci::use(a2), soci::use(a3), soci::use(a4), soci::use(a5), soci::use(a6),
+         soci::use(a7), soci::use(a8), soci::use(a9), soci::use(a10), soci::use(a11),
+         soci::use(a12));
+    st.execute(true);
+    if (static_cast<std::size_t>(st.get_affected_rows()) == folded.size()) return {};
+    for (const folded_change& f : folded) {
+      long long stored = 0;
+      c.session << "SELECT version FROM tasks WHERE id = :id", soci::use(f.last->id),
+          soci::into(stored);
+      if (!c.session.got_data())
+        return error(errc::not_found, "task " + in_quotes(f.last->id) + " not found");
+      const auto applied = static_cast<long long>(f.expected) + f.steps;
+      if (stored != applied) {
+        return error(errc::conflict, "task " + in_quotes(f.last->id) + ": expected version " +
+                                         std::to_string(f.expected) +
+                                         " but the stored version is " + std::to_string(stored));
+      }
+    }
+    return error(errc::conflict, "a batch of task changes was refused");
   }
 
   /// The compare-and-set of one task's (folded) changes.
@@ -962,8 +1219,8 @@ class sql_store final : public store {
       if (!c.session.got_data())
         return error(errc::not_found, "task " + in_quotes(u.id) + " not found");
       return error(errc::conflict, "task " + in_quotes(u.id) + ": expected version " +
-                                       std::to_string(f.expected) +
-                                       " but the stored version is " + std::to_string(stored));
+                                       std::to_string(f.expected) + " but the stored version is " +
+                                       std::to_string(stored));
     }
     return {};
   }
@@ -1166,6 +1423,11 @@ class sql_store final : public store {
     });
     v = r;
     st.execute(true);
+    insert_dependencies(c, r);
+  }
+
+  void insert_dependencies(connection& c, const task_row& r) {
+    if (r.depends_on == "[]") return;
     const auto deps = parse_json(r.depends_on).get<std::vector<std::string>>();
     for (std::size_t i = 0; i < deps.size(); ++i) {
       const int position = static_cast<int>(i);

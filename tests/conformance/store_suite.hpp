@@ -808,7 +808,13 @@ inline void update_tasks_batch(const store_factory& make) {
   run.attempt_row =
       task_attempt{"t-1", 1, "worker-1", at(11), std::nullopt, task_state::running, std::nullopt};
   batch.push_back(run);
-  batch.push_back(change("t-2", 1, task_state::queued));
+  // Text that needs quoting wherever a store puts it (arrays, literals).
+  const aise::error odd(errc::timeout, "a \"quoted\" \\ back{slash}, NULL,\n'é'");
+  auto queue = change("t-2", 1, task_state::queued);
+  queue.error = odd;
+  queue.attempt_row =
+      task_attempt{"t-2", 1, "worker-2", at(13), std::nullopt, task_state::failed, odd};
+  batch.push_back(queue);
   auto done = change("t-1", 2, task_state::succeeded);
   done.attempt = 1;
   done.agent = "worker-1";
@@ -838,6 +844,14 @@ inline void update_tasks_batch(const store_factory& make) {
   REQUIRE(attempts.size() == 1);
   CHECK(attempts[0].finished_at == at(12));
   CHECK(must(s->get_task("t-2")).version == 2);
+  REQUIRE(must(s->get_task("t-2")).error.has_value());
+  CHECK(must(s->get_task("t-2")).error->message() == odd.message());
+  auto failed = must(s->list_attempts("t-2"));
+  REQUIRE(failed.size() == 1);
+  CHECK_FALSE(failed[0].finished_at.has_value());
+  REQUIRE(failed[0].error.has_value());
+  CHECK(failed[0].error->message() == odd.message());
+  CHECK(failed[0].agent == "worker-2");
 
   // All or nothing: a lost compare-and-set, an unknown task or a bad draft
   // anywhere in a batch writes none of it, and no sequence is used up.

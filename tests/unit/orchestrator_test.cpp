@@ -846,8 +846,8 @@ TEST_CASE("orchestrator: group commit writes the changes of a turn in one batch"
   CHECK(store->batches.load() < store->batched_changes.load());
   for (const auto& id : *ids) {
     REQUIRE(events.wait_count("task.succeeded", id, 1));
-    CHECK(events.types_of(id) ==
-          std::vector<std::string>{"task.pending", "task.queued", "task.running", "task.succeeded"});
+    CHECK(events.types_of(id) == std::vector<std::string>{"task.pending", "task.queued",
+                                                          "task.running", "task.succeeded"});
   }
   // Announced after the write, in the store's order, without a gap.
   auto log = store->read_events("default", 0, 100000).value();
