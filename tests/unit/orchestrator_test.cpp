@@ -878,6 +878,11 @@ TEST_CASE("orchestrator: group commit keeps changes the store refuses and writes
     store->unavailable_batches.store(1000);
     REQUIRE(parked.take(first).succeed(nlohmann::json("held")).ok());
     REQUIRE(parked.wait_count(1));
+    // Once the store has refused a batch (written on the orchestrator's
+    // thread, which records completions too), the second completes.
+    for (int i = 0; i < 500 && store->refused_batches.load() == 0; ++i)
+      std::this_thread::sleep_for(10ms);
+    REQUIRE(store->refused_batches.load() > 0);
     REQUIRE(parked.take(second).succeed(nlohmann::json("held too")).ok());
     const int refused = store->refused_batches.load();
     for (int i = 0; i < 500 && store->refused_batches.load() < refused + 2; ++i)
