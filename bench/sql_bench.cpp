@@ -391,10 +391,12 @@ class sqlite_db {
     if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK)
       fail("sqlite3_open " + path + ": " + sqlite3_errmsg(db_));
     // The settings aise::sql applies to its connections (src/sql/connection.cpp).
+    // The busy timeout first: writers opening the file at once wait for
+    // each other instead of failing ("database is locked").
+    exec("PRAGMA busy_timeout=10000");
     exec("PRAGMA journal_mode=WAL");
     exec(("PRAGMA synchronous=" + synchronous).c_str());
     exec("PRAGMA foreign_keys=ON");
-    exec("PRAGMA busy_timeout=10000");
   }
   sqlite_db(const sqlite_db&) = delete;
   sqlite_db& operator=(const sqlite_db&) = delete;

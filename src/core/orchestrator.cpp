@@ -545,7 +545,7 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
       }
       if (tasks_.count(d) != 0 || finished.count(d) != 0) continue;
       if (auto f = finished_unwritten_.find(d); f != finished_unwritten_.end()) {
-        finished.emplace(d, f->second);
+        finished.emplace(d, f->second.first);
         continue;
       }
       auto stored = store_->get_task(d);
@@ -831,7 +831,7 @@ void orchestrator_impl::flush_turn() {
   }
   flush_yields_ = 0;
   flush_scheduled_ = false;
-  (void)flush_locked(o);
+  (void)flush_locked(o, true);
 }
 
 void orchestrator_impl::commit_call(ops& o) {
@@ -843,27 +843,56 @@ void orchestrator_impl::commit_call(ops& o) {
   }
 }
 
-bool orchestrator_impl::flush_locked(ops& o) {
-  if (batch_.empty()) return true;
+bool orchestrator_impl::flush_locked(ops& o, bool release_lock) {
+  // A batch another call is writing goes first: the store must have it
+  // before anything else is written.
+  flush_cv_.wait(o.lock, [this] { return !flush_in_flight_; });
+  if (batch_.empty()) {
+    // Actions that waited for a batch written meanwhile (when_done).
+    o.after.insert(o.after.begin(), std::make_move_iterator(batch_after_.begin()),
+                   std::make_move_iterator(batch_after_.end()));
+    batch_after_.clear();
+    return true;
+  }
+  // Take the batch: changes made while it is written form the next one.
+  std::vector<task_update> batch;
+  batch.swap(batch_);
+  std::vector<announcement> events;
+  events.swap(batch_events_);
+  std::vector<std::function<void()>> after;
+  after.swap(batch_after_);
+  const std::uint64_t generation = ++batch_generation_;
+  result<std::vector<std::uint64_t>> r = std::vector<std::uint64_t>{};
+  if (release_lock) {
+    // Written without the lock: executor threads calling in (a completion,
+    // when_done, get) never wait for the database.
+    flush_in_flight_ = true;
+    o.lock.unlock();
+    r = store_->update_tasks(batch);
+    o.lock.lock();
+    flush_in_flight_ = false;
+    flush_cv_.notify_all();
+  } else {
+    r = store_->update_tasks(batch);
+  }
   std::vector<std::uint64_t> sequences;
-  std::size_t written = batch_.size();  // a prefix of the batch, on the slow path
-  if (auto r = store_->update_tasks(batch_)) {
+  std::size_t written = batch.size();  // a prefix of the batch, on the slow path
+  if (r) {
     sequences = std::move(r.value());
   } else if (r.error().code() == errc::unavailable) {
-    if (flush_failures_++ == 0) {
+    written = 0;
+    if (flush_failures_ == 0) {
       rt.logger().error("store: {} task changes not written: {}; trying again with backoff",
-                        batch_.size(), r.error().describe());
+                        batch.size(), r.error().describe());
     }
-    if (!flush_scheduled_) schedule_flush(true);
-    return false;
   } else {
     // Refused as a whole: someone else changed a task. Change by change;
     // for a refused one the stored task is the truth.
     rt.logger().error("store: a batch of {} task changes was refused ({}); writing them one by one",
-                      batch_.size(), r.error().describe());
-    sequences.assign(batch_.size(), 0);
-    for (std::size_t i = 0; i < batch_.size(); ++i) {
-      auto one = store_->update_task(batch_[i]);
+                      batch.size(), r.error().describe());
+    sequences.assign(batch.size(), 0);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto one = store_->update_task(batch[i]);
       if (one) {
         sequences[i] = one.value();
         continue;
@@ -872,13 +901,13 @@ bool orchestrator_impl::flush_locked(ops& o) {
         written = i;
         break;
       }
-      rt.logger().error("store: task {} change refused: {}", batch_[i].id, one.error().describe());
-      resync(o, batch_[i].id);
+      rt.logger().error("store: task {} change refused: {}", batch[i].id, one.error().describe());
+      resync(o, batch[i].id);
     }
   }
   for (std::size_t i = 0; i < written; ++i) {
     if (sequences[i] == 0) continue;  // refused
-    announcement& a = batch_events_[i];
+    announcement& a = events[i];
     if (a.via) {
       a.via->sequence = sequences[i] - 1;
       emit(std::move(*a.via));
@@ -888,20 +917,28 @@ bool orchestrator_impl::flush_locked(ops& o) {
       emit(std::move(*a.main));
     }
   }
-  batch_.erase(batch_.begin(), batch_.begin() + static_cast<std::ptrdiff_t>(written));
-  batch_events_.erase(batch_events_.begin(),
-                      batch_events_.begin() + static_cast<std::ptrdiff_t>(written));
-  if (!batch_.empty()) {  // the store went away half-way
+  if (written < batch.size()) {
+    // The store is away: what is left goes back in front of the changes
+    // made meanwhile, and is written again with backoff.
+    batch.erase(batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(written));
+    events.erase(events.begin(), events.begin() + static_cast<std::ptrdiff_t>(written));
+    batch_.insert(batch_.begin(), std::make_move_iterator(batch.begin()),
+                  std::make_move_iterator(batch.end()));
+    batch_events_.insert(batch_events_.begin(), std::make_move_iterator(events.begin()),
+                         std::make_move_iterator(events.end()));
+    batch_after_.insert(batch_after_.begin(), std::make_move_iterator(after.begin()),
+                        std::make_move_iterator(after.end()));
     ++flush_failures_;
     if (!flush_scheduled_) schedule_flush(true);
     return false;
   }
-  // Everything is written: the actions waiting for it run after this call.
-  finished_unwritten_.clear();
-  o.after.insert(o.after.begin(), std::make_move_iterator(batch_after_.begin()),
-                 std::make_move_iterator(batch_after_.end()));
-  batch_after_.clear();
-  o.park = nullptr;
+  // Written: the tasks it finished are in the store now, and the actions
+  // waiting for it run after this call.
+  std::erase_if(finished_unwritten_,
+                [generation](const auto& entry) { return entry.second.second <= generation; });
+  o.after.insert(o.after.begin(), std::make_move_iterator(after.begin()),
+                 std::make_move_iterator(after.end()));
+  if (batch_.empty()) o.park = nullptr;
   if (flush_failures_ > 0) {
     rt.logger().info("store: the waiting task changes are written; dispatch resumes");
     flush_failures_ = 0;
@@ -918,7 +955,7 @@ bool orchestrator_impl::flush_locked(ops& o) {
       for (const auto& c : capabilities) self->dispatch(again, c);
     });
   }
-  return true;
+  return batch_.empty();
 }
 
 // The store refused a change of task `id` that the cache already shows:
@@ -1424,7 +1461,9 @@ void orchestrator_impl::on_terminal(ops& o, const std::string& task_id) {
     if (t != 0) rt.cancel_timer(t);
   }
   const task_state state = e.t.state;
-  if (!batch_.empty()) finished_unwritten_.insert_or_assign(e.t.id, e.t);  // until written
+  if (!batch_.empty()) {  // until the batch holding its last change is written
+    finished_unwritten_.insert_or_assign(e.t.id, std::make_pair(e.t, batch_generation_ + 1));
+  }
   const std::vector<std::string> dependents = std::move(e.dependents);
   const std::vector<std::string> children = std::move(e.children);
   // Out of the map, but the node lives to the end of this function: `id`
@@ -1533,7 +1572,8 @@ result<task> orchestrator_impl::get(std::string_view id) const {
     auto it = tasks_.find(key);
     if (it != tasks_.end()) return it->second.t;
     // Finished, its last change still waiting in the batch.
-    if (auto f = finished_unwritten_.find(key); f != finished_unwritten_.end()) return f->second;
+    if (auto f = finished_unwritten_.find(key); f != finished_unwritten_.end())
+      return f->second.first;
   }
   return store_->get_task(id);
 }
@@ -1551,9 +1591,10 @@ result<void> orchestrator_impl::when_done(std::string_view id, std::function<voi
   }
   if (auto f = finished_unwritten_.find(std::string(id)); f != finished_unwritten_.end()) {
     // Finished, its last change still waiting in the batch: told once it is written.
-    batch_after_.push_back([&io = rti.io(), fn = std::move(fn), done = f->second]() mutable {
+    batch_after_.push_back([&io = rti.io(), fn = std::move(fn), done = f->second.first]() mutable {
       boost::asio::post(io, [fn = std::move(fn), done = std::move(done)] { fn(done); });
     });
+    if (!flush_scheduled_) schedule_flush(false);  // also when its batch is being written now
     return {};
   }
   lock.unlock();

@@ -11,6 +11,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
@@ -206,8 +207,10 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   [[nodiscard]] bool on_engine_thread() const {
     return engine_ != nullptr && std::this_thread::get_id() == engine_id_;
   }
-  // Writes the batch; true when nothing is left waiting. mutex_ held.
-  bool flush_locked(ops& o);
+  // Writes the batch; true when nothing is left waiting. mutex_ held; with
+  // `release_lock` (the orchestrator's thread) it is released during the
+  // write, and calls from other threads that write wait for it.
+  bool flush_locked(ops& o, bool release_lock = false);
   void flush_turn();                  // the posted or retried flush
   void schedule_flush(bool backoff);  // mutex_ held
   void defer_call(ops& o) const;      // an outside call whose changes go into the batch
@@ -280,7 +283,11 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::vector<std::function<void()>> batch_after_;
   // Tasks that finished (and left tasks_) while their last change waits in
   // the batch: get(), when_done() and dependencies read them here.
-  std::unordered_map<std::string, aise::task> finished_unwritten_;
+  // The generation is the batch's: written when batch_generation_ reaches it.
+  std::unordered_map<std::string, std::pair<aise::task, std::uint64_t>> finished_unwritten_;
+  std::uint64_t batch_generation_ = 0;  // batches taken for writing so far
+  bool flush_in_flight_ = false;        // a batch is being written without the lock
+  std::condition_variable flush_cv_;
   bool flush_scheduled_ = false;  // a flush_turn is posted or its retry timer armed
   int flush_failures_ = 0;        // in a row; > 0: no new attempts start
   int flush_yields_ = 0;          // flush_turn let waiting work go first, in a row

@@ -32,11 +32,14 @@ std::string without_password(const std::string& url) {
 
 void configure(connection& c, dialect d, const store_options& options) {
   if (d == dialect::sqlite) {
+    // The busy timeout first: switching to WAL takes a lock, and a second
+    // process (or connection) opening the file at that moment must wait
+    // for it rather than fail with "database is locked".
+    c.session << fmt::format("PRAGMA busy_timeout={}", options.sqlite_busy_timeout.count());
     std::string mode;
     c.session << "PRAGMA journal_mode=WAL", soci::into(mode);
     c.session << "PRAGMA synchronous=" + options.sqlite_synchronous;
     c.session << "PRAGMA foreign_keys=ON";
-    c.session << fmt::format("PRAGMA busy_timeout={}", options.sqlite_busy_timeout.count());
   } else {
     c.session << "SET client_min_messages = warning";
   }
