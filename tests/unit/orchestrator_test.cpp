@@ -1,8 +1,10 @@
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 
+#include <condition_variable>
 #include <cstdlib>
 #include <doctest/doctest.h>
+#include <future>
 #include <mutex>
 #include <set>
 #include <spdlog/logger.h>
@@ -648,6 +650,20 @@ class blocking_store final : public aise::store {
   std::atomic<std::size_t> largest_batch{0};
   std::atomic<bool> refusing{false};
   std::atomic<int> started_while_refusing{0};
+  // While held, update_tasks waits (as a slow database would) until released.
+  void hold_batches() {
+    std::lock_guard lock(hold_mutex_);
+    held_ = true;
+  }
+  void release_batches() {
+    std::lock_guard lock(hold_mutex_);
+    held_ = false;
+    hold_cv_.notify_all();
+  }
+  bool wait_for_held_batch(std::chrono::milliseconds limit) {
+    std::unique_lock lock(hold_mutex_);
+    return hold_cv_.wait_for(lock, limit, [&] { return waiting_ > 0; });
+  }
 
   [[nodiscard]] std::string_view backend() const noexcept override { return "blocking"; }
   [[nodiscard]] bool blocking() const noexcept override { return true; }
@@ -692,6 +708,13 @@ class blocking_store final : public aise::store {
   aise::result<std::vector<std::uint64_t>> update_tasks(
       const std::vector<aise::task_update>& b) override {
     note();
+    {
+      std::unique_lock lock(hold_mutex_);
+      ++waiting_;
+      hold_cv_.notify_all();
+      hold_cv_.wait(lock, [&] { return !held_; });
+      --waiting_;
+    }
     {
       std::lock_guard lock(seen_mutex_);
       for (const auto& u : b) {
@@ -771,6 +794,10 @@ class blocking_store final : public aise::store {
   std::shared_ptr<aise::store> inner_ = aise::make_memory_store();
   std::mutex seen_mutex_;
   std::set<std::string> seen_running_;
+  std::mutex hold_mutex_;
+  std::condition_variable hold_cv_;
+  bool held_ = false;
+  int waiting_ = 0;
 };
 
 }  // namespace
@@ -915,4 +942,39 @@ TEST_CASE("orchestrator: group commit keeps changes the store refuses and writes
   }
   auto log = store->read_events("default", 0, 100000).value();
   for (std::size_t i = 0; i < log.size(); ++i) REQUIRE(log[i].sequence == i + 1);
+}
+
+TEST_CASE("orchestrator: while a batch is written, calls from other threads do not wait for it") {
+  aise::runtime rt(quiet());
+  auto store = std::make_shared<blocking_store>(rt);
+  aise::orchestrator_options options;
+  options.store = store;
+  aise::orchestrator orch(rt, options);
+  parked_tasks parked;
+  REQUIRE(
+      orch.register_kind("worker", [&parked] { return std::make_unique<worker>(&parked); }).ok());
+  REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
+  auto held = orch.submit(spec("hold")).value();
+  auto other = orch.submit(spec("hold")).value();
+  REQUIRE(parked.wait_count(2));
+
+  store->hold_batches();
+  REQUIRE(parked.take(held).succeed(nlohmann::json("done")).ok());
+  REQUIRE(store->wait_for_held_batch(10s));  // the completion's batch is being written
+  // Reads, a completion and a fan-in registration go on meanwhile.
+  auto calls = std::async(std::launch::async, [&] {
+    CHECK(orch.get(held)->state == task_state::succeeded);  // the orchestrator's view
+    CHECK(orch.get(other)->state == task_state::running);
+    CHECK(parked.take(other).succeed(nlohmann::json("also")).ok());
+    CHECK(orch.when_done(held, [](const aise::task&) {}).ok());
+  });
+  const bool in_time = calls.wait_for(10s) == std::future_status::ready;
+  if (!in_time) store->release_batches();  // no hang when this fails
+  REQUIRE(in_time);
+  CHECK(store->get_task(held)->state == task_state::running);  // not written yet
+  store->release_batches();
+  CHECK(orch.wait(held, 10s)->state == task_state::succeeded);
+  CHECK(orch.wait(other, 10s)->state == task_state::succeeded);
+  CHECK(store->get_task(held)->state == task_state::succeeded);
+  CHECK(store->get_task(other)->result == nlohmann::json("also"));
 }
