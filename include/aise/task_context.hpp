@@ -67,6 +67,14 @@ class AISE_CORE_EXPORT task_context {
   /// Submits a subtask (fan-out): its parent is this task; a spec whose
   /// project is empty or "default" gets this task's project. Validated like
   /// `orchestrator::submit`. Subtasks are cancelled if this task fails.
+  /// With the orchestrator on its own thread (a SQL store) and no id in
+  /// `spec`, the fields are checked here, an id is generated and returned,
+  /// and the subtask reaches the store from the orchestrator's thread, so
+  /// this call never waits for the database; a subtask refused there (an
+  /// unknown dependency, a cycle) ends as a failed record with the reason,
+  /// which `when_all` and `orchestrator::get` report. A spec with an id of
+  /// its own is submitted before this returns (the id may be taken:
+  /// `already_exists`).
   result<std::string> spawn(task_spec spec);
   /// Fan-in: runs `then` on this agent's strand once every task in `ids`
   /// is terminal, with their final records in the same order. If this

@@ -150,6 +150,10 @@ void orchestrator_impl::close() {
   {
     std::lock_guard lock(mutex_);
     closed_ = true;
+    {
+      std::lock_guard spawn_lock(spawn_mutex_);
+      spawn_closed_ = true;  // what is queued is still submitted (the thread drains it)
+    }
     for (auto& [n, a] : agents_) {
       a.stop_for_good = true;
       if (a.restart_timer != 0) rt.cancel_timer(a.restart_timer);
@@ -665,7 +669,9 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
     if (!e.t.parent.empty()) {
       if (auto p = tasks_.find(e.t.parent); p != tasks_.end()) {
         p->second.children.push_back(id);
-      } else if (auto pt = store_->get_task(e.t.parent);
+      } else if (auto pt = finished_unwritten_.count(e.t.parent) != 0
+                               ? result<aise::task>(finished_unwritten_.at(e.t.parent).first)
+                               : store_->get_task(e.t.parent);
                  pt && is_terminal(pt->state) && pt->state != task_state::succeeded) {
         // Spawned by a handler still running after its task ended.
         doomed.emplace_back(
@@ -693,6 +699,140 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
   }
   commit_call(o);  // the tasks are stored; a failure here only delays their dispatch
   return ids;
+}
+
+// ------------------------------------------------------ subtasks (fan-out) --
+
+result<std::string> orchestrator_impl::spawn_subtask(task_spec spec) {
+  // A subtask with an id of its own is submitted here and now: that id may
+  // be taken, and the caller hears so at once (a generated one cannot be).
+  if (engine_ == nullptr || on_engine_thread() || !spec.id.empty()) {
+    std::vector<task_spec> one;
+    one.push_back(std::move(spec));
+    auto ids = submit_all(std::move(one));
+    if (!ids) return ids.error();
+    return std::move(ids->front());
+  }
+  // From a handler, with the orchestrator on its own thread: checked here,
+  // submitted there (the handler's executor never waits for the store).
+  if (spec.kind.empty()) return error(errc::invalid_argument, "subtask: kind is required");
+  if (spec.project.empty()) return error(errc::invalid_argument, "subtask: project is required");
+  if (spec.max_attempts < 1)
+    return error(errc::invalid_argument, "subtask: max_attempts must be >= 1");
+  if (spec.timeout && spec.timeout->count() <= 0)
+    return error(errc::invalid_argument, "subtask: timeout must be positive");
+  spec.id = rti.make_id("t");
+  std::string id = spec.id;
+  std::lock_guard lock(spawn_mutex_);
+  if (spawn_closed_) return error(errc::unavailable, "subtask: the orchestrator is closing");
+  if (!spawning_.try_emplace(id).second)
+    return error(errc::already_exists, fmt::format("task id '{}' is taken", id));
+  spawn_queue_.push_back(std::move(spec));
+  if (!spawn_drain_posted_) {
+    spawn_drain_posted_ = true;
+    std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+    post_engine([weak] {
+      if (auto self = weak.lock()) self->drain_spawns();
+    });
+  }
+  return id;
+}
+
+// On the orchestrator's thread: submits the queued subtasks together. A
+// store that is away keeps them queued (tried again with backoff); a
+// subtask refused for itself (an unknown dependency, a taken id) ends as
+// a failed record that get() and when_done() report.
+void orchestrator_impl::drain_spawns() {
+  std::vector<task_spec> specs;
+  {
+    std::lock_guard lock(spawn_mutex_);
+    specs.swap(spawn_queue_);
+    spawn_drain_posted_ = false;
+  }
+  if (specs.empty()) return;
+  std::vector<std::pair<task_spec, std::optional<aise::error>>> outcome;
+  auto all = submit_all(specs);
+  if (all) {
+    for (auto& s : specs) outcome.emplace_back(std::move(s), std::nullopt);
+  } else {
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+      std::vector<task_spec> one{specs[i]};
+      auto r = all.error().code() == errc::unavailable
+                   ? result<std::vector<std::string>>(all.error())
+                   : submit_all(std::move(one));
+      if (!r && r.error().code() == errc::unavailable) {
+        bool closing = false;
+        {
+          // Back in front of the queue, in order, and tried again later.
+          std::lock_guard lock(spawn_mutex_);
+          spawn_queue_.insert(spawn_queue_.begin(), std::make_move_iterator(specs.begin() + i),
+                              std::make_move_iterator(specs.end()));
+          closing = spawn_closed_;
+        }
+        if (!closing) {
+          rt.logger().warn("subtasks wait for the store: {}", r.error().describe());
+          schedule_engine(std::chrono::milliseconds(200),
+                          [](orchestrator_impl& self) { self.drain_spawns(); });
+        }
+        specs.resize(i);
+        break;
+      }
+      std::optional<aise::error> failure;
+      if (!r) {
+        rt.logger().error("subtask {} of task {} refused: {}", specs[i].id, specs[i].parent,
+                          r.error().describe());
+        failure = r.error();
+      }
+      outcome.emplace_back(std::move(specs[i]), std::move(failure));
+    }
+  }
+  for (auto& [spec, failure] : outcome) {
+    std::vector<std::function<void(const task&)>> waiters;
+    std::optional<aise::task> failed;
+    {
+      std::lock_guard lock(spawn_mutex_);
+      auto it = spawning_.find(spec.id);
+      if (it != spawning_.end()) {
+        waiters = std::move(it->second);
+        spawning_.erase(it);
+      }
+      if (failure) {
+        aise::task t;
+        static_cast<task_spec&>(t) = spec;
+        t.state = task_state::failed;
+        t.error = failure;
+        t.created_at = t.updated_at = rt.clock().now();
+        if (failed_spawns_.size() >= 1024) failed_spawns_.erase(failed_spawns_.begin());
+        failed_spawns_.insert_or_assign(spec.id, t);
+        failed = std::move(t);
+      }
+    }
+    for (auto& fn : waiters) {
+      if (failed) {
+        boost::asio::post(rti.io(), [fn = std::move(fn), t = *failed] { fn(t); });
+      } else {
+        (void)when_done(spec.id, std::move(fn));
+      }
+    }
+  }
+}
+
+// A subtask not submitted yet (or refused): what get() and when_done() see.
+std::optional<aise::task> orchestrator_impl::spawn_view(const std::string& id) const {
+  std::lock_guard lock(spawn_mutex_);
+  if (auto f = failed_spawns_.find(id); f != failed_spawns_.end()) return f->second;
+  if (spawning_.count(id) == 0) return std::nullopt;
+  for (const auto& s : spawn_queue_) {
+    if (s.id != id) continue;
+    aise::task t;
+    static_cast<task_spec&>(t) = s;
+    t.state = task_state::pending;
+    return t;
+  }
+  aise::task t;  // being submitted right now
+  t.id = id;
+  t.state = task_state::pending;
+  return t;
 }
 
 task_update orchestrator_impl::base_update(const task_entry& e, task_state to,
@@ -1575,6 +1715,7 @@ result<task> orchestrator_impl::get(std::string_view id) const {
     if (auto f = finished_unwritten_.find(key); f != finished_unwritten_.end())
       return f->second.first;
   }
+  if (auto spawned = spawn_view(std::string(id))) return std::move(*spawned);
   return store_->get_task(id);
 }
 
@@ -1596,6 +1737,19 @@ result<void> orchestrator_impl::when_done(std::string_view id, std::function<voi
     });
     if (!flush_scheduled_) schedule_flush(false);  // also when its batch is being written now
     return {};
+  }
+  {
+    // A subtask still on its way to the store, or refused on the way.
+    std::lock_guard spawn_lock(spawn_mutex_);
+    const std::string key(id);
+    if (auto f = failed_spawns_.find(key); f != failed_spawns_.end()) {
+      boost::asio::post(rti.io(), [fn = std::move(fn), t = f->second] { fn(t); });
+      return {};
+    }
+    if (auto w = spawning_.find(key); w != spawning_.end()) {
+      w->second.push_back(std::move(fn));
+      return {};
+    }
   }
   lock.unlock();
   auto t = store_->get_task(id);

@@ -78,6 +78,10 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   result<void> when_done(std::string_view id, std::function<void(const task&)> fn,
                          std::shared_ptr<std::atomic<bool>> gone = nullptr);
   result<recovery_report> recover();
+  // task_context::spawn: with the orchestrator on its own thread, checked
+  // now and submitted there (drain_spawns), so the caller never waits for
+  // the store; otherwise submit_all.
+  result<std::string> spawn_subtask(task_spec spec);
 
   // attempts (task_context)
   result<void> complete(const std::shared_ptr<task_run>& run, std::optional<nlohmann::json> value,
@@ -216,6 +220,8 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   void defer_call(ops& o) const;      // an outside call whose changes go into the batch
   void commit_call(ops& o);           // ... writes it before it returns
   void resync(ops& o, const std::string& id);
+  void drain_spawns();
+  std::optional<aise::task> spawn_view(const std::string& id) const;
   void make_ready(ops& o, task_entry& e);
   void enqueue_ready(task_entry& e);
   void queue_and_dispatch(ops& o, task_entry& e);  // e is queued in the store
@@ -269,7 +275,17 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>
       engine_guard_;
   std::thread engine_thread_;
-  std::thread::id engine_id_;          // set once, before any work is posted
+  std::thread::id engine_id_;  // set once, before any work is posted
+
+  // Subtasks on their way to the orchestrator's thread (spawn_subtask).
+  // Lock order: mutex_ before spawn_mutex_.
+  mutable std::mutex spawn_mutex_;
+  std::vector<task_spec> spawn_queue_;
+  // Ids queued or being submitted, with the when_done callbacks waiting.
+  std::unordered_map<std::string, std::vector<std::function<void(const task&)>>> spawning_;
+  std::map<std::string, aise::task> failed_spawns_;  // refused on the way; bounded
+  bool spawn_drain_posted_ = false;
+  bool spawn_closed_ = false;
   std::atomic<int> engine_queued_{0};  // posted to the thread, not yet run
 
   // The group-commit batch (mutex_): changes in the order they were made,

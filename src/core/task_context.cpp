@@ -107,11 +107,7 @@ result<std::string> task_context::spawn(task_spec spec) {
   }
   spec.parent = run_->task.id;
   if (spec.project.empty() || spec.project == "default") spec.project = run_->task.project;
-  std::vector<task_spec> one;
-  one.push_back(std::move(spec));
-  auto ids = o->submit_all(std::move(one));
-  if (!ids) return ids.error();
-  return std::move(ids.value().front());
+  return o->spawn_subtask(std::move(spec));
 }
 
 void task_context::when_all(std::vector<std::string> ids,

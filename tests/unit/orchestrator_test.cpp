@@ -407,6 +407,23 @@ class planner : public aise::agent {
         (void)c.succeed(sum);
       });
     });
+    // A subtask that cannot be submitted (its dependency is unknown): the
+    // fan-in reports how it ended.
+    on_task_async("plan_unknown_dependency", [](aise::task_context ctx) {
+      aise::task_spec s;
+      s.kind = "add";
+      s.depends_on = {"no-such-task"};
+      auto id = ctx.spawn(s);
+      if (!id) {
+        (void)ctx.fail(id.error());
+        return;
+      }
+      ctx.when_all({*id}, [](aise::task_context& c, std::vector<aise::task> done) {
+        const auto& kid = done.front();
+        (void)c.succeed({{"state", aise::to_string(kid.state)},
+                         {"code", kid.error ? aise::to_string(kid.error->code()) : "none"}});
+      });
+    });
   }
 };
 }  // namespace
@@ -815,8 +832,10 @@ TEST_CASE("orchestrator: with a blocking store, executor threads never wait for 
   REQUIRE(
       orch.register_kind("worker", [&parked] { return std::make_unique<worker>(&parked); }).ok());
   REQUIRE(orch.register_kind("stateful", [] { return std::make_unique<stateful>(); }).ok());
+  REQUIRE(orch.register_kind("planner", [] { return std::make_unique<planner>(); }).ok());
   REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
   REQUIRE(orch.spawn({.kind = "stateful", .name = "s"}).ok());
+  REQUIRE(orch.spawn({.kind = "planner", .name = "p"}).ok());
   REQUIRE(events.wait_for("agent.started", "w"));
   REQUIRE(events.wait_for("agent.started", "s"));
 
@@ -840,6 +859,14 @@ TEST_CASE("orchestrator: with a blocking store, executor threads never wait for 
   auto failed = orch.wait("flaky", 10s);
   CHECK(failed->state == task_state::failed);
   CHECK(failed->attempt == 3);
+  // Fan-out from a handler: the subtasks reach the store from the
+  // orchestrator's thread, not from the handler's executor.
+  auto plan = orch.wait(orch.submit(spec("plan", {{"n", 4}})).value(), 10s);
+  REQUIRE(plan.ok());
+  CHECK(plan->result == nlohmann::json(10));
+  auto refused = orch.wait(orch.submit(spec("plan_unknown_dependency")).value(), 10s);
+  REQUIRE(refused.ok());
+  CHECK(refused->result == nlohmann::json{{"state", "failed"}, {"code", "not_found"}});
 
   CHECK(store->calls.load() > 20);
   CHECK(store->on_executor.load() == 0);
