@@ -548,8 +548,8 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
         continue;
       }
       if (tasks_.count(d) != 0 || finished.count(d) != 0) continue;
-      if (auto f = finished_unwritten_.find(d); f != finished_unwritten_.end()) {
-        finished.emplace(d, f->second.first);
+      if (auto f = finished_.find(d); f != finished_.end()) {
+        finished.emplace(d, *f->second.task);
         continue;
       }
       auto stored = store_->get_task(d);
@@ -669,8 +669,8 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
     if (!e.t.parent.empty()) {
       if (auto p = tasks_.find(e.t.parent); p != tasks_.end()) {
         p->second.children.push_back(id);
-      } else if (auto pt = finished_unwritten_.count(e.t.parent) != 0
-                               ? result<aise::task>(finished_unwritten_.at(e.t.parent).first)
+      } else if (auto pt = finished_.count(e.t.parent) != 0
+                               ? result<aise::task>(*finished_.at(e.t.parent).task)
                                : store_->get_task(e.t.parent);
                  pt && is_terminal(pt->state) && pt->state != task_state::succeeded) {
         // Spawned by a handler still running after its task ended.
@@ -927,6 +927,24 @@ bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
 
 // ------------------------------------------------------------ group commit --
 
+// With the orchestrator on its own thread: a finished task stays readable
+// here (get, when_done, dependencies) without a store read, and until the
+// batch holding its last change is written (generation). The oldest written
+// ones go beyond `finished_kept`.
+void orchestrator_impl::remember_finished(const aise::task& t) {
+  constexpr std::size_t finished_kept = 4096;
+  const std::uint64_t generation = batch_.empty() ? 0 : batch_generation_ + 1;
+  auto [it, fresh] = finished_.insert_or_assign(
+      t.id, finished_entry{std::make_shared<const aise::task>(t), generation});
+  if (fresh) finished_order_.push_back(it->first);
+  while (finished_order_.size() > finished_kept) {
+    auto old = finished_.find(finished_order_.front());
+    if (old != finished_.end() && old->second.generation > written_generation_) break;
+    if (old != finished_.end()) finished_.erase(old);
+    finished_order_.pop_front();
+  }
+}
+
 bool orchestrator_impl::defers(const ops& o) const {
   return options.group_commit && engine_ != nullptr && (o.defer || on_engine_thread());
 }
@@ -1074,8 +1092,7 @@ bool orchestrator_impl::flush_locked(ops& o, bool release_lock) {
   }
   // Written: the tasks it finished are in the store now, and the actions
   // waiting for it run after this call.
-  std::erase_if(finished_unwritten_,
-                [generation](const auto& entry) { return entry.second.second <= generation; });
+  written_generation_ = generation;
   o.after.insert(o.after.begin(), std::make_move_iterator(after.begin()),
                  std::make_move_iterator(after.end()));
   if (batch_.empty()) o.park = nullptr;
@@ -1601,9 +1618,7 @@ void orchestrator_impl::on_terminal(ops& o, const std::string& task_id) {
     if (t != 0) rt.cancel_timer(t);
   }
   const task_state state = e.t.state;
-  if (!batch_.empty()) {  // until the batch holding its last change is written
-    finished_unwritten_.insert_or_assign(e.t.id, std::make_pair(e.t, batch_generation_ + 1));
-  }
+  if (engine_) remember_finished(e.t);
   const std::vector<std::string> dependents = std::move(e.dependents);
   const std::vector<std::string> children = std::move(e.children);
   // Out of the map, but the node lives to the end of this function: `id`
@@ -1711,9 +1726,8 @@ result<task> orchestrator_impl::get(std::string_view id) const {
     const std::string key(id);
     auto it = tasks_.find(key);
     if (it != tasks_.end()) return it->second.t;
-    // Finished, its last change still waiting in the batch.
-    if (auto f = finished_unwritten_.find(key); f != finished_unwritten_.end())
-      return f->second.first;
+    // Finished lately (its last change may still wait in the batch).
+    if (auto f = finished_.find(key); f != finished_.end()) return *f->second.task;
   }
   if (auto spawned = spawn_view(std::string(id))) return std::move(*spawned);
   return store_->get_task(id);
@@ -1730,11 +1744,16 @@ result<void> orchestrator_impl::when_done(std::string_view id, std::function<voi
     waiters.push_back(task_entry::waiter{std::move(gone), std::move(fn)});
     return {};
   }
-  if (auto f = finished_unwritten_.find(std::string(id)); f != finished_unwritten_.end()) {
-    // Finished, its last change still waiting in the batch: told once it is written.
-    batch_after_.push_back([&io = rti.io(), fn = std::move(fn), done = f->second.first]() mutable {
-      boost::asio::post(io, [fn = std::move(fn), done = std::move(done)] { fn(done); });
-    });
+  if (auto f = finished_.find(std::string(id)); f != finished_.end()) {
+    auto tell = [&io = rti.io(), fn = std::move(fn), done = f->second.task]() mutable {
+      boost::asio::post(io, [fn = std::move(fn), done = std::move(done)] { fn(*done); });
+    };
+    if (f->second.generation <= written_generation_) {
+      tell();
+      return {};
+    }
+    // Its last change still waits in the batch: told once that is written.
+    batch_after_.push_back(std::move(tell));
     if (!flush_scheduled_) schedule_flush(false);  // also when its batch is being written now
     return {};
   }

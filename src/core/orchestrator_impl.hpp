@@ -221,6 +221,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   void commit_call(ops& o);           // ... writes it before it returns
   void resync(ops& o, const std::string& id);
   void drain_spawns();
+  void remember_finished(const aise::task& t);
   std::optional<aise::task> spawn_view(const std::string& id) const;
   void make_ready(ops& o, task_entry& e);
   void enqueue_ready(task_entry& e);
@@ -297,12 +298,16 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::vector<task_update> batch_;
   std::vector<announcement> batch_events_;
   std::vector<std::function<void()>> batch_after_;
-  // Tasks that finished (and left tasks_) while their last change waits in
-  // the batch: get(), when_done() and dependencies read them here.
-  // The generation is the batch's: written when batch_generation_ reaches it.
-  std::unordered_map<std::string, std::pair<aise::task, std::uint64_t>> finished_unwritten_;
-  std::uint64_t batch_generation_ = 0;  // batches taken for writing so far
-  bool flush_in_flight_ = false;        // a batch is being written without the lock
+  // Tasks that finished lately (own thread only; see remember_finished).
+  struct finished_entry {
+    std::shared_ptr<const aise::task> task;
+    std::uint64_t generation = 0;  // of the batch holding its last change; 0: written
+  };
+  std::unordered_map<std::string, finished_entry> finished_;
+  std::deque<std::string> finished_order_;
+  std::uint64_t written_generation_ = 0;  // batches up to this one are in the store
+  std::uint64_t batch_generation_ = 0;    // batches taken for writing so far
+  bool flush_in_flight_ = false;          // a batch is being written without the lock
   std::condition_variable flush_cv_;
   bool flush_scheduled_ = false;  // a flush_turn is posted or its retry timer armed
   int flush_failures_ = 0;        // in a row; > 0: no new attempts start
