@@ -5,6 +5,7 @@
 //
 // Usage: aise_sql_bench [--threads T] [--tasks N] [--projects P]
 //                       [--server-pid PID] [--sqlite-synchronous FULL|NORMAL]
+//                       [--chunk K] [--concurrency C] [--group-commit 0|1]
 //                       <workload> <url>
 //   <url>  sqlite:<path> (a fresh file) or postgresql://... (a fresh database)
 //
@@ -22,6 +23,15 @@
 // succeeded, version 3), 4 events, 1 attempt row.
 //
 // Workloads:
+//   orchestrator  libaise the whole way (the one the target is judged
+//                 on): T threads submit N/T tasks each (submit_all, --chunk
+//                 per call), T agents each run up to --concurrency of them at
+//                 once through the orchestrator with its group commit
+//                 (--group-commit 0 turns it off); timed until the last task
+//                 is reported done. Its tasks are stored queued at submission
+//                 (pending and queued events in the insert), so a task's
+//                 writes differ from the cycle below; the rows afterwards are
+//                 the same (checked, apart from the version).
 //   aise          the cycle through aise::sql (one shared store, pool of T
 //                 connections; T threads each run N/T tasks one after another)
 //   raw_batch     the raw limit: the same final rows (1 task row, 4 events
