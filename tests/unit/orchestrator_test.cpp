@@ -872,14 +872,35 @@ TEST_CASE("orchestrator: with a blocking store, executor threads never wait for 
   CHECK(store->on_executor.load() == 0);
 }
 
+namespace {
+// An orchestrator on a blocking_store (so on its own thread, with group
+// commit) and a "worker" kind whose "hold" tasks park in `parked`.
+struct group_commit_fixture {
+  aise::runtime rt{quiet()};
+  std::shared_ptr<blocking_store> store = std::make_shared<blocking_store>(rt);
+  aise::orchestrator orch{rt, [this] {
+                            aise::orchestrator_options o;
+                            o.store = store;
+                            return o;
+                          }()};
+  parked_tasks parked;
+  group_commit_fixture() {
+    REQUIRE(
+        orch.register_kind("worker", [this] { return std::make_unique<worker>(&parked); }).ok());
+  }
+  // The event log: numbered from 1 without a gap.
+  void check_gapless() {
+    auto log = store->read_events("default", 0, 100000).value();
+    for (std::size_t i = 0; i < log.size(); ++i) REQUIRE(log[i].sequence == i + 1);
+  }
+};
+}  // namespace
+
 TEST_CASE("orchestrator: group commit writes the changes of a turn in one batch") {
-  aise::runtime rt(quiet());
-  auto store = std::make_shared<blocking_store>(rt);
-  aise::orchestrator_options options;
-  options.store = store;
-  aise::orchestrator orch(rt, options);
+  group_commit_fixture f;
+  auto& orch = f.orch;
+  auto& store = f.store;
   event_recorder events(orch);
-  REQUIRE(orch.register_kind("worker", [] { return std::make_unique<worker>(nullptr); }).ok());
   for (int i = 0; i < 4; ++i) REQUIRE(orch.spawn({.kind = "worker"}).ok());
   std::vector<aise::task_spec> specs;
   for (int i = 0; i < 200; ++i) specs.push_back(spec("add", {{"n", i}}));
@@ -904,20 +925,15 @@ TEST_CASE("orchestrator: group commit writes the changes of a turn in one batch"
                                                           "task.running", "task.succeeded"});
   }
   // Announced after the write, in the store's order, without a gap.
-  auto log = store->read_events("default", 0, 100000).value();
-  for (std::size_t i = 0; i < log.size(); ++i) REQUIRE(log[i].sequence == i + 1);
+  f.check_gapless();
   REQUIRE(events.wait_count("task.succeeded", "", 200));
 }
 
 TEST_CASE("orchestrator: group commit keeps changes the store refuses and writes them later") {
-  aise::runtime rt(quiet());
-  auto store = std::make_shared<blocking_store>(rt);
-  aise::orchestrator_options options;
-  options.store = store;
-  aise::orchestrator orch(rt, options);
-  parked_tasks parked;
-  REQUIRE(
-      orch.register_kind("worker", [&parked] { return std::make_unique<worker>(&parked); }).ok());
+  group_commit_fixture f;
+  auto& orch = f.orch;
+  auto& store = f.store;
+  auto& parked = f.parked;
   REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 1}).ok());
 
   SUBCASE("the database is away for a while") {
@@ -967,19 +983,14 @@ TEST_CASE("orchestrator: group commit keeps changes the store refuses and writes
     CHECK(store->single_updates.load() >= 1);
     CHECK(store->get_task(id)->state == task_state::succeeded);
   }
-  auto log = store->read_events("default", 0, 100000).value();
-  for (std::size_t i = 0; i < log.size(); ++i) REQUIRE(log[i].sequence == i + 1);
+  f.check_gapless();
 }
 
 TEST_CASE("orchestrator: while a batch is written, calls from other threads do not wait for it") {
-  aise::runtime rt(quiet());
-  auto store = std::make_shared<blocking_store>(rt);
-  aise::orchestrator_options options;
-  options.store = store;
-  aise::orchestrator orch(rt, options);
-  parked_tasks parked;
-  REQUIRE(
-      orch.register_kind("worker", [&parked] { return std::make_unique<worker>(&parked); }).ok());
+  group_commit_fixture f;
+  auto& orch = f.orch;
+  auto& store = f.store;
+  auto& parked = f.parked;
   REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
   auto held = orch.submit(spec("hold")).value();
   auto other = orch.submit(spec("hold")).value();
