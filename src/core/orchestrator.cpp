@@ -931,11 +931,12 @@ bool orchestrator_impl::apply(ops& o, task_entry& e, task_update&& u) {
 // here (get, when_done, dependencies) without a store read, and until the
 // batch holding its last change is written (generation). The oldest written
 // ones go beyond `finished_kept`.
-void orchestrator_impl::remember_finished(const aise::task& t) {
+void orchestrator_impl::remember_finished(std::shared_ptr<const aise::task> t) {
   constexpr std::size_t finished_kept = 4096;
   const std::uint64_t generation = batch_.empty() ? 0 : batch_generation_ + 1;
-  auto [it, fresh] = finished_.insert_or_assign(
-      t.id, finished_entry{std::make_shared<const aise::task>(t), generation});
+  std::string id = t->id;
+  auto [it, fresh] =
+      finished_.insert_or_assign(std::move(id), finished_entry{std::move(t), generation});
   if (fresh) finished_order_.push_back(it->first);
   while (finished_order_.size() > finished_kept) {
     auto old = finished_.find(finished_order_.front());
@@ -1618,7 +1619,6 @@ void orchestrator_impl::on_terminal(ops& o, const std::string& task_id) {
     if (t != 0) rt.cancel_timer(t);
   }
   const task_state state = e.t.state;
-  if (engine_) remember_finished(e.t);
   const std::vector<std::string> dependents = std::move(e.dependents);
   const std::vector<std::string> children = std::move(e.children);
   // Out of the map, but the node lives to the end of this function: `id`
@@ -1626,10 +1626,12 @@ void orchestrator_impl::on_terminal(ops& o, const std::string& task_id) {
   auto node = tasks_.extract(it);  // `e` is no longer in tasks_ from here on
   const std::string& id = node.key();
   std::optional<nlohmann::json> result;
-  if (!e.waiters.empty()) {
-    result = e.t.result;
+  if (engine_ || !e.waiters.empty()) {
+    if (!dependents.empty()) result = e.t.result;
+    // One copy of the final task, shared by the waiters and the finished cache.
     auto snapshot =
         std::make_shared<const aise::task>(std::move(e.t));  // the entry is done with it
+    if (engine_) remember_finished(snapshot);
     for (auto& w : e.waiters) {
       if (w.gone && w.gone->load()) continue;
       // After the lock is released, and with group commit after the change

@@ -221,7 +221,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   void commit_call(ops& o);           // ... writes it before it returns
   void resync(ops& o, const std::string& id);
   void drain_spawns();
-  void remember_finished(const aise::task& t);
+  void remember_finished(std::shared_ptr<const aise::task> t);
   std::optional<aise::task> spawn_view(const std::string& id) const;
   void make_ready(ops& o, task_entry& e);
   void enqueue_ready(task_entry& e);

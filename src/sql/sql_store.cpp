@@ -521,7 +521,7 @@ class sql_store final : public store {
           numbered.reserve(events.size());
           for (const auto& e : events) {
             out.push_back(projects[e.project].second++);
-            numbered.push_back({&e, out.back()});
+            numbered.push_back({&e, out.back(), to_ns(e.at)});
           }
           insert_events(c, numbered);
           tx.commit();
@@ -546,7 +546,7 @@ class sql_store final : public store {
 
   result<std::vector<std::uint64_t>> update_tasks(const std::vector<task_update>& batch) override {
     if (batch.empty()) return std::vector<std::uint64_t>{};
-    std::vector<task_update> work(batch);
+    const std::vector<task_update>& work = batch;  // read only: the caller may write it again
     std::vector<change_values> values;
     values.reserve(work.size());
     for (std::size_t i = 0; i < work.size(); ++i) {
@@ -833,13 +833,15 @@ class sql_store final : public store {
   /// A change's column values, computed before its transaction.
   struct change_values {
     long long updated = 0;
+    long long event_at = 0, via_at = 0;  // the drafts' times, or now when left at the epoch
     std::string result_text;
     int error_mode = 0;  // 0 keep, 1 set, 2 clear (clear_error before error: both = replace)
     std::string error_value;
   };
 
-  /// Validates `u` and fills its times left at the epoch.
-  result<change_values> prepare_change(const std::string& op, task_update& u) const {
+  /// Validates `u` and computes its column values (times left at the
+  /// epoch become now).
+  result<change_values> prepare_change(const std::string& op, const task_update& u) const {
     if (u.id.empty()) return error(errc::invalid_argument, op + ": empty task id");
     if (auto e = check_draft(op, u.event)) return *e;
     if (u.via_event) {
@@ -850,9 +852,9 @@ class sql_store final : public store {
                                                  in_quotes(u.event.project));
     }
     const time_point now = clock_->now();
-    if (u.event.at == time_point{}) u.event.at = now;
-    if (u.via_event && u.via_event->at == time_point{}) u.via_event->at = now;
     change_values out;
+    out.event_at = to_ns(u.event.at == time_point{} ? now : u.event.at);
+    if (u.via_event) out.via_at = to_ns(u.via_event->at == time_point{} ? now : u.via_event->at);
     out.updated = to_ns(u.at == time_point{} ? now : u.at);
     if (u.result) out.result_text = dump(*u.result);
     out.error_mode = u.error ? 1 : (u.clear_error ? 2 : 0);
@@ -935,11 +937,12 @@ class sql_store final : public store {
     out.reserve(changes.size());
     std::vector<numbered_event> numbered;
     numbered.reserve(2 * changes.size());
-    for (const auto& u : changes) {
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+      const task_update& u = changes[i];
       std::uint64_t& next = projects[u.event.project].second;
-      if (u.via_event) numbered.push_back({&*u.via_event, next++});
+      if (u.via_event) numbered.push_back({&*u.via_event, next++, values[i].via_at});
       out.push_back(next);
-      numbered.push_back({&u.event, next++});
+      numbered.push_back({&u.event, next++, values[i].event_at});
     }
     insert_events(c, numbered);
     return out;
@@ -981,11 +984,12 @@ class sql_store final : public store {
   struct numbered_event {
     const event_draft* draft;
     std::uint64_t sequence;
+    long long at;  // nanoseconds since the epoch
   };
 
   void insert_events(connection& c, std::span<const numbered_event> events) {
     if (kind() != dialect::postgresql || events.size() < 2) {
-      for (const auto& e : events) insert_event(c, *e.draft, e.sequence);
+      for (const auto& e : events) insert_event(c, *e.draft, e.sequence, e.at);
       return;
     }
     pg_array project, sequence, type, subject, at, data;
@@ -994,7 +998,7 @@ class sql_store final : public store {
       sequence.add(static_cast<long long>(e.sequence));
       type.add(e.draft->type);
       subject.add(e.draft->subject);
-      at.add(to_ns(e.draft->at));
+      at.add(e.at);
       data.add(dump(e.draft->data));
     }
     const std::string a = project.done(), b = sequence.done(), t = type.done(), j = subject.done(),
@@ -1259,7 +1263,7 @@ class sql_store final : public store {
   /// One event with the next sequence of its project.
   std::uint64_t append(connection& c, const event_draft& e) {
     const std::uint64_t sequence = reserve_sequences(c, e.project, 1);
-    insert_event(c, e, sequence);
+    insert_event(c, e, sequence, to_ns(e.at));
     return sequence;
   }
 
@@ -1289,13 +1293,13 @@ class sql_store final : public store {
     return static_cast<std::uint64_t>(last - n + 1);
   }
 
-  void insert_event(connection& c, const event_draft& e, std::uint64_t sequence) {
+  void insert_event(connection& c, const event_draft& e, std::uint64_t sequence, long long at) {
     detail::hot_values& v = c.values;
     v.event_project = e.project;
     v.event_sequence = static_cast<long long>(sequence);
     v.event_type = e.type;
     v.event_subject = e.subject;
-    v.event_at = to_ns(e.at);
+    v.event_at = at;
     v.event_data = dump(e.data);
     if (!c.insert_event) {
       c.insert_event = std::make_unique<soci::statement>(
