@@ -72,9 +72,10 @@ class AISE_CORE_EXPORT task_context {
   /// and the subtask reaches the store from the orchestrator's thread, so
   /// this call never waits for the database; a subtask refused there (an
   /// unknown dependency, a cycle) ends as a failed record with the reason,
-  /// which `when_all` and `orchestrator::get` report. A spec with an id of
-  /// its own is submitted before this returns (the id may be taken:
-  /// `already_exists`).
+  /// which `when_all` and `orchestrator::get` report. While the store is
+  /// away, up to 65,536 such subtasks wait (then `unavailable`). A spec with
+  /// an id of its own is submitted before this returns (the id may be
+  /// taken: `already_exists`).
   result<std::string> spawn(task_spec spec);
   /// Fan-in: runs `then` on this agent's strand once every task in `ids`
   /// is terminal, with their final records in the same order. If this

@@ -725,6 +725,12 @@ result<std::string> orchestrator_impl::spawn_subtask(task_spec spec) {
   std::string id = spec.id;
   std::lock_guard lock(spawn_mutex_);
   if (spawn_closed_) return error(errc::unavailable, "subtask: the orchestrator is closing");
+  // Bounded: while the store is away subtasks wait here, up to this many.
+  constexpr std::size_t max_waiting = 65'536;
+  if (spawn_queue_.size() >= max_waiting) {
+    return error(errc::unavailable,
+                 fmt::format("subtask: {} subtasks already wait for the store", max_waiting));
+  }
   if (!spawning_.try_emplace(id).second)
     return error(errc::already_exists, fmt::format("task id '{}' is taken", id));
   spawn_queue_.push_back(std::move(spec));

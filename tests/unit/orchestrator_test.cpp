@@ -677,6 +677,11 @@ class blocking_store final : public aise::store {
     held_ = false;
     hold_cv_.notify_all();
   }
+  // Waits until at least `n` batches were refused as unavailable.
+  bool wait_for_refusals(int n, std::chrono::milliseconds limit) {
+    std::unique_lock lock(hold_mutex_);
+    return hold_cv_.wait_for(lock, limit, [&] { return refused_batches.load() >= n; });
+  }
   bool wait_for_held_batch(std::chrono::milliseconds limit) {
     std::unique_lock lock(hold_mutex_);
     return hold_cv_.wait_for(lock, limit, [&] { return waiting_ > 0; });
@@ -741,7 +746,11 @@ class blocking_store final : public aise::store {
       }
     }
     if (take(unavailable_batches)) {
-      ++refused_batches;
+      {
+        std::lock_guard lock(hold_mutex_);
+        ++refused_batches;
+        hold_cv_.notify_all();
+      }
       refusing.store(true);
       return aise::error(aise::errc::unavailable, "injected: the database is away");
     }
@@ -950,14 +959,10 @@ TEST_CASE("orchestrator: group commit keeps changes the store refuses and writes
     REQUIRE(parked.wait_count(1));
     // Once the store has refused a batch (written on the orchestrator's
     // thread, which records completions too), the second completes.
-    for (int i = 0; i < 500 && store->refused_batches.load() == 0; ++i)
-      std::this_thread::sleep_for(10ms);
-    REQUIRE(store->refused_batches.load() > 0);
+    REQUIRE(store->wait_for_refusals(1, 10s));
     REQUIRE(parked.take(second).succeed(nlohmann::json("held too")).ok());
     const int refused = store->refused_batches.load();
-    for (int i = 0; i < 500 && store->refused_batches.load() < refused + 2; ++i)
-      std::this_thread::sleep_for(10ms);
-    REQUIRE(store->refused_batches.load() >= refused + 2);        // retried meanwhile
+    REQUIRE(store->wait_for_refusals(refused + 2, 10s));          // retried meanwhile
     CHECK(orch.get(second)->state == task_state::succeeded);      // the orchestrator's view
     CHECK(store->get_task(second)->state == task_state::queued);  // none of it written yet
     CHECK(orch.get(third)->state == task_state::queued);
