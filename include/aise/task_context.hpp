@@ -73,7 +73,10 @@ class AISE_CORE_EXPORT task_context {
   /// this call never waits for the database; a subtask refused there (an
   /// unknown dependency, a cycle) ends as a failed record with the reason,
   /// which `when_all` and `orchestrator::get` report. While the store is
-  /// away, up to 65,536 such subtasks wait (then `unavailable`). A spec with
+  /// away, up to 65,536 such subtasks wait (then `unavailable`). Subtasks
+  /// may depend on subtasks spawned before them; a task given to
+  /// `orchestrator::submit` that depends on a subtask still on its way is
+  /// refused (`not_found`), so spawn such dependents here. A spec with
   /// an id of its own is submitted before this returns (the id may be
   /// taken: `already_exists`).
   result<std::string> spawn(task_spec spec);
