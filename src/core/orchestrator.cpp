@@ -173,13 +173,23 @@ void orchestrator_impl::close() {
     engine_guard_.reset();
     if (engine_thread_.joinable() && engine_thread_.get_id() != std::this_thread::get_id())
       engine_thread_.join();
-    ops o(mutex_);
+    ops o(*this);
     if (!flush_locked(o)) {
       rt.logger().warn(
           "orchestrator closed with {} task changes the store did not take; the tasks "
           "resume from their stored state when the orchestrator recovers",
           batch_.size());
+      // Callbacks that waited for them (when_done, cancellation) still run.
+      o.after.insert(o.after.end(), std::make_move_iterator(batch_after_.begin()),
+                     std::make_move_iterator(batch_after_.end()));
+      batch_after_.clear();
+      o.park = nullptr;
     }
+  }
+  if (engine_) {
+    // Subtasks still queued (a retry timer that will not fire now) end as
+    // failed records, their waiters told.
+    drain_spawns();
   }
 }
 
@@ -279,7 +289,7 @@ result<std::string> orchestrator_impl::start_agent(const std::string& name, bool
                            std::move(restore), hook);
   if (!spawned) return spawned.error();
 
-  ops o(mutex_);
+  ops o(*this);
   auto it = agents_.find(name);
   if (it == agents_.end()) return name;
   agent_entry& a = it->second;
@@ -327,7 +337,7 @@ void orchestrator_impl::unindex_agent(const agent_entry& a) {
 
 result<void> orchestrator_impl::stop_agent(std::string_view name) {
   {
-    ops o(mutex_);
+    ops o(*this);
     auto it = agents_.find(name);
     if (it == agents_.end()) return error(errc::not_found, fmt::format("no agent '{}'", name));
     agent_entry& a = it->second;
@@ -410,7 +420,7 @@ void orchestrator_impl::checkpoint(agent& a) {
 void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
   std::string restart_name;
   {
-    ops o(mutex_);
+    ops o(*this);
     auto it = agents_.find(ex.name);
     if (it == agents_.end()) return;
     agent_entry& a = it->second;
@@ -499,7 +509,7 @@ void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
 
 result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_spec> specs) {
   if (specs.empty()) return std::vector<std::string>{};
-  ops o(mutex_);
+  ops o(*this);
   if (closed_) return error(errc::unavailable, "submit: the orchestrator is closing");
   const time_point now = rt.clock().now();
 
@@ -745,52 +755,55 @@ result<std::string> orchestrator_impl::spawn_subtask(task_spec spec) {
 }
 
 // On the orchestrator's thread: submits the queued subtasks together. A
-// store that is away keeps them queued (tried again with backoff); a
-// subtask refused for itself (an unknown dependency, a taken id) ends as
-// a failed record that get() and when_done() report.
+// subtask the store cannot take now (`unavailable`) waits and is tried
+// again every 200 ms, for at most 5 minutes; one refused for itself (an
+// unknown dependency, a cycle), or still refused after that, or queued when
+// the orchestrator closes, ends as a failed record that get() and
+// when_done() report.
 void orchestrator_impl::drain_spawns() {
+  constexpr int max_tries = 1500;  // × 200 ms
   std::vector<task_spec> specs;
+  bool closing = false;
   {
     std::lock_guard lock(spawn_mutex_);
     specs.swap(spawn_queue_);
     spawn_drain_posted_ = false;
+    closing = spawn_closed_;
   }
   if (specs.empty()) return;
   std::vector<std::pair<task_spec, std::optional<aise::error>>> outcome;
-  auto all = submit_all(specs);
-  if (all) {
+  std::vector<task_spec> again;
+  if (auto all = submit_all(specs); all) {
     for (auto& s : specs) outcome.emplace_back(std::move(s), std::nullopt);
   } else {
-    for (std::size_t i = 0; i < specs.size(); ++i) {
-      std::vector<task_spec> one{specs[i]};
-      auto r = all.error().code() == errc::unavailable
-                   ? result<std::vector<std::string>>(all.error())
-                   : submit_all(std::move(one));
-      if (!r && r.error().code() == errc::unavailable) {
-        bool closing = false;
-        {
-          // Back in front of the queue, in order, and tried again later.
-          std::lock_guard lock(spawn_mutex_);
-          spawn_queue_.insert(spawn_queue_.begin(), std::make_move_iterator(specs.begin() + i),
-                              std::make_move_iterator(specs.end()));
-          closing = spawn_closed_;
-        }
-        if (!closing) {
-          rt.logger().warn("subtasks wait for the store: {}", r.error().describe());
-          schedule_engine(std::chrono::milliseconds(200),
-                          [](orchestrator_impl& self) { self.drain_spawns(); });
-        }
-        specs.resize(i);
-        break;
+    // One by one: a subtask refused for itself must not hold back the rest.
+    for (auto& spec : specs) {
+      auto r = submit_all(std::vector<task_spec>{spec});
+      if (r) {
+        outcome.emplace_back(std::move(spec), std::nullopt);
+        continue;
       }
-      std::optional<aise::error> failure;
-      if (!r) {
-        rt.logger().error("subtask {} of task {} refused: {}", specs[i].id, specs[i].parent,
-                          r.error().describe());
-        failure = r.error();
+      if (r.error().code() == errc::unavailable && !closing &&
+          ++spawn_tries_[spec.id] < max_tries) {
+        again.push_back(std::move(spec));
+        continue;
       }
-      outcome.emplace_back(std::move(specs[i]), std::move(failure));
+      rt.logger().error("subtask {} of task {} refused: {}", spec.id, spec.parent,
+                        r.error().describe());
+      outcome.emplace_back(std::move(spec), r.error());
     }
+  }
+  for (const auto& [spec, failure] : outcome) spawn_tries_.erase(spec.id);
+  if (!again.empty()) {
+    {
+      std::lock_guard lock(spawn_mutex_);
+      spawn_queue_.insert(spawn_queue_.begin(), std::make_move_iterator(again.begin()),
+                          std::make_move_iterator(again.end()));
+      spawn_drain_posted_ = true;  // the timer below drains what comes meanwhile too
+    }
+    rt.logger().warn("{} subtasks wait for the store", again.size());
+    schedule_engine(std::chrono::milliseconds(200),
+                    [](orchestrator_impl& self) { self.drain_spawns(); });
   }
   for (auto& [spec, failure] : outcome) {
     std::vector<std::function<void(const task&)>> waiters;
@@ -977,7 +990,7 @@ void orchestrator_impl::schedule_flush(bool backoff) {
 }
 
 void orchestrator_impl::flush_turn() {
-  ops o(mutex_);
+  ops o(*this);
   // Under load, the work already waiting for this thread (completions,
   // timers) joins the batch first, up to max_batch changes: fewer, larger
   // commits, and a short task's start and end may share one.
@@ -1017,6 +1030,7 @@ bool orchestrator_impl::flush_locked(ops& o, bool release_lock) {
     o.after.insert(o.after.begin(), std::make_move_iterator(batch_after_.begin()),
                    std::make_move_iterator(batch_after_.end()));
     batch_after_.clear();
+    o.park = nullptr;
     return true;
   }
   // Take the batch: changes made while it is written form the next one.
@@ -1027,18 +1041,29 @@ bool orchestrator_impl::flush_locked(ops& o, bool release_lock) {
   std::vector<std::function<void()>> after;
   after.swap(batch_after_);
   const std::uint64_t generation = ++batch_generation_;
+  // Stores return errors as values; one that throws anyway does not leave
+  // the batch half-handled (or the lock released).
+  auto write = [this, &batch]() -> result<std::vector<std::uint64_t>> {
+    try {
+      return store_->update_tasks(batch);
+    } catch (const std::exception& e) {
+      return error(errc::internal, fmt::format("store threw: {}", e.what()));
+    } catch (...) {
+      return error(errc::internal, "store threw a non-exception");
+    }
+  };
   result<std::vector<std::uint64_t>> r = std::vector<std::uint64_t>{};
   if (release_lock) {
     // Written without the lock: executor threads calling in (a completion,
     // when_done, get) never wait for the database.
     flush_in_flight_ = true;
     o.lock.unlock();
-    r = store_->update_tasks(batch);
+    r = write();
     o.lock.lock();
     flush_in_flight_ = false;
     flush_cv_.notify_all();
   } else {
-    r = store_->update_tasks(batch);
+    r = write();
   }
   std::vector<std::uint64_t> sequences;
   std::size_t written = batch.size();  // a prefix of the batch, on the slow path
@@ -1056,8 +1081,14 @@ bool orchestrator_impl::flush_locked(ops& o, bool release_lock) {
     rt.logger().error("store: a batch of {} task changes was refused ({}); writing them one by one",
                       batch.size(), r.error().describe());
     sequences.assign(batch.size(), 0);
+    std::set<std::string, std::less<>> refused;  // their later changes are not written either
     for (std::size_t i = 0; i < batch.size(); ++i) {
-      auto one = store_->update_task(batch[i]);
+      if (refused.count(batch[i].id) != 0) continue;
+      result<std::uint64_t> one = error(errc::internal, "store threw");
+      try {
+        one = store_->update_task(batch[i]);
+      } catch (...) {  // NOLINT(bugprone-empty-catch): reported as `internal` below
+      }
       if (one) {
         sequences[i] = one.value();
         continue;
@@ -1067,6 +1098,7 @@ bool orchestrator_impl::flush_locked(ops& o, bool release_lock) {
         break;
       }
       rt.logger().error("store: task {} change refused: {}", batch[i].id, one.error().describe());
+      refused.insert(batch[i].id);
       resync(o, batch[i].id);
     }
   }
@@ -1112,7 +1144,7 @@ bool orchestrator_impl::flush_locked(ops& o, bool release_lock) {
     post_engine([weak] {
       auto self = weak.lock();
       if (!self) return;
-      ops again(self->mutex_);
+      ops again(*self);
       std::vector<std::string> capabilities;
       for (const auto& [c, q] : self->ready_)
         if (!q.empty()) capabilities.push_back(c);
@@ -1126,13 +1158,20 @@ bool orchestrator_impl::flush_locked(ops& o, bool release_lock) {
 // the stored task wins. A local attempt the store does not know ends.
 void orchestrator_impl::resync(ops& o, const std::string& id) {
   auto it = tasks_.find(id);
-  if (it == tasks_.end()) return;
-  task_entry& e = it->second;
+  auto done = finished_.find(id);
+  if (it == tasks_.end() && done == finished_.end()) return;
   auto stored = store_->get_task(id);
   if (!stored) {
     rt.logger().error("store: task {} could not be read back: {}", id, stored.error().describe());
     return;
   }
+  if (it == tasks_.end()) {
+    // Finished here already (its waiters were told): later readers see the
+    // stored task.
+    done->second = finished_entry{std::make_shared<const aise::task>(std::move(*stored)), 0};
+    return;
+  }
+  task_entry& e = it->second;
   if (e.t.state == task_state::running &&
       (stored->state != task_state::running || stored->attempt != e.t.attempt)) {
     abort_run(o, e);
@@ -1314,7 +1353,7 @@ bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
 }
 
 void orchestrator_impl::drop_attempt(const std::string& id, int attempt) {
-  ops o(mutex_);
+  ops o(*this);
   auto it = tasks_.find(id);
   if (it == tasks_.end() || it->second.t.state != task_state::running ||
       it->second.t.attempt != attempt) {
@@ -1347,7 +1386,7 @@ result<void> orchestrator_impl::complete(const std::shared_ptr<task_run>& run_pt
     });
     return {};
   }
-  ops o(mutex_);
+  ops o(*this);
   auto it = tasks_.find(run.task.id);
   if (it == tasks_.end() || it->second.t.state != task_state::running ||
       it->second.t.attempt != run.task.attempt) {
@@ -1377,7 +1416,7 @@ result<void> orchestrator_impl::complete(const std::shared_ptr<task_run>& run_pt
 void orchestrator_impl::finish_completion(const std::shared_ptr<task_run>& run,
                                           std::optional<nlohmann::json> value,
                                           std::optional<aise::error> failure, bool retryable) {
-  ops o(mutex_);
+  ops o(*this);
   auto it = tasks_.find(run->task.id);
   if (it == tasks_.end() || it->second.t.state != task_state::running ||
       it->second.t.attempt != run->task.attempt || closed_) {
@@ -1513,7 +1552,7 @@ duration orchestrator_impl::retry_backoff(int attempt) {
 }
 
 void orchestrator_impl::on_retry_due(const std::string& id, int attempt) {
-  ops o(mutex_);
+  ops o(*this);
   auto it = tasks_.find(id);
   if (it == tasks_.end()) return;
   task_entry& e = it->second;
@@ -1525,7 +1564,7 @@ void orchestrator_impl::on_retry_due(const std::string& id, int attempt) {
 }
 
 void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
-  ops o(mutex_);
+  ops o(*this);
   auto it = tasks_.find(id);
   if (it == tasks_.end()) return;
   task_entry& e = it->second;
@@ -1554,7 +1593,7 @@ void orchestrator_impl::on_timeout(const std::string& id, int attempt) {
 }
 
 void orchestrator_impl::on_deadline(const std::string& id) {
-  ops o(mutex_);
+  ops o(*this);
   auto it = tasks_.find(id);
   if (it == tasks_.end() || is_terminal(it->second.t.state)) return;
   it->second.deadline_timer = 0;
@@ -1677,7 +1716,7 @@ void orchestrator_impl::on_terminal(ops& o, const std::string& task_id) {
 }
 
 result<void> orchestrator_impl::cancel(std::string_view id, std::string reason) {
-  ops o(mutex_);
+  ops o(*this);
   auto it = tasks_.find(std::string(id));
   if (it == tasks_.end()) {
     auto stored = store_->get_task(id);
@@ -1693,7 +1732,7 @@ result<void> orchestrator_impl::cancel(std::string_view id, std::string reason) 
 }
 
 result<void> orchestrator_impl::approve(std::string_view id, std::string by) {
-  ops o(mutex_);
+  ops o(*this);
   auto it = tasks_.find(std::string(id));
   if (it == tasks_.end() || it->second.t.state != task_state::awaiting_approval) {
     auto t = it != tasks_.end() ? result<aise::task>(it->second.t) : store_->get_task(id);
@@ -1712,7 +1751,7 @@ result<void> orchestrator_impl::approve(std::string_view id, std::string by) {
 }
 
 result<void> orchestrator_impl::reject(std::string_view id, std::string by, std::string reason) {
-  ops o(mutex_);
+  ops o(*this);
   auto it = tasks_.find(std::string(id));
   if (it == tasks_.end() || it->second.t.state != task_state::awaiting_approval) {
     auto t = it != tasks_.end() ? result<aise::task>(it->second.t) : store_->get_task(id);
@@ -1831,7 +1870,7 @@ result<recovery_report> orchestrator_impl::recover() {
     f.after = pg->next_cursor;
   }
 
-  ops o(mutex_);
+  ops o(*this);
   const time_point now = rt.clock().now();
   // Entries first (in id order, which is creation order for generated ids).
   std::vector<task_entry*> entries;

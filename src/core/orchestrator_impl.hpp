@@ -186,7 +186,12 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
 
   // Deferred work collected under the lock and run after it is released.
   struct ops {
-    explicit ops(std::mutex& m) : lock(m) {}
+    // Takes the lock, then waits while the orchestrator's thread writes a
+    // batch without it: a call never holds references into the state across
+    // that write, and nothing it writes can overtake the batch.
+    explicit ops(orchestrator_impl& self) : lock(self.mutex_) {
+      self.flush_cv_.wait(lock, [&self] { return !self.flush_in_flight_; });
+    }
     ops(const ops&) = delete;
     ops& operator=(const ops&) = delete;
     ~ops();
@@ -284,7 +289,8 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   std::vector<task_spec> spawn_queue_;
   // Ids queued or being submitted, with the when_done callbacks waiting.
   std::unordered_map<std::string, std::vector<std::function<void(const task&)>>> spawning_;
-  std::map<std::string, aise::task> failed_spawns_;  // refused on the way; bounded
+  std::map<std::string, aise::task> failed_spawns_;   // refused on the way; bounded
+  std::unordered_map<std::string, int> spawn_tries_;  // orchestrator's thread only
   bool spawn_drain_posted_ = false;
   bool spawn_closed_ = false;
   std::atomic<int> engine_queued_{0};  // posted to the thread, not yet run

@@ -719,8 +719,14 @@ class blocking_store final : public aise::store {
   }
   using aise::store::insert_tasks;
   using aise::store::update_task;
+  std::atomic<bool> inserts_wait_for_batches{false};
   aise::result<std::vector<std::uint64_t>> insert_tasks(
       const std::vector<aise::task>& t, std::vector<aise::event_draft>&& e) override {
+    if (inserts_wait_for_batches.load()) {
+      std::unique_lock lock(hold_mutex_);
+      ++inserts_waiting;
+      hold_cv_.wait(lock, [&] { return !held_ && writing_ == 0; });
+    }
     return note(), inner_->insert_tasks(t, std::move(e));
   }
   aise::result<std::uint64_t> update_task(aise::task_update&& u) override {
@@ -730,6 +736,19 @@ class blocking_store final : public aise::store {
   aise::result<std::vector<std::uint64_t>> update_tasks(
       const std::vector<aise::task_update>& b) override {
     note();
+    struct writing_guard {
+      blocking_store* s;
+      ~writing_guard() {
+        std::lock_guard lock(s->hold_mutex_);
+        --s->writing_;
+        s->hold_cv_.notify_all();
+      }
+    };
+    {
+      std::lock_guard lock(hold_mutex_);
+      ++writing_;
+    }
+    writing_guard guard{this};
     {
       std::unique_lock lock(hold_mutex_);
       ++waiting_;
@@ -824,6 +843,10 @@ class blocking_store final : public aise::store {
   std::condition_variable hold_cv_;
   bool held_ = false;
   int waiting_ = 0;
+  int writing_ = 0;
+
+ public:
+  std::atomic<int> inserts_waiting{0};
 };
 
 }  // namespace
@@ -1020,4 +1043,151 @@ TEST_CASE("orchestrator: while a batch is written, calls from other threads do n
   CHECK(orch.wait(other, 10s)->state == task_state::succeeded);
   CHECK(store->get_task(held)->state == task_state::succeeded);
   CHECK(store->get_task(other)->result == nlohmann::json("also"));
+}
+
+// ---- races around a batch being written (found in review) ------------------
+
+TEST_CASE("orchestrator: events are announced in sequence order when a submit overlaps a batch") {
+  group_commit_fixture f;
+  auto& orch = f.orch;
+  auto& store = f.store;
+  auto& parked = f.parked;
+  event_recorder events(orch);
+  REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
+  auto a = orch.submit(spec("hold")).value();
+  REQUIRE(parked.wait_count(1));
+  store->inserts_wait_for_batches.store(true);
+  store->hold_batches();
+  REQUIRE(parked.take(a).succeed(nlohmann::json(1)).ok());
+  REQUIRE(store->wait_for_held_batch(10s));
+  auto sub = std::async(std::launch::async, [&] { return orch.submit(spec("add")); });
+  // The submit waits for the batch in flight (before its insert); give it
+  // time to get there, then let the batch finish.
+  std::this_thread::sleep_for(50ms);
+  store->release_batches();
+  auto id = sub.get();
+  REQUIRE(id.ok());
+  REQUIRE(orch.wait(*id, 10s).ok());
+  REQUIRE(events.wait_for("task.succeeded", *id));
+  REQUIRE(events.wait_for("task.succeeded", a));
+  std::uint64_t last = 0;
+  std::string seen;
+  for (const auto& e : events.all()) {
+    if (e.project != "default") continue;
+    seen += std::to_string(e.sequence) + ":" + e.type + " ";
+    CHECK_MESSAGE(e.sequence > last, seen);
+    last = e.sequence;
+  }
+  MESSAGE(seen);
+}
+
+TEST_CASE("orchestrator: cancel while a batch is being written") {
+  int unavailable = 0, ok = 0, illegal = 0, other = 0;
+  for (int round = 0; round < 30; ++round) {
+    group_commit_fixture f;
+    auto& orch = f.orch;
+    auto& store = f.store;
+    auto& parked = f.parked;
+    REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
+    auto x = orch.submit(spec("hold")).value();
+    auto y = orch.submit(spec("hold")).value();
+    REQUIRE(parked.wait_count(2));
+    auto cx = parked.take(x);
+    store->hold_batches();
+    REQUIRE(parked.take(y).succeed(nlohmann::json(1)).ok());
+    REQUIRE(store->wait_for_held_batch(10s));
+    auto c = std::async(std::launch::async, [&] { return orch.cancel(x, "stop"); });
+    std::this_thread::sleep_for(20ms);            // cancel now waits in flush_locked, lock released
+    REQUIRE(cx.succeed(nlohmann::json(2)).ok());  // finish_completion(x) queued on the engine
+    store->release_batches();
+    auto r = c.get();
+    if (r.ok())
+      ++ok;
+    else if (r.error().code() == aise::errc::unavailable)
+      ++unavailable;
+    else if (r.error().code() == aise::errc::illegal_transition)
+      ++illegal;
+    else
+      ++other;
+    auto t = orch.wait(x, 10s);
+    REQUIRE(t.ok());
+  }
+  MESSAGE("cancel ok=" << ok << " unavailable(store refused)=" << unavailable
+                       << " illegal=" << illegal << " other=" << other);
+  CHECK(unavailable == 0);
+}
+
+TEST_CASE("orchestrator: a subtask queued when close() begins is not lost silently") {
+  aise::runtime rt{quiet()};
+  auto store = std::make_shared<blocking_store>(rt);
+  parked_tasks parked;
+  auto orch = std::make_unique<aise::orchestrator>(rt, [&] {
+    aise::orchestrator_options o;
+    o.store = store;
+    return o;
+  }());
+  REQUIRE(orch->register_kind("worker", [&] { return std::make_unique<worker>(&parked); }).ok());
+  REQUIRE(orch->spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
+  auto x = orch->submit(spec("hold")).value();
+  auto y = orch->submit(spec("hold")).value();
+  REQUIRE(parked.wait_count(2));
+  auto cx = parked.take(x);
+  store->hold_batches();
+  REQUIRE(parked.take(y).succeed(nlohmann::json(1)).ok());
+  REQUIRE(store->wait_for_held_batch(10s));
+  auto sub = cx.spawn(spec("add"));  // queued; its drain waits behind the held batch
+  REQUIRE(sub.ok());
+  std::promise<aise::task_state> outcome;
+  auto told = outcome.get_future();
+  REQUIRE(
+      orch->when_done(*sub, [&outcome](const aise::task& t) { outcome.set_value(t.state); }).ok());
+  auto closer = std::async(std::launch::async, [&] { orch.reset(); });
+  std::this_thread::sleep_for(100ms);  // close() has set closed_ and waits for the thread
+  store->release_batches();
+  closer.get();
+  // Either it reached the store before the orchestrator closed, or it ended
+  // as a failed record whose waiters were told; never silently pending.
+  auto stored = store->get_task(*sub);
+  if (!stored) CHECK(told.wait_for(10s) == std::future_status::ready);
+}
+
+TEST_CASE("orchestrator: writing change by change never overwrites another writer's change") {
+  group_commit_fixture f;
+  auto& orch = f.orch;
+  auto& store = f.store;
+  auto& parked = f.parked;
+  REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 1}).ok());
+  auto first = orch.submit(spec("hold")).value();
+  auto second = orch.submit(spec("hold")).value();
+  REQUIRE(parked.wait_count(1));
+  store->unavailable_batches.store(1000);
+  REQUIRE(parked.take(first).succeed(nlohmann::json(1)).ok());
+  REQUIRE(parked.wait_count(1));
+  REQUIRE(store->wait_for_refusals(1, 10s));
+  REQUIRE(parked.take(second).succeed(nlohmann::json(2)).ok());
+  const int refused = store->refused_batches.load();
+  REQUIRE(store->wait_for_refusals(refused + 2, 10s));
+  // Someone else cancels `second` in the store (one change).
+  auto st = store->get_task(second);
+  REQUIRE(st.ok());
+  REQUIRE(st->state == task_state::queued);
+  aise::task_update u;
+  u.id = second;
+  u.expected_version = st->version;
+  u.state = task_state::cancelled;
+  u.event = aise::event_draft{"default", "task.cancelled", second, {}, nullptr};
+  REQUIRE(store->update_task(u).ok());
+  store->unavailable_batches.store(0);
+  REQUIRE(orch.wait(first, 10s).ok());
+  for (int i = 0; i < 1000 && store->get_task(first)->state != task_state::succeeded; ++i)
+    std::this_thread::sleep_for(5ms);
+  std::string types;
+  auto log = store->read_events("default", 0, 1000);
+  if (!log)
+    types = "read failed: " + log.error().describe();
+  else
+    for (const auto& e : *log)
+      if (e.subject == second) types += std::to_string(e.sequence) + ":" + e.type + " ";
+  MESSAGE("stored events of second: " << types);
+  CHECK(store->get_task(second)->state == task_state::cancelled);
 }
