@@ -548,11 +548,15 @@ class sql_store final : public store {
     if (batch.empty()) return std::vector<std::uint64_t>{};
     const std::vector<task_update>& work = batch;  // read only: the caller may write it again
     std::vector<change_values> values;
-    values.reserve(work.size());
-    for (std::size_t i = 0; i < work.size(); ++i) {
-      auto prepared = prepare_change("update_tasks: change #" + std::to_string(i), work[i]);
-      if (!prepared) return prepared.error();
-      values.push_back(std::move(prepared.value()));
+    try {  // no exception escapes a store member (out of memory included)
+      values.reserve(work.size());
+      for (std::size_t i = 0; i < work.size(); ++i) {
+        auto prepared = prepare_change("update_tasks: change #" + std::to_string(i), work[i]);
+        if (!prepared) return prepared.error();
+        values.push_back(std::move(prepared.value()));
+      }
+    } catch (...) {
+      return detail::to_error("update_tasks", nullptr, kind());
     }
     return run<std::vector<std::uint64_t>>(
         "update_tasks", [&](connection& c) -> result<std::vector<std::uint64_t>> {
