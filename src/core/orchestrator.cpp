@@ -1792,13 +1792,16 @@ result<void> orchestrator_impl::when_done(std::string_view id, std::function<voi
     return {};
   }
   if (auto f = finished_.find(std::string(id)); f != finished_.end()) {
+    if (f->second.generation <= written_generation_) {
+      // Terminal and written: at once, on this thread (as a store read would).
+      std::shared_ptr<const aise::task> done = f->second.task;
+      lock.unlock();
+      fn(*done);
+      return {};
+    }
     auto tell = [&io = rti.io(), fn = std::move(fn), done = f->second.task]() mutable {
       boost::asio::post(io, [fn = std::move(fn), done = std::move(done)] { fn(*done); });
     };
-    if (f->second.generation <= written_generation_) {
-      tell();
-      return {};
-    }
     // Its last change still waits in the batch: told once that is written.
     batch_after_.push_back(std::move(tell));
     if (!flush_scheduled_) schedule_flush(false);  // also when its batch is being written now
