@@ -1,6 +1,7 @@
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <doctest/doctest.h>
@@ -682,6 +683,11 @@ class blocking_store final : public aise::store {
     std::unique_lock lock(hold_mutex_);
     return hold_cv_.wait_for(lock, limit, [&] { return refused_batches.load() >= n; });
   }
+  // Waits until `done()` holds; checked again after every batch written.
+  bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+    std::unique_lock lock(hold_mutex_);
+    return hold_cv_.wait_for(lock, limit, done);
+  }
   bool wait_for_held_batch(std::chrono::milliseconds limit) {
     std::unique_lock lock(hold_mutex_);
     return hold_cv_.wait_for(lock, limit, [&] { return waiting_ > 0; });
@@ -783,7 +789,12 @@ class blocking_store final : public aise::store {
     std::size_t seen = largest_batch.load();
     while (b.size() > seen && !largest_batch.compare_exchange_weak(seen, b.size())) {
     }
-    return inner_->update_tasks(b);
+    auto written = inner_->update_tasks(b);
+    {
+      std::lock_guard lock(hold_mutex_);
+      hold_cv_.notify_all();  // for wait_until
+    }
+    return written;
   }
   aise::result<aise::task> get_task(std::string_view id) override {
     return note(), inner_->get_task(id);
@@ -920,6 +931,15 @@ struct group_commit_fixture {
     REQUIRE(
         orch.register_kind("worker", [this] { return std::make_unique<worker>(&parked); }).ok());
   }
+  // Spawns agent "w" running up to `concurrency` tasks at once and submits
+  // `n` "hold" tasks; returns their ids once the first of them are parked.
+  std::vector<std::string> hold(std::size_t concurrency, std::size_t n) {
+    REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = concurrency}).ok());
+    std::vector<std::string> ids;
+    for (std::size_t i = 0; i < n; ++i) ids.push_back(orch.submit(spec("hold")).value());
+    REQUIRE(parked.wait_count(std::min(n, concurrency)));
+    return ids;
+  }
   // The event log: numbered from 1 without a gap.
   void check_gapless() {
     auto log = store->read_events("default", 0, 100000).value();
@@ -1019,10 +1039,9 @@ TEST_CASE("orchestrator: while a batch is written, calls from other threads do n
   auto& orch = f.orch;
   auto& store = f.store;
   auto& parked = f.parked;
-  REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
-  auto held = orch.submit(spec("hold")).value();
-  auto other = orch.submit(spec("hold")).value();
-  REQUIRE(parked.wait_count(2));
+  const auto ids = f.hold(2, 2);
+  const std::string& held = ids[0];
+  const std::string& other = ids[1];
 
   store->hold_batches();
   REQUIRE(parked.take(held).succeed(nlohmann::json("done")).ok());
@@ -1053,9 +1072,7 @@ TEST_CASE("orchestrator: events are announced in sequence order when a submit ov
   auto& store = f.store;
   auto& parked = f.parked;
   event_recorder events(orch);
-  REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
-  auto a = orch.submit(spec("hold")).value();
-  REQUIRE(parked.wait_count(1));
+  const auto a = f.hold(2, 1).front();
   store->inserts_wait_for_batches.store(true);
   store->hold_batches();
   REQUIRE(parked.take(a).succeed(nlohmann::json(1)).ok());
@@ -1088,10 +1105,9 @@ TEST_CASE("orchestrator: cancel while a batch is being written") {
     auto& orch = f.orch;
     auto& store = f.store;
     auto& parked = f.parked;
-    REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 2}).ok());
-    auto x = orch.submit(spec("hold")).value();
-    auto y = orch.submit(spec("hold")).value();
-    REQUIRE(parked.wait_count(2));
+    const auto ids = f.hold(2, 2);
+    const std::string& x = ids[0];
+    const std::string& y = ids[1];
     auto cx = parked.take(x);
     store->hold_batches();
     REQUIRE(parked.take(y).succeed(nlohmann::json(1)).ok());
@@ -1156,10 +1172,9 @@ TEST_CASE("orchestrator: writing change by change never overwrites another write
   auto& orch = f.orch;
   auto& store = f.store;
   auto& parked = f.parked;
-  REQUIRE(orch.spawn({.kind = "worker", .name = "w", .concurrency = 1}).ok());
-  auto first = orch.submit(spec("hold")).value();
-  auto second = orch.submit(spec("hold")).value();
-  REQUIRE(parked.wait_count(1));
+  const auto ids = f.hold(1, 2);
+  const std::string& first = ids[0];
+  const std::string& second = ids[1];
   store->unavailable_batches.store(1000);
   REQUIRE(parked.take(first).succeed(nlohmann::json(1)).ok());
   REQUIRE(parked.wait_count(1));
@@ -1179,8 +1194,8 @@ TEST_CASE("orchestrator: writing change by change never overwrites another write
   REQUIRE(store->update_task(u).ok());
   store->unavailable_batches.store(0);
   REQUIRE(orch.wait(first, 10s).ok());
-  for (int i = 0; i < 1000 && store->get_task(first)->state != task_state::succeeded; ++i)
-    std::this_thread::sleep_for(5ms);
+  REQUIRE(store->wait_until([&] { return store->get_task(first)->state == task_state::succeeded; },
+                            10s));
   std::string types;
   auto log = store->read_events("default", 0, 1000);
   if (!log)
