@@ -29,10 +29,12 @@ aise_build_dir() { printf '%s/build/%s\n' "$AISE_ROOT" "$1"; }
 aise_variant_cmake_args() {
   case "$1" in
     release) AISE_VARIANT_ARGS=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DAISE_WERROR=ON) ;;
+    # LibTorch is not built with the sanitizers: aise::torch and its tests
+    # (label torch) are checked in the release variant only.
     tsan) AISE_VARIANT_ARGS=(-DCMAKE_BUILD_TYPE=Debug -DAISE_SANITIZE=thread
-      -DAISE_BUILD_EXAMPLES=OFF -DAISE_BUILD_BENCH=OFF) ;;
+      -DAISE_BUILD_EXAMPLES=OFF -DAISE_BUILD_BENCH=OFF -DAISE_WITH_TORCH=OFF) ;;
     asan) AISE_VARIANT_ARGS=(-DCMAKE_BUILD_TYPE=Debug -DAISE_SANITIZE=address
-      -DAISE_BUILD_EXAMPLES=OFF -DAISE_BUILD_BENCH=OFF) ;;
+      -DAISE_BUILD_EXAMPLES=OFF -DAISE_BUILD_BENCH=OFF -DAISE_WITH_TORCH=OFF) ;;
     *)
       aise_log "unknown build variant '$1' (release, tsan, asan)"
       return 2

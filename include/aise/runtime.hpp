@@ -28,6 +28,8 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <typeindex>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -43,6 +45,48 @@ namespace aise {
 namespace detail {
 class runtime_impl;
 }
+
+/// Shared objects that the agents of a runtime reach through it (a model
+/// registry, an LLM provider, a token budget): at most one per type, found
+/// by type. Components offer helpers that create theirs on first use (e.g.
+/// `ml::models(rt)`).
+///
+/// Ownership: the registry holds a shared_ptr to each service until it is
+/// replaced or the runtime is destroyed. Thread safety: every member may
+/// be called from any thread. Errors: none (a missing service is nullptr).
+class AISE_CORE_EXPORT service_registry {
+ public:
+  /// Makes `service` the one of type T (replacing any before it).
+  template <class T>
+  void put(std::shared_ptr<T> service) {
+    put_any(typeid(T), std::static_pointer_cast<void>(std::move(service)));
+  }
+  /// The service of type T, or nullptr.
+  template <class T>
+  [[nodiscard]] std::shared_ptr<T> find() const {
+    return std::static_pointer_cast<T>(find_any(typeid(T)));
+  }
+  /// The service of type T; when there is none, the one `make()` returns is
+  /// put first (atomically: concurrent callers get the same one).
+  template <class T, class Make>
+  std::shared_ptr<T> get_or_put(Make&& make) {
+    return std::static_pointer_cast<T>(get_or_put_any(
+        typeid(T), [&make] { return std::static_pointer_cast<void>(std::shared_ptr<T>(make())); }));
+  }
+
+  service_registry();
+  ~service_registry();
+  service_registry(const service_registry&) = delete;
+  service_registry& operator=(const service_registry&) = delete;
+
+ private:
+  void put_any(std::type_index type, std::shared_ptr<void> service);
+  [[nodiscard]] std::shared_ptr<void> find_any(std::type_index type) const;
+  std::shared_ptr<void> get_or_put_any(std::type_index type,
+                                       const std::function<std::shared_ptr<void>()>& make);
+  struct state;
+  std::unique_ptr<state> state_;
+};
 
 /// Options of a runtime; defaults suit a single-process application.
 struct AISE_CORE_EXPORT runtime_options {
@@ -172,6 +216,9 @@ class AISE_CORE_EXPORT runtime {
   [[nodiscard]] spdlog::logger& logger() const noexcept;
   [[nodiscard]] aise::transport& transport() const noexcept;
   [[nodiscard]] const runtime_options& options() const noexcept;
+  /// Shared services its agents reach (see service_registry); agents call
+  /// `rt().services()`. Lives as long as the runtime.
+  [[nodiscard]] service_registry& services() const noexcept;
   /// The implementation (for libaise's own components).
   [[nodiscard]] detail::runtime_impl& impl() noexcept { return *impl_; }
 

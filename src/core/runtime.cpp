@@ -3,9 +3,11 @@
 #include <boost/asio/post.hpp>
 #include <fmt/format.h>
 #include <future>
+#include <mutex>
 #include <random>
 #include <spdlog/logger.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <unordered_map>
 
 #include "runtime_impl.hpp"
 
@@ -722,6 +724,42 @@ aise::transport& runtime::transport() const noexcept {
 
 const runtime_options& runtime::options() const noexcept {
   return impl_->options;
+}
+
+service_registry& runtime::services() const noexcept {
+  return impl_->services;
+}
+
+// ---------------------------------------------------------- service_registry --
+
+struct service_registry::state {
+  mutable std::mutex mutex;
+  std::unordered_map<std::type_index, std::shared_ptr<void>> services;
+};
+
+service_registry::service_registry() : state_(std::make_unique<state>()) {}
+service_registry::~service_registry() = default;
+
+void service_registry::put_any(std::type_index type, std::shared_ptr<void> service) {
+  std::shared_ptr<void> old;  // released outside the lock
+  std::lock_guard lock(state_->mutex);
+  auto& slot = state_->services[type];
+  old = std::move(slot);
+  slot = std::move(service);
+}
+
+std::shared_ptr<void> service_registry::find_any(std::type_index type) const {
+  std::lock_guard lock(state_->mutex);
+  auto it = state_->services.find(type);
+  return it == state_->services.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<void> service_registry::get_or_put_any(
+    std::type_index type, const std::function<std::shared_ptr<void>()>& make) {
+  std::lock_guard lock(state_->mutex);
+  auto& slot = state_->services[type];
+  if (!slot) slot = make();
+  return slot;
 }
 
 }  // namespace aise

@@ -62,6 +62,8 @@ class runtime_impl {
     return id_base_ + id_counter_.fetch_add(1, std::memory_order_relaxed);
   }
 
+  // Declared first: destroyed after everything else (agents, executors).
+  service_registry services;
   runtime& owner;
   runtime_options options;
 

@@ -1,0 +1,309 @@
+// aise::ml without any ML library: tensors, helpers, the registry (and how
+// agents find it), and the dynamic batcher's merging and splitting. The
+// batcher is checked here with a plain C++ model that records every batch
+// it is given; tests/torch runs it on a real LibTorch model.
+#include <aise/ml.hpp>
+#include <aise/runtime.hpp>
+
+#include <atomic>
+#include <doctest/doctest.h>
+#include <thread>
+
+#include "test_util.hpp"
+
+using namespace aise;
+using namespace aise::ml;
+
+namespace {
+
+tensor floats(std::vector<std::int64_t> shape, std::vector<float> data) {
+  auto t = tensor::of(std::move(shape), std::move(data));
+  REQUIRE(t);
+  return std::move(*t);
+}
+
+/// y = 2x + row index within the batch (so a wrongly split result is
+/// visible), plus a second output: the batch size, repeated per row.
+class recording_model final : public model {
+ public:
+  recording_model() { info_.name = "recording"; }
+  const model_info& info() const noexcept override { return info_; }
+  result<tensors> run(const tensors& inputs) override {
+    {
+      std::lock_guard lock(mutex_);
+      batches_.push_back(inputs.front().rows());
+    }
+    if (fail_.load()) return error(errc::invalid_argument, "refused on purpose");
+    if (throw_.load()) throw std::runtime_error("boom");
+    const tensor& x = inputs.front();
+    std::vector<float> y(x.floats().begin(), x.floats().end());
+    for (auto& v : y) v *= 2;
+    std::vector<float> n(static_cast<std::size_t>(x.rows()), static_cast<float>(x.rows()));
+    tensors out;
+    out.push_back(*tensor::of(x.shape(), std::move(y)));
+    if (!unsplittable_.load()) {
+      out.push_back(*tensor::of({x.rows()}, std::move(n)));
+    } else {
+      out.push_back(*tensor::of({1}, std::vector<float>{1.0F}));
+    }
+    return out;
+  }
+  std::vector<std::int64_t> batches() {
+    std::lock_guard lock(mutex_);
+    return batches_;
+  }
+  std::atomic<bool> fail_{false}, throw_{false}, unsplittable_{false};
+
+ private:
+  model_info info_;
+  std::mutex mutex_;
+  std::vector<std::int64_t> batches_;
+};
+
+}  // namespace
+
+TEST_CASE("ml: tensors check their shape and slice and join by rows") {
+  CHECK(tensor::of({2, 3}, std::vector<float>(6, 1.0F)));
+  auto wrong = tensor::of({2, 3}, std::vector<float>(5, 1.0F));
+  REQUIRE_FALSE(wrong);
+  CHECK(wrong.error().code() == errc::invalid_argument);
+  CHECK(wrong.error().message().find("[2, 3] needs 6 elements, got 5") != std::string::npos);
+  CHECK_FALSE(tensor::of({-1}, std::vector<std::int64_t>{}));
+
+  tensor t = floats({3, 2}, {1, 2, 3, 4, 5, 6});
+  CHECK(t.describe() == "float32[3, 2]");
+  CHECK(t.rows() == 3);
+  auto mid = t.slice_rows(1, 2);
+  REQUIRE(mid);
+  CHECK(mid->shape() == std::vector<std::int64_t>{2, 2});
+  CHECK(std::vector<float>(mid->floats().begin(), mid->floats().end()) ==
+        std::vector<float>{3, 4, 5, 6});
+  CHECK_FALSE(t.slice_rows(2, 2));
+  CHECK(t.ints().empty());
+
+  std::vector<tensor> parts{floats({1, 2}, {7, 8}), t};
+  auto joined = tensor::concat_rows(parts);
+  REQUIRE(joined);
+  CHECK(joined->shape() == std::vector<std::int64_t>{4, 2});
+  CHECK(joined->floats()[0] == 7);
+  CHECK(joined->floats()[7] == 6);
+  std::vector<tensor> mismatched{floats({1, 2}, {1, 2}), floats({1, 3}, {1, 2, 3})};
+  CHECK_FALSE(tensor::concat_rows(mismatched));
+  std::vector<tensor> mixed{floats({1, 1}, {1}), *tensor::of({1, 1}, std::vector<std::int64_t>{1})};
+  CHECK_FALSE(tensor::concat_rows(mixed));
+}
+
+TEST_CASE("ml: softmax and mean pooling") {
+  auto p = softmax(floats({2, 3}, {1, 2, 3, 1000, 1000, 1000}));
+  REQUIRE(p);
+  CHECK(p->floats()[0] == doctest::Approx(0.09003057));
+  CHECK(p->floats()[2] == doctest::Approx(0.66524096));
+  CHECK(p->floats()[4] == doctest::Approx(1.0 / 3));  // no overflow
+  CHECK_FALSE(softmax(*tensor::of({2}, std::vector<std::int64_t>{1, 2})));
+
+  // [batch 2, tokens 3, width 2]; the second row's last token is padding.
+  tensor hidden = floats({2, 3, 2}, {1, 2, 3, 4, 5, 6, 10, 20, 30, 40, 99, 99});
+  auto mask = tensor::of({2, 3}, std::vector<std::int64_t>{1, 1, 1, 1, 1, 0});
+  REQUIRE(mask);
+  auto pooled = mean_pool(hidden, *mask);
+  REQUIRE(pooled);
+  CHECK(pooled->shape() == std::vector<std::int64_t>{2, 2});
+  CHECK(std::vector<float>(pooled->floats().begin(), pooled->floats().end()) ==
+        std::vector<float>{3, 4, 20, 30});
+  CHECK_FALSE(mean_pool(hidden, *tensor::of({2, 2}, std::vector<std::int64_t>{1, 1, 1, 1})));
+}
+
+TEST_CASE("ml: the registry names its models and agents find it through their runtime") {
+  model_registry r;
+  auto m = std::make_shared<recording_model>();
+  CHECK(r.add("ranker", m));
+  auto again = r.add("ranker", m);
+  REQUIRE_FALSE(again);
+  CHECK(again.error().code() == errc::already_exists);
+  CHECK_FALSE(r.add("", m));
+  CHECK_FALSE(r.add("x", nullptr));
+  auto found = r.find("ranker");
+  REQUIRE(found);
+  CHECK(found->get() == m.get());
+  auto missing = r.find("nope");
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code() == errc::not_found);
+  CHECK(missing.error().message().find("ranker") != std::string::npos);  // names what exists
+  auto other = std::make_shared<recording_model>();
+  CHECK(r.replace("ranker", other));
+  CHECK(r.find("ranker")->get() == other.get());
+  CHECK(r.list().size() == 1);
+  CHECK(r.remove("ranker"));
+  CHECK_FALSE(r.remove("ranker"));
+
+  runtime rt(test::quiet_options());
+  auto a = models(rt);
+  auto b = models(rt);
+  REQUIRE(a);
+  CHECK(a.get() == b.get());  // one per runtime
+  runtime other_rt(test::quiet_options());
+  CHECK(models(other_rt).get() != a.get());
+  CHECK(rt.services().find<model_registry>().get() == a.get());
+  CHECK(rt.services().find<recording_model>() == nullptr);
+}
+
+TEST_CASE("ml: the batcher merges concurrent calls and gives each its own rows") {
+  auto inner = std::make_shared<recording_model>();
+  auto made = make_batched(inner, {.max_batch = 8, .max_wait = std::chrono::milliseconds(200)});
+  REQUIRE(made);
+  auto batched = *made;
+  constexpr int callers = 16;
+  std::vector<std::thread> threads;
+  std::atomic<int> right{0};
+  for (int c = 0; c < callers; ++c) {
+    threads.emplace_back([&, c] {
+      const auto v = static_cast<float>(c);
+      tensors in{floats({1, 2}, {v, v + 0.5F})};
+      auto out = batched->run(in);
+      if (out && out->size() == 2 && (*out)[0].floats().size() == 2 &&
+          (*out)[0].floats()[0] == 2 * v && (*out)[0].floats()[1] == 2 * v + 1 &&
+          (*out)[1].rows() == 1)
+        ++right;
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(right.load() == callers);
+  const auto batches = inner->batches();
+  std::int64_t total = 0;
+  for (auto b : batches) {
+    CHECK(b <= 8);
+    total += b;
+  }
+  CHECK(total == callers);
+  CHECK(batches.size() < static_cast<std::size_t>(callers));  // some calls shared a run
+  const auto s = batched->stats();
+  CHECK(s.calls == callers);
+  CHECK(s.rows == callers);
+  CHECK(s.batches == batches.size());
+  CHECK(s.largest >= 2);
+}
+
+TEST_CASE("ml: the batcher keeps calls of different shapes apart and reports errors to each call") {
+  auto inner = std::make_shared<recording_model>();
+  auto batched = *make_batched(inner, {.max_batch = 16, .max_wait = std::chrono::milliseconds(50)});
+  test::notifier sig;
+  std::vector<result<tensors>> got;
+  auto keep = [&](result<tensors> r) { sig.update([&] { got.push_back(std::move(r)); }); };
+  batched->submit({floats({1, 2}, {1, 2})}, keep);
+  batched->submit({floats({2, 3}, {1, 2, 3, 4, 5, 6})}, keep);  // other trailing shape
+  batched->submit({floats({1, 2}, {3, 4})}, keep);
+  REQUIRE(sig.wait([&] { return got.size() == 3; }));
+  for (auto& r : got) CHECK(r);
+  auto batches = inner->batches();
+  std::sort(batches.begin(), batches.end());
+  CHECK(batches == std::vector<std::int64_t>{2, 2});  // {1+1 rows of width 2}, {2 rows of width 3}
+
+  // Bad calls are refused at once, on the caller's thread.
+  std::optional<result<tensors>> bad;
+  batched->submit({floats({2}, {1, 2}), floats({3}, {1, 2, 3})},
+                  [&](result<tensors> r) { bad = std::move(r); });
+  REQUIRE(bad);
+  CHECK(bad->error().code() == errc::invalid_argument);
+  bad.reset();
+  batched->submit({*tensor::of({}, std::vector<float>{1})},
+                  [&](result<tensors> r) { bad = std::move(r); });
+  REQUIRE(bad);
+  CHECK(bad->error().code() == errc::invalid_argument);
+
+  // The model's error reaches every call of its batch; a throwing model too.
+  inner->fail_ = true;
+  got.clear();
+  batched->submit({floats({1, 2}, {1, 2})}, keep);
+  batched->submit({floats({1, 2}, {1, 2})}, keep);
+  REQUIRE(sig.wait([&] { return got.size() == 2; }));
+  for (auto& r : got) {
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message() == "refused on purpose");
+  }
+  inner->fail_ = false;
+  inner->throw_ = true;
+  auto thrown = batched->run({floats({1, 2}, {1, 2})});
+  REQUIRE_FALSE(thrown);
+  CHECK(thrown.error().code() == errc::internal);
+  CHECK(thrown.error().message().find("boom") != std::string::npos);
+  inner->throw_ = false;
+
+  // Outputs without the batch's rows first cannot be split: the batch fails.
+  inner->unsplittable_ = true;
+  got.clear();
+  batched->submit({floats({1, 2}, {1, 2})}, keep);
+  batched->submit({floats({1, 2}, {1, 2})}, keep);
+  REQUIRE(sig.wait([&] { return got.size() == 2; }));
+  for (auto& r : got) {
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().find("cannot be split") != std::string::npos);
+  }
+  inner->unsplittable_ = false;
+  CHECK(batched->run({floats({1, 2}, {5, 6})}));  // and it keeps working
+}
+
+TEST_CASE("ml: a full batching queue refuses and closing fails what waits") {
+  // A model that blocks until released, so calls pile up behind it.
+  class gate_model final : public model {
+   public:
+    gate_model() { info_.name = "gate"; }
+    const model_info& info() const noexcept override { return info_; }
+    result<tensors> run(const tensors& inputs) override {
+      sig.update([&] { ++entered; });
+      sig.wait([&] { return open; }, std::chrono::seconds(30));
+      return inputs;
+    }
+    test::notifier sig;
+    int entered = 0;
+    bool open = false;
+
+   private:
+    model_info info_;
+  };
+  auto inner = std::make_shared<gate_model>();
+  auto batched = *make_batched(
+      inner, {.max_batch = 1, .max_wait = std::chrono::microseconds(0), .max_queue = 2});
+  test::notifier sig;
+  std::vector<errc> codes;
+  auto keep = [&](result<tensors> r) {
+    sig.update([&] { codes.push_back(r ? errc::ok : r.error().code()); });
+  };
+  batched->submit({floats({1}, {1})}, keep);  // runs and blocks
+  REQUIRE(inner->sig.wait([&] { return inner->entered == 1; }));
+  batched->submit({floats({1}, {2})}, keep);  // queued
+  batched->submit({floats({1}, {3})}, keep);  // queued
+  batched->submit({floats({1}, {4})}, keep);  // refused: the queue holds 2
+  REQUIRE(sig.wait([&] { return codes.size() == 1; }));
+  CHECK(codes[0] == errc::limit_exceeded);
+  CHECK(batched->stats().refused == 1);
+  std::thread closer([&] { batched->close(); });
+  // close() fails the two queued calls, then waits for the running one.
+  REQUIRE(sig.wait([&] { return codes.size() == 3; }));
+  CHECK(codes[1] == errc::unavailable);
+  CHECK(codes[2] == errc::unavailable);
+  inner->sig.update([&] { inner->open = true; });
+  closer.join();
+  REQUIRE(sig.wait([&] { return codes.size() == 4; }));
+  CHECK(codes[3] == errc::ok);  // the call that was running finished
+  auto late = batched->run({floats({1}, {5})});
+  REQUIRE_FALSE(late);
+  CHECK(late.error().code() == errc::unavailable);
+  CHECK_FALSE(make_batched(inner, {.max_batch = 0}));
+  CHECK_FALSE(make_batched(nullptr));
+}
+
+TEST_CASE("ml: a batched model dropped inside its own callback shuts down cleanly") {
+  auto inner = std::make_shared<recording_model>();
+  auto batched = *make_batched(inner, {.max_batch = 4, .max_wait = std::chrono::milliseconds(1)});
+  test::notifier sig;
+  bool done = false;
+  std::shared_ptr<batched_model> holder = batched;
+  batched.reset();
+  auto* raw = holder.get();
+  raw->submit({floats({1, 1}, {1})}, [&](result<tensors> r) {
+    CHECK(r);
+    holder.reset();  // the last reference, on the batcher's own thread
+    sig.update([&] { done = true; });
+  });
+  REQUIRE(sig.wait([&] { return done; }));
+}
