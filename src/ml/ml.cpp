@@ -245,13 +245,15 @@ class batch_core {
         it = queue_.erase(it);
         if (static_cast<std::size_t>(rows) >= options_.max_batch) break;
       }
-      lock.unlock();
-      run_batch(batch, rows);
-      lock.lock();
+      // Counted before the callers hear back, so that a caller reading the
+      // stats after its call returned sees its call.
       stats_.calls += batch.size();
       stats_.batches += 1;
       stats_.rows += static_cast<std::uint64_t>(rows);
       stats_.largest = std::max<std::uint64_t>(stats_.largest, static_cast<std::uint64_t>(rows));
+      lock.unlock();
+      run_batch(batch, rows);
+      lock.lock();
     }
   }
 

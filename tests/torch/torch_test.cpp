@@ -10,6 +10,7 @@
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 #include <aise/task_context.hpp>
+#include <aise/text.hpp>
 #include <aise/torch.hpp>
 #include <aise/wordpiece.hpp>
 
@@ -339,6 +340,18 @@ def forward(self, x):
         doctest::Approx(want[0][1].item<float>()).epsilon(1e-5));
   CHECK((*good.result)["label"] ==
         (want[0][1].item<float>() > want[0][0].item<float>() ? "feature" : "bug"));
+
+  // The library's text classifier (tokenizer → encoder → pooling → head →
+  // softmax) gives the same answer as the agent's hand-wired pipeline.
+  auto text_enc = ml::text_encoder::make(tokenizer, *registry->find("encoder"));
+  REQUIRE(text_enc);
+  auto classifier_made = ml::text_classifier::make(*text_enc, *registry->find("head"));
+  REQUIRE(classifier_made);
+  CHECK(classifier_made->labels() == std::vector<std::string>{"bug", "feature"});
+  auto predicted = classifier_made->classify("Crash on start");
+  REQUIRE(predicted);
+  CHECK(predicted->label == (*good.result)["label"]);
+  CHECK(predicted->scores[0] == doctest::Approx(want[0][0].item<float>()).epsilon(1e-5));
 
   // Invalid UTF-8 fails that task with a clear error; the agent keeps working.
   const task bad = run_task({{"bytes", {99, 97, 102, 0xc3}}});  // "caf" + half of "é"

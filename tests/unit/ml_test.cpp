@@ -4,6 +4,7 @@
 // it is given; tests/torch runs it on a real LibTorch model.
 #include <aise/ml.hpp>
 #include <aise/runtime.hpp>
+#include <aise/text.hpp>
 
 #include <atomic>
 #include <doctest/doctest.h>
@@ -306,4 +307,95 @@ TEST_CASE("ml: a batched model dropped inside its own callback shuts down cleanl
     sig.update([&] { done = true; });
   });
   REQUIRE(sig.wait([&] { return done; }));
+}
+
+// ----------------------------------------------------------------- text --
+
+namespace {
+
+/// Token states [batch, tokens, 2]: (id, 1) per token; or, with `pooled`,
+/// already one vector per text. Labels in its metadata.
+class toy_encoder final : public model {
+ public:
+  explicit toy_encoder(bool pooled, std::int64_t width = 2) : pooled_(pooled), width_(width) {
+    info_.name = "toy";
+    info_.metadata = {{"labels", {"low", "high"}}};
+  }
+  const model_info& info() const noexcept override { return info_; }
+  result<tensors> run(const tensors& in) override {
+    if (in.size() != 2) return error(errc::invalid_argument, "two inputs expected");
+    const auto b = in[0].shape()[0], t = in[0].shape()[1];
+    std::vector<float> out;
+    if (pooled_) {
+      for (std::int64_t r = 0; r < b; ++r) {
+        for (std::int64_t k = 0; k < width_; ++k) out.push_back(static_cast<float>(r + k));
+      }
+      return tensors{*tensor::of({b, width_}, std::move(out))};
+    }
+    for (auto id : in[0].ints()) {
+      out.push_back(static_cast<float>(id));
+      out.push_back(1.0F);
+    }
+    return tensors{*tensor::of({b, t, 2}, std::move(out))};
+  }
+
+ private:
+  bool pooled_;
+  std::int64_t width_;
+  model_info info_;
+};
+
+std::shared_ptr<const wordpiece_tokenizer> toy_tokenizer() {
+  auto t = wordpiece_tokenizer::from_tokens({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "fix", "bug"});
+  REQUIRE(t);
+  return std::make_shared<const wordpiece_tokenizer>(std::move(*t));
+}
+
+}  // namespace
+
+TEST_CASE("ml: the text encoder pools token states over real tokens only") {
+  auto enc = text_encoder::make(toy_tokenizer(), std::make_shared<toy_encoder>(false));
+  REQUIRE(enc);
+  // "fix bug" → [CLS]=2 fix=4 bug=5 [SEP]=3: mean id 3.5; "fix" → 2 4 3 (+pad): mean 3.
+  std::vector<std::string> texts{"fix bug", "fix"};
+  auto e = enc->embed(texts);
+  REQUIRE(e);
+  CHECK(e->shape() == std::vector<std::int64_t>{2, 2});
+  CHECK(e->floats()[0] == doctest::Approx(3.5));
+  CHECK(e->floats()[2] == doctest::Approx(3.0));  // padding not counted
+  CHECK(e->floats()[3] == doctest::Approx(1.0));
+  auto one = enc->embed("fix");
+  REQUIRE(one);
+  CHECK(one->size() == 2);
+  auto bad = enc->embed(std::string("\xff"));
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().code() == errc::invalid_argument);
+  CHECK_FALSE(text_encoder::make(nullptr, std::make_shared<toy_encoder>(false)));
+  CHECK_FALSE(text_encoder::make(toy_tokenizer(), nullptr));
+}
+
+TEST_CASE("ml: the text classifier labels texts and checks the logits' width") {
+  // Pooled vectors (r, r+1) as logits: the second label always wins.
+  auto enc = text_encoder::make(toy_tokenizer(), std::make_shared<toy_encoder>(true));
+  REQUIRE(enc);
+  auto cls = text_classifier::make(*enc);  // labels from the model's metadata
+  REQUIRE(cls);
+  CHECK(cls->labels() == std::vector<std::string>{"low", "high"});
+  auto p = cls->classify("fix the bug");
+  REQUIRE(p);
+  CHECK(p->label == "high");
+  CHECK(p->index == 1);
+  REQUIRE(p->scores.size() == 2);
+  CHECK(p->scores[1] == doctest::Approx(0.7310586));  // softmax(0, 1)
+  CHECK(p->scores[0] + p->scores[1] == doctest::Approx(1.0));
+
+  auto three = text_classifier::make(*enc, nullptr, {"a", "b", "c"});
+  REQUIRE(three);
+  auto wrong = three->classify("fix");
+  REQUIRE_FALSE(wrong);
+  CHECK(wrong.error().message().find("3 labels") != std::string::npos);
+
+  auto wide = text_encoder::make(toy_tokenizer(), std::make_shared<toy_encoder>(true, 5));
+  REQUIRE(wide);
+  CHECK(text_classifier::make(*wide, nullptr, {"1", "2", "3", "4", "5"})->classify("bug"));
 }
