@@ -21,6 +21,8 @@ AISE_PACKAGES=(
   # generic libblas.so.3; OpenBLAS provides it (as an alternative) ~7x faster
   # than the reference BLAS that is otherwise chosen.
   libtorch-dev libopenblas0-pthread
+  # scikit-learn: the reference values of the classic ML tests (tests/torch)
+  python3-sklearn
   # tests
   doctest-dev
   # peer benchmark (CAF) in bench/

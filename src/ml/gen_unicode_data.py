@@ -9,6 +9,7 @@ which relies on Python's unicodedata and str.lower():
   punctuation     categories P* (ASCII symbols are added in C++, as BERT does)
   nonspacing      category Mn (dropped when stripping accents)
   cased           Lu, Ll, Lt or any character with a case mapping
+  word            str.isalnum() or "_": Python's re \w (the TF-IDF token pattern)
   case_ignorable  Mn, Me, Cf, Lm, Sk and the word-break MidLetter /
                   MidNumLet / Single_Quote characters (final sigma rule)
   lower           str.lower() of each character with a 1:1 mapping
@@ -74,6 +75,7 @@ def main():
                    or chr(cp).lower() != chr(cp) or chr(cp).upper() != chr(cp))
     ignorable = ranges(lambda cp: cat(cp) in ("Mn", "Me", "Cf", "Lm", "Sk")
                        or cp in WORD_BREAK_IGNORABLE)
+    word = ranges(lambda cp: chr(cp).isalnum() or cp == 0x5F)
     lower = []
     for cp in range(MAX):
         low = chr(cp).lower()
@@ -103,6 +105,7 @@ def main():
     emit_ranges("nonspacing", nonspacing)
     emit_ranges("cased", cased)
     emit_ranges("case_ignorable", ignorable)
+    emit_ranges("word", word)
     print("const mapping lower[] = {")
     line = "   "
     for cp, low in lower:
@@ -145,7 +148,7 @@ def main():
     print("const unicode_tables& tables() noexcept {")
     print("  static const unicode_tables t{whitespace_ranges, control_ranges, punctuation_ranges,")
     print("                                nonspacing_ranges, cased_ranges, case_ignorable_ranges,")
-    print("                                lower, strip, strip_pool};")
+    print("                                word_ranges, lower, strip, strip_pool};")
     print("  return t;")
     print("}")
     print()

@@ -30,6 +30,7 @@ struct unicode_tables {
   std::span<const range> nonspacing;
   std::span<const range> cased;
   std::span<const range> case_ignorable;
+  std::span<const range> word;
   std::span<const mapping> lower;
   std::span<const decomposition> strip;
   std::span<const char32_t> strip_pool;
