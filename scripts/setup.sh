@@ -17,6 +17,8 @@ AISE_PACKAGES=(
   libsoci-dev libsqlite3-dev libpq-dev
   # PostgreSQL 15 server for the tests (scripts/services.sh starts a private one) and sqlite3 CLI
   postgresql-15 postgresql-client-15 sqlite3
+  # aise::llm (HTTPS through Boost.Beast)
+  libssl-dev
   # aise::torch (LibTorch, CPU; TorchConfig.cmake). Debian's LibTorch calls the
   # generic libblas.so.3; OpenBLAS provides it (as an alternative) ~7x faster
   # than the reference BLAS that is otherwise chosen.
