@@ -61,6 +61,13 @@ class AISE_CORE_EXPORT task_context {
   /// Fails the attempt. A `retryable` failure is retried while attempts
   /// remain (with backoff); otherwise the task fails now.
   result<void> fail(aise::error e, bool retryable = true);
+  /// Pauses the task for a human instead of failing it (a budget reached, a
+  /// loop detected, a risky step): the attempt ends, the task goes to
+  /// `awaiting_approval` with `reason` as its error and in the event's data.
+  /// `orchestrator::approve` runs it again (a new attempt that max_attempts
+  /// does not refuse: an escalation is not a failure), `reject` cancels it.
+  /// Errors as for `fail`. A task past its deadline fails instead.
+  result<void> escalate(aise::error reason);
   /// True once completed (by this or another copy).
   [[nodiscard]] bool done() const noexcept;
 

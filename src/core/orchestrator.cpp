@@ -1366,7 +1366,8 @@ void orchestrator_impl::drop_attempt(const std::string& id, int attempt) {
 
 result<void> orchestrator_impl::complete(const std::shared_ptr<task_run>& run_ptr,
                                          std::optional<nlohmann::json> value,
-                                         std::optional<aise::error> failure, bool retryable) {
+                                         std::optional<aise::error> failure, bool retryable,
+                                         bool escalate) {
   task_run& run = *run_ptr;
   bool expected = false;
   if (!run.done.compare_exchange_strong(expected, true)) {
@@ -1380,9 +1381,9 @@ result<void> orchestrator_impl::complete(const std::shared_ptr<task_run>& run_pt
   if (engine_) {
     // Accepted: recorded on the orchestrator's thread, off this executor.
     post_engine([weak = weak_from_this(), run_ptr, value = std::move(value),
-                 failure = std::move(failure), retryable]() mutable {
+                 failure = std::move(failure), retryable, escalate]() mutable {
       if (auto self = weak.lock())
-        self->finish_completion(run_ptr, std::move(value), std::move(failure), retryable);
+        self->finish_completion(run_ptr, std::move(value), std::move(failure), retryable, escalate);
     });
     return {};
   }
@@ -1393,7 +1394,7 @@ result<void> orchestrator_impl::complete(const std::shared_ptr<task_run>& run_pt
     return error(errc::cancelled, fmt::format("attempt {} of task {} is no longer running",
                                               run.task.attempt, run.task.id));
   }
-  if (!finish_attempt(o, it->second, std::move(value), std::move(failure), retryable)) {
+  if (!finish_attempt(o, it->second, std::move(value), std::move(failure), retryable, escalate)) {
     run.done.store(false);  // nothing changed: the handler may complete again
     return error(errc::unavailable,
                  fmt::format("task {}: the store refused the change; try again", run.task.id));
@@ -1415,27 +1416,30 @@ result<void> orchestrator_impl::complete(const std::shared_ptr<task_run>& run_pt
 // is still the running one.
 void orchestrator_impl::finish_completion(const std::shared_ptr<task_run>& run,
                                           std::optional<nlohmann::json> value,
-                                          std::optional<aise::error> failure, bool retryable) {
+                                          std::optional<aise::error> failure, bool retryable,
+                                          bool escalate) {
   ops o(*this);
   auto it = tasks_.find(run->task.id);
   if (it == tasks_.end() || it->second.t.state != task_state::running ||
       it->second.t.attempt != run->task.attempt || closed_) {
     return;  // ended meanwhile (cancelled, timed out, agent lost): nothing to record
   }
-  if (!finish_attempt(o, it->second, value, failure, retryable)) {
+  if (!finish_attempt(o, it->second, value, failure, retryable, escalate)) {
     rt.logger().warn("task {}: the store refused the completion; trying again in 1 s",
                      run->task.id);
     std::weak_ptr<orchestrator_impl> weak = weak_from_this();
-    rt.schedule(std::chrono::seconds(1), [weak, run, value = std::move(value),
-                                          failure = std::move(failure), retryable]() mutable {
-      if (auto self = weak.lock()) {
-        self->engine_call([weak, run, value = std::move(value), failure = std::move(failure),
-                           retryable]() mutable {
-          if (auto again = weak.lock())
-            again->finish_completion(run, std::move(value), std::move(failure), retryable);
+    rt.schedule(
+        std::chrono::seconds(1), [weak, run, value = std::move(value), failure = std::move(failure),
+                                  retryable, escalate]() mutable {
+          if (auto self = weak.lock()) {
+            self->engine_call([weak, run, value = std::move(value), failure = std::move(failure),
+                               retryable, escalate]() mutable {
+              if (auto again = weak.lock())
+                again->finish_completion(run, std::move(value), std::move(failure), retryable,
+                                         escalate);
+            });
+          }
         });
-      }
-    });
     return;
   }
   if (run->async && run->runner) {
@@ -1491,7 +1495,8 @@ orchestrator_impl::agent_entry* orchestrator_impl::release_slot(ops& o, task_ent
 }
 
 bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
-                                       std::optional<aise::error> failure, bool retryable) {
+                                       std::optional<aise::error> failure, bool retryable,
+                                       bool escalate) {
   const time_point now = rt.clock().now();
   task_attempt row{e.t.id, e.t.attempt, e.t.agent, {}, now, task_state::succeeded, std::nullopt};
   // The attempt started when the task went running (its last change since).
@@ -1513,7 +1518,21 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
   row.error = failure;
   const bool deadline_passed = e.t.deadline && now >= *e.t.deadline;
   const std::string agent_name = e.t.agent;
-  if (retryable && e.t.attempt < e.t.max_attempts && !deadline_passed) {
+  if (escalate && !deadline_passed) {
+    // Paused for a human: the attempt ends, the task waits for approval
+    // (approve runs it again, reject cancels it). Its reason is the error.
+    row.outcome = task_state::awaiting_approval;
+    task_update u = base_update(e, task_state::awaiting_approval);
+    u.error = failure;
+    u.attempt_row = row;
+    u.event.data = {{"attempt", e.t.attempt},
+                    {"agent", e.t.agent},
+                    {"escalated", true},
+                    {"reason", error_json(*failure)}};
+    if (!apply(o, e, std::move(u))) return false;
+    e.approved = false;
+    release_slot(o, e, false);
+  } else if (retryable && e.t.attempt < e.t.max_attempts && !deadline_passed) {
     const duration delay = retry_backoff(e.t.attempt);
     task_update u = base_update(e, task_state::retrying);
     u.error = failure;

@@ -84,8 +84,10 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   result<std::string> spawn_subtask(task_spec spec);
 
   // attempts (task_context)
+  // `escalate`: the attempt ends and the task waits for approval (failure
+  // is the reason); approve runs it again.
   result<void> complete(const std::shared_ptr<task_run>& run, std::optional<nlohmann::json> value,
-                        std::optional<aise::error> failure, bool retryable);
+                        std::optional<aise::error> failure, bool retryable, bool escalate = false);
 
   // Runs `fn` on the orchestrator's own thread when it has one (posted),
   // else now on the calling thread.
@@ -236,7 +238,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   void dispatch_for(ops& o, const agent_entry& a);
   bool start_attempt(ops& o, task_entry& e, agent_entry& a);
   bool finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
-                      std::optional<aise::error> failure, bool retryable);
+                      std::optional<aise::error> failure, bool retryable, bool escalate = false);
   bool abort_task(ops& o, task_entry& e, task_state to, aise::error why);
   void end_doomed(ops& o, const std::vector<std::pair<std::string, aise::error>>& doomed);
   // Frees the agent slot of e's attempt; returns that agent's entry, if any.
@@ -319,7 +321,7 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   int flush_failures_ = 0;        // in a row; > 0: no new attempts start
   int flush_yields_ = 0;          // flush_turn let waiting work go first, in a row
   void finish_completion(const std::shared_ptr<task_run>& run, std::optional<nlohmann::json> value,
-                         std::optional<aise::error> failure, bool retryable);
+                         std::optional<aise::error> failure, bool retryable, bool escalate = false);
 
   // Live event delivery (the store's event log is the source of truth).
   std::mutex events_mutex_;

@@ -98,6 +98,12 @@ result<void> task_context::fail(aise::error e, bool retryable) {
   return o->complete(run_, std::nullopt, std::move(e), retryable);
 }
 
+result<void> task_context::escalate(aise::error reason) {
+  auto o = run_->orch.lock();
+  if (!o) return error(errc::unavailable, "the orchestrator is gone");
+  return o->complete(run_, std::nullopt, std::move(reason), false, true);
+}
+
 result<std::string> task_context::spawn(task_spec spec) {
   auto o = run_->orch.lock();
   if (!o) return error(errc::unavailable, "the orchestrator is gone");

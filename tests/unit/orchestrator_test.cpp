@@ -54,6 +54,14 @@ class worker : public aise::agent {
     });
     on_task_async("hold", [this](aise::task_context ctx) { parked_->park(std::move(ctx)); });
     on_task_async("drop", [](aise::task_context) {});
+    // Asks a human on its first attempt, then does the work.
+    on_task_async("escalate_once", [](aise::task_context ctx) {
+      if (ctx.task().attempt == 1) {
+        (void)ctx.escalate(aise::error(aise::errc::limit_exceeded, "token budget reached"));
+      } else {
+        (void)ctx.succeed(ctx.task().attempt);
+      }
+    });
   }
 
  private:
@@ -380,6 +388,42 @@ TEST_CASE("orchestrator: approval steps wait for approve or reject") {
   CHECK(r.error->code() == aise::errc::rejected);
   CHECK(r.error->message() == "rejected by bob: too risky");
   CHECK(f.orch.approve(yes).error().code() == aise::errc::illegal_transition);
+}
+
+TEST_CASE("orchestrator: a handler escalates to a human instead of failing") {
+  fixture f;
+  f.spawn();
+  auto s = spec("escalate_once");
+  s.max_attempts = 1;  // an escalation is not a failed attempt
+  auto paused = f.orch.submit(s).value();
+  auto refused = f.orch.submit(s).value();
+  REQUIRE(f.events.wait_for("task.awaiting_approval", paused));
+  REQUIRE(f.events.wait_for("task.awaiting_approval", refused));
+  auto t = f.orch.get(paused);
+  REQUIRE(t);
+  CHECK(t->state == aise::task_state::awaiting_approval);
+  REQUIRE(t->error);
+  CHECK(t->error->code() == aise::errc::limit_exceeded);
+  CHECK(t->error->message() == "token budget reached");
+  bool flagged = false;
+  for (const auto& e : f.events.all()) {
+    if (e.type == "task.awaiting_approval" && e.subject == paused)
+      flagged = e.data.value("escalated", false) &&
+                e.data.at("reason").at("message") == "token budget reached";
+  }
+  CHECK(flagged);
+  REQUIRE(f.orch.approve(paused, "alice"));
+  auto done = f.wait(paused);
+  CHECK(done.state == aise::task_state::succeeded);
+  CHECK(done.result == nlohmann::json(2));  // the second attempt
+  CHECK_FALSE(done.error);
+  auto history = f.orch.store().list_attempts(paused);
+  REQUIRE(history);
+  REQUIRE(history->size() == 2);
+  CHECK((*history)[0].outcome == aise::task_state::awaiting_approval);
+  CHECK((*history)[1].outcome == aise::task_state::succeeded);
+  REQUIRE(f.orch.reject(refused, "bob", "over budget"));
+  CHECK(f.wait(refused).state == aise::task_state::cancelled);
 }
 
 namespace {
