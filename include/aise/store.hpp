@@ -145,6 +145,14 @@ struct AISE_CORE_EXPORT compaction_stats {
   std::uint64_t tasks_removed = 0;
 };
 
+/// A shared spending counter (LLM tokens, cost), kept by the store so that
+/// every process using it enforces one limit.
+struct AISE_CORE_EXPORT budget_state {
+  std::string key;
+  std::int64_t limit = 0;  ///< 0: no limit
+  std::int64_t spent = 0;
+};
+
 /// The store interface. See the file comment for the contract.
 class AISE_CORE_EXPORT store {
  public:
@@ -249,6 +257,27 @@ class AISE_CORE_EXPORT store {
   /// Whether any artifact version (of any project) has this content digest:
   /// the artifact store's garbage collector keeps exactly those blobs.
   virtual result<bool> artifact_digest_in_use(std::string_view sha256) = 0;
+
+  // ---- budgets ----
+  // Counters shared by every process using the store (aise::llm keeps its
+  // token budgets here). The default implementations report `unavailable`:
+  // a store written before budgets existed keeps compiling; libaise's own
+  // stores implement them (conformance case "budgets").
+
+  /// Sets the limit of `key` (0 removes it), creating the counter at 0
+  /// spent when missing. `invalid_argument` for an empty key or a
+  /// negative limit.
+  virtual result<budget_state> set_budget_limit(std::string key, std::int64_t limit);
+  /// Adds `amount` (negative: gives back) to what `key` has spent, in one
+  /// atomic step, creating the counter (no limit) when missing. With
+  /// `within_limit`, a charge that would take a limited counter past its
+  /// limit is refused with `limit_exceeded` and nothing is added: of
+  /// concurrent callers (threads or processes) exactly those fitting under
+  /// the limit succeed. Returns the counter after the charge.
+  virtual result<budget_state> charge_budget(std::string key, std::int64_t amount,
+                                             bool within_limit);
+  /// `not_found` when the counter was never set or charged.
+  virtual result<budget_state> get_budget(std::string_view key);
 };
 
 /// Options of the in-memory store.

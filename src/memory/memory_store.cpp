@@ -564,6 +564,48 @@ class memory_store final : public store {
     });
   }
 
+  // ---- budgets ----
+
+  result<budget_state> set_budget_limit(std::string key, std::int64_t limit) override {
+    if (key.empty()) return fail(errc::invalid_argument, "set_budget_limit: empty key");
+    if (limit < 0) return fail(errc::invalid_argument, "set_budget_limit: negative limit");
+    return guarded("set_budget_limit", [&]() -> result<budget_state> {
+      std::lock_guard lock(mutex_);
+      budget_state& b = budgets_[key];
+      b.key = key;
+      b.limit = limit;
+      return b;
+    });
+  }
+
+  result<budget_state> charge_budget(std::string key, std::int64_t amount,
+                                     bool within_limit) override {
+    if (key.empty()) return fail(errc::invalid_argument, "charge_budget: empty key");
+    return guarded("charge_budget", [&]() -> result<budget_state> {
+      std::lock_guard lock(mutex_);
+      budget_state& b = budgets_[key];
+      b.key = key;
+      if (within_limit && b.limit > 0 && amount > 0 && b.spent + amount > b.limit) {
+        return fail(errc::limit_exceeded, "budget " + in_quotes(key) + ": " +
+                                              std::to_string(b.spent) + " + " +
+                                              std::to_string(amount) + " would pass its limit " +
+                                              std::to_string(b.limit));
+      }
+      b.spent += amount;
+      return b;
+    });
+  }
+
+  result<budget_state> get_budget(std::string_view key) override {
+    return guarded("get_budget", [&]() -> result<budget_state> {
+      std::lock_guard lock(mutex_);
+      auto it = budgets_.find(key);
+      if (it == budgets_.end())
+        return fail(errc::not_found, "budget " + in_quotes(key) + " not found");
+      return it->second;
+    });
+  }
+
   result<artifact_meta> get_artifact(std::string_view id) override {
     return guarded("get_artifact", [&]() -> result<artifact_meta> {
       std::lock_guard lock(mutex_);
@@ -855,6 +897,7 @@ class memory_store final : public store {
   std::map<std::string, std::map<std::string, artifact_versions_list, std::less<>>, std::less<>>
       artifacts_;
   std::map<std::string, artifact_ref, std::less<>> artifact_ids_;
+  std::map<std::string, budget_state, std::less<>> budgets_;
 };
 
 }  // namespace

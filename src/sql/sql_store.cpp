@@ -833,7 +833,79 @@ class sql_store final : public store {
     });
   }
 
+  // ---- budgets ----
+  // One row per key. A charge is one conditional UPDATE (the row lock on
+  // PostgreSQL, the write lock on SQLite make it atomic across processes);
+  // a missing row is inserted first (ON CONFLICT DO NOTHING: racing
+  // creators are fine).
+
+  result<budget_state> set_budget_limit(std::string key, std::int64_t limit) override {
+    if (key.empty()) return error(errc::invalid_argument, "set_budget_limit: empty key");
+    if (limit < 0) return error(errc::invalid_argument, "set_budget_limit: negative limit");
+    const long long now = to_ns(clock_->now());
+    return run<budget_state>("set_budget_limit", [&](connection& c) -> result<budget_state> {
+      detail::transaction tx(c, kind());
+      long long lim = limit;
+      c.session << "INSERT INTO budgets (name, limit_value, spent, updated_at) VALUES (:k, :l, 0, "
+                   ":t) ON CONFLICT (name) DO UPDATE SET limit_value = :l2, updated_at = :t2",
+          soci::use(key), soci::use(lim), soci::use(now), soci::use(lim), soci::use(now);
+      auto b = read_budget(c, key);
+      tx.commit();
+      return b;
+    });
+  }
+
+  result<budget_state> charge_budget(std::string key, std::int64_t amount,
+                                     bool within_limit) override {
+    if (key.empty()) return error(errc::invalid_argument, "charge_budget: empty key");
+    const long long now = to_ns(clock_->now());
+    return run<budget_state>("charge_budget", [&](connection& c) -> result<budget_state> {
+      detail::transaction tx(c, kind());
+      c.session << "INSERT INTO budgets (name, limit_value, spent, updated_at) VALUES (:k, 0, 0, "
+                   ":t) ON CONFLICT (name) DO NOTHING",
+          soci::use(key), soci::use(now);
+      long long a = amount;
+      const int check = within_limit && amount > 0 ? 1 : 0;
+      soci::statement st =
+          (c.session.prepare << "UPDATE budgets SET spent = spent + :a, updated_at = :t WHERE "
+                                "name = :k AND (:c = 0 OR limit_value = 0 OR spent + :a2 <= "
+                                "limit_value)",
+           soci::use(a), soci::use(now), soci::use(key), soci::use(check), soci::use(a));
+      st.execute(true);
+      auto b = read_budget(c, key);
+      if (st.get_affected_rows() != 1) {
+        return error(errc::limit_exceeded, "budget " + in_quotes(key) + ": " +
+                                               std::to_string(b.spent) + " + " +
+                                               std::to_string(amount) + " would pass its limit " +
+                                               std::to_string(b.limit));
+      }
+      tx.commit();
+      return b;
+    });
+  }
+
+  result<budget_state> get_budget(std::string_view key) override {
+    const std::string k(key);
+    return run<budget_state>("get_budget", [&](connection& c) -> result<budget_state> {
+      long long n = 0;
+      c.session << "SELECT COUNT(*) FROM budgets WHERE name = :k", soci::use(k), soci::into(n);
+      if (n == 0) return error(errc::not_found, "budget " + in_quotes(k) + " not found");
+      return read_budget(c, k);
+    });
+  }
+
  private:
+  budget_state read_budget(connection& c, const std::string& key) {
+    budget_state b;
+    b.key = key;
+    long long limit = 0, spent = 0;
+    c.session << "SELECT limit_value, spent FROM budgets WHERE name = :k", soci::use(key),
+        soci::into(limit), soci::into(spent);
+    b.limit = limit;
+    b.spent = spent;
+    return b;
+  }
+
   /// A change's column values, computed before its transaction.
   struct change_values {
     long long updated = 0;

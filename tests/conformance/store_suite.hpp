@@ -1567,6 +1567,66 @@ inline void artifacts_versions(const store_factory& make) {
   CHECK_FALSE(must(s->artifact_digest_in_use("")));
 }
 
+inline void budgets(const store_factory& make) {
+  auto s = fresh(make);
+  auto missing = s->get_budget("llm.tokens.project.p1");
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().code() == errc::not_found);
+  CHECK(s->set_budget_limit("", 10).error().code() == errc::invalid_argument);
+  CHECK(s->set_budget_limit("k", -1).error().code() == errc::invalid_argument);
+  CHECK(s->charge_budget("", 1, false).error().code() == errc::invalid_argument);
+
+  auto b = must(s->set_budget_limit("llm.tokens.project.p1", 100));
+  CHECK(b.key == "llm.tokens.project.p1");
+  CHECK(b.limit == 100);
+  CHECK(b.spent == 0);
+  CHECK(must(s->charge_budget("llm.tokens.project.p1", 60, true)).spent == 60);
+  auto over = s->charge_budget("llm.tokens.project.p1", 41, true);
+  REQUIRE_FALSE(over.ok());
+  CHECK(over.error().code() == errc::limit_exceeded);
+  CHECK(must(s->get_budget("llm.tokens.project.p1")).spent == 60);                // nothing added
+  CHECK(must(s->charge_budget("llm.tokens.project.p1", 40, true)).spent == 100);  // exactly fits
+  CHECK(must(s->charge_budget("llm.tokens.project.p1", -30, true)).spent == 70);  // a refund
+  // Without within_limit the charge is recorded (actual usage beyond a reservation).
+  CHECK(must(s->charge_budget("llm.tokens.project.p1", 50, false)).spent == 120);
+  // Raising the limit keeps what was spent; 0 removes the limit.
+  CHECK(must(s->set_budget_limit("llm.tokens.project.p1", 200)).spent == 120);
+  CHECK(must(s->set_budget_limit("llm.tokens.project.p1", 0)).limit == 0);
+  CHECK(must(s->charge_budget("llm.tokens.project.p1", 1000, true)).spent == 1120);
+  // A counter charged first has no limit.
+  auto fresh_counter = must(s->charge_budget("llm.cost.provider.openai", 7, true));
+  CHECK(fresh_counter.limit == 0);
+  CHECK(fresh_counter.spent == 7);
+
+  // Concurrent charges: exactly those fitting under the limit succeed.
+  must(s->set_budget_limit("shared", 50));
+  constexpr int threads = 8;
+  std::atomic<int> granted{0}, refused{0}, other{0};
+  {
+    std::latch start(threads);
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back([&] {
+        start.arrive_and_wait();
+        for (int i = 0; i < 5; ++i) {
+          auto r = s->charge_budget("shared", 3, true);
+          if (r.ok())
+            granted.fetch_add(1);
+          else if (r.error().code() == errc::limit_exceeded)
+            refused.fetch_add(1);
+          else
+            other.fetch_add(1);
+        }
+      });
+    }
+    for (auto& w : workers) w.join();
+  }
+  CHECK(other.load() == 0);
+  CHECK(granted.load() == 16);  // 16 × 3 = 48 ≤ 50 < 51
+  CHECK(refused.load() == threads * 5 - 16);
+  CHECK(must(s->get_budget("shared")).spent == 48);
+}
+
 inline void json_round_trip(const store_factory& make) {
   auto s = fresh(make);
   const nlohmann::json tricky = tricky_json();
@@ -1715,5 +1775,8 @@ inline void json_round_trip(const store_factory& make) {
   }                                                                                                \
   TEST_CASE(label " store: json and unicode round trip") {                                         \
     ::aise::conformance::store_suite::json_round_trip(&aise_store_conformance_make_##id);          \
+  }                                                                                                \
+  TEST_CASE(label " store: budgets") {                                                             \
+    ::aise::conformance::store_suite::budgets(&aise_store_conformance_make_##id);                  \
   }                                                                                                \
   static_assert(true, "require a semicolon")
