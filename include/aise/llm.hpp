@@ -20,12 +20,14 @@
 /// - Errors are values, the process keeps running: unreachable or dropping
 ///   server `unavailable`; timeouts `timeout`; 400/404/422 and a reply that
 ///   is not the protocol's JSON `invalid_argument`; 401/403 `rejected`;
-///   retries exhausted on 429 `limit_exceeded`; a reply larger than
-///   `max_response_bytes` `limit_exceeded`. The API key is never logged or
-///   put in an error message.
+///   retries exhausted (429, 5xx, dropped connections) `unavailable`; a
+///   reply larger than `max_response_bytes` `limit_exceeded`; a budget
+///   reached (budgeted provider) `limit_exceeded`. The API key is never
+///   logged or put in an error message.
 
 #include <aise/error.hpp>
 #include <aise/llm_export.hpp>
+#include <aise/store.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -63,6 +65,9 @@ struct AISE_LLM_EXPORT tool_spec {
 };
 
 struct AISE_LLM_EXPORT chat_request {
+  /// The project the call is for: its token and cost budgets are charged
+  /// (required by a budgeted provider; `chat_in_task` fills it in).
+  std::string project;
   std::vector<chat_message> messages;
   std::vector<tool_spec> tools;
   std::string model;  ///< empty: the provider's default
@@ -119,5 +124,88 @@ struct AISE_LLM_EXPORT openai_options {
 /// An OpenAI-compatible chat-completions client. `invalid_argument` for a
 /// base URL that is not http(s)://host[:port][/path].
 AISE_LLM_EXPORT result<std::shared_ptr<provider>> make_openai_provider(openai_options options);
+
+// ----------------------------------------------------------------- budgets --
+//
+// Token and cost budgets per project and per provider, kept as counters in
+// the store (store::charge_budget), so every process and machine using the
+// same store enforces the same limits. Keys:
+//   llm.tokens.project.<project>    llm.tokens.provider.<provider name>
+//   llm.cost.project.<project>      llm.cost.provider.<provider name>
+// A limit of 0 (or no counter) means no limit.
+
+AISE_LLM_EXPORT std::string project_tokens_key(std::string_view project);
+AISE_LLM_EXPORT std::string provider_tokens_key(std::string_view provider);
+AISE_LLM_EXPORT std::string project_cost_key(std::string_view project);
+AISE_LLM_EXPORT std::string provider_cost_key(std::string_view provider);
+
+struct AISE_LLM_EXPORT budget_options {
+  std::shared_ptr<aise::store> store;  ///< required
+  /// Completion tokens reserved for a request without max_tokens.
+  std::int64_t default_completion_reservation = 1024;
+  /// Cost per 1,000 tokens in the unit of your cost budgets (e.g.
+  /// micro-dollars); 0 and 0: no cost accounting.
+  std::int64_t prompt_price_per_1k = 0;
+  std::int64_t completion_price_per_1k = 0;
+};
+
+/// Wraps `inner` with budgets. Before each call it reserves an estimate of
+/// the call's tokens (prompt characters / 4, rounded up, plus max_tokens or
+/// `default_completion_reservation`) on the project's and the provider's
+/// token counters, each within its limit: when either refuses, nothing is
+/// sent and the call fails with `limit_exceeded` naming the budget. A cost
+/// budget already spent refuses the same way. After the call the
+/// reservation is replaced by the usage the server reported (or given back
+/// when the call failed), and the cost is charged. Concurrent calls of any
+/// number of processes stay within a token limit as long as their
+/// estimates are not below their real usage. `invalid_argument` for a
+/// request without `project`. The name is the inner provider's.
+AISE_LLM_EXPORT result<std::shared_ptr<provider>> make_budgeted_provider(
+    std::shared_ptr<provider> inner, budget_options options);
+
+// ------------------------------------------------------------- loop guards --
+
+struct AISE_LLM_EXPORT loop_guard_options {
+  int max_turns = 25;   ///< model calls in one task at most
+  int max_repeats = 3;  ///< the same output this often within 2 × max_repeats turns: a loop
+};
+
+/// Watches one agent's turns on one task: too many turns, or the model
+/// repeating itself (the same text and tool calls, whitespace ignored, even
+/// alternating with others), is a loop. Not thread-safe (one task's
+/// handler uses it).
+class AISE_LLM_EXPORT loop_guard {
+ public:
+  explicit loop_guard(loop_guard_options options = {}) : options_(options) {}
+  /// Records one model reply; `limit_exceeded` (saying which rule) once it
+  /// makes a loop.
+  result<void> observe(const chat_message& reply);
+  [[nodiscard]] int turns() const noexcept { return turns_; }
+
+ private:
+  loop_guard_options options_;
+  int turns_ = 0;
+  std::vector<std::string> recent_;
+};
+
+}  // namespace aise::llm
+
+namespace aise {
+class task_context;
+}
+
+namespace aise::llm {
+
+/// For task handlers: `p.chat` for the task's project (filled in when the
+/// request names none), observed by `guard` when given. When the call ends
+/// in `limit_exceeded` (a budget reached, an oversized answer) or the guard
+/// sees a loop, the task is escalated to a human
+/// (`task_context::escalate`: awaiting_approval, the reason kept) instead
+/// of failing or spending more, and that error is returned: the handler
+/// just returns. Blocks like `chat`.
+AISE_LLM_EXPORT result<chat_response> chat_in_task(task_context& ctx, provider& p,
+                                                   chat_request request,
+                                                   loop_guard* guard = nullptr,
+                                                   const token_sink& on_token = {});
 
 }  // namespace aise::llm

@@ -244,13 +244,13 @@ class openai_provider final : public provider {
                                  a.tokens_emitted, r.why.message()));
       }
       if (n >= options_.max_retries) {
-        return error(r.why.code() == errc::limit_exceeded ? errc::limit_exceeded : r.why.code(),
+        return error(r.why.code() == errc::timeout ? errc::timeout : errc::unavailable,
                      fmt::format("llm: giving up after {} attempts: {}", n + 1, r.why.message()));
       }
       auto pause = wait;
       if (r.retry_after) {
         if (*r.retry_after > options_.max_retry_after) {
-          return error(errc::limit_exceeded,
+          return error(errc::unavailable,
                        fmt::format("llm: the server asks to wait {} ms (Retry-After), more than "
                                    "max_retry_after: {}",
                                    r.retry_after->count(), r.why.message()));
