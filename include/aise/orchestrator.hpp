@@ -92,6 +92,41 @@ enum class orchestrator_threading {
   own_thread,
 };
 
+/// An agent that could run a task (running, capable, with a free slot).
+struct AISE_CORE_EXPORT routing_candidate {
+  std::string name;
+  std::string kind;
+  std::vector<std::string> capabilities;
+  std::size_t running = 0;      ///< tasks it runs now
+  std::size_t concurrency = 1;  ///< tasks it may run at once
+};
+
+/// A routing strategy: which of the capable free agents runs a task. The
+/// default (no router) is the least-loaded one. aise::ml ships an
+/// embedding router and a learned one (include/aise/routing.hpp).
+///
+/// Threads: `prepare` runs on the submitting thread before the orchestrator
+/// takes its lock (do slow work there: embeddings, model calls); `pick`
+/// and `observe` run with the orchestrator's lock held and must be quick
+/// and must not call the orchestrator. All three may be called from
+/// several threads at once. Nothing may throw (a throwing router counts as
+/// no choice).
+class AISE_CORE_EXPORT router {
+ public:
+  virtual ~router() = default;
+  /// Sees each task (its id assigned) before it is stored.
+  virtual void prepare(const task_spec& task) { (void)task; }
+  /// Index of the chosen candidate, or nullopt for the default choice.
+  /// `candidates` is never empty and is ordered least loaded first.
+  virtual std::optional<std::size_t> pick(const task& t,
+                                          const std::vector<routing_candidate>& candidates) = 0;
+  /// How an attempt ended (for routers that learn). `succeeded` is false
+  /// for failed, timed-out and lost attempts.
+  virtual void observe(const task& t, const routing_candidate& agent, bool succeeded) {
+    (void)t, (void)agent, (void)succeeded;
+  }
+};
+
 /// Orchestrator options, with defaults for an interactive application.
 struct AISE_CORE_EXPORT orchestrator_options {
   /// Where state goes; default: a new in-memory store.
@@ -135,6 +170,8 @@ struct AISE_CORE_EXPORT orchestrator_options {
   /// what is still waiting first, then their own changes, before they
   /// return. With `false`, every change is written on its own.
   bool group_commit = true;
+  /// Chooses among capable free agents (see router); null: least loaded.
+  std::shared_ptr<aise::router> router;
 };
 
 /// How to spawn an agent of a registered kind.

@@ -509,6 +509,16 @@ void orchestrator_impl::on_agent_exit(const agent_exit& ex) {
 
 result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_spec> specs) {
   if (specs.empty()) return std::vector<std::string>{};
+  if (options.router) {
+    // Outside the lock: a router may do slow work here (embeddings).
+    for (auto& s : specs) {
+      if (s.id.empty()) s.id = rti.make_id("t");
+      try {
+        options.router->prepare(s);
+      } catch (...) {  // NOLINT(bugprone-empty-catch): a throwing router prepares nothing
+      }
+    }
+  }
   ops o(*this);
   if (closed_) return error(errc::unavailable, "submit: the orchestrator is closing");
   const time_point now = rt.clock().now();
@@ -1192,7 +1202,7 @@ void orchestrator_impl::make_ready(ops& o, task_entry& e) {
   // Nothing waiting for its capability and a free agent: straight to
   // running, with its task.queued event in the same store write.
   if (auto rq = ready_.find(capability_of(e.t)); rq == ready_.end() || rq->second.empty()) {
-    if (agent_entry* a = pick_agent(capability_of(e.t))) {
+    if (agent_entry* a = pick_agent(capability_of(e.t), &e.t)) {
       start_attempt(o, e, *a);
       return;
     }
@@ -1213,7 +1223,7 @@ void orchestrator_impl::queue_and_dispatch(ops& o, task_entry& e) {
   const std::string& capability = capability_of(e.t);
   auto rq = ready_.find(capability);
   if (rq == ready_.end() || rq->second.empty()) {
-    if (agent_entry* a = pick_agent(capability)) {
+    if (agent_entry* a = pick_agent(capability, &e.t)) {
       start_attempt(o, e, *a);  // on a refused store write it queues the task itself
       return;
     }
@@ -1223,7 +1233,8 @@ void orchestrator_impl::queue_and_dispatch(ops& o, task_entry& e) {
 }
 
 // The least-loaded running agent with the capability and a free slot, if any.
-orchestrator_impl::agent_entry* orchestrator_impl::pick_agent(const std::string& capability) {
+orchestrator_impl::agent_entry* orchestrator_impl::pick_agent(const std::string& capability,
+                                                              const aise::task* t) {
   auto ci = capable_.find(capability);
   if (ci == capable_.end()) return nullptr;
   if (flush_failures_ > 0) return nullptr;  // the store is behind: start nothing new
@@ -1232,7 +1243,39 @@ orchestrator_impl::agent_entry* orchestrator_impl::pick_agent(const std::string&
     if (a->status != "running" || !a->instance || a->running.size() >= a->concurrency) continue;
     if (best == nullptr || a->running.size() < best->running.size()) best = a;
   }
-  return best;
+  if (best == nullptr || !options.router || t == nullptr) return best;
+  // A router chooses among the free ones, least loaded first.
+  std::vector<agent_entry*> free;
+  for (agent_entry* a : ci->second) {
+    if (a->status == "running" && a->instance && a->running.size() < a->concurrency)
+      free.push_back(a);
+  }
+  std::stable_sort(free.begin(), free.end(), [](const agent_entry* x, const agent_entry* y) {
+    return x->running.size() < y->running.size();
+  });
+  std::vector<routing_candidate> candidates;
+  candidates.reserve(free.size());
+  for (const agent_entry* a : free)
+    candidates.push_back({a->name, a->kind, a->capabilities, a->running.size(), a->concurrency});
+  try {
+    if (auto chosen = options.router->pick(*t, candidates); chosen && *chosen < free.size())
+      return free[*chosen];
+  } catch (...) {  // NOLINT(bugprone-empty-catch): a throwing router makes no choice
+  }
+  return free.front();
+}
+
+void orchestrator_impl::observe_attempt(const task_entry& e, bool succeeded) {
+  if (!options.router) return;
+  auto a = agents_.find(e.t.agent);
+  if (a == agents_.end()) return;
+  try {
+    options.router->observe(e.t,
+                            {a->second.name, a->second.kind, a->second.capabilities,
+                             a->second.running.size(), a->second.concurrency},
+                            succeeded);
+  } catch (...) {  // NOLINT(bugprone-empty-catch): a throwing router learns nothing
+  }
 }
 
 void orchestrator_impl::dispatch(ops& o, const std::string& capability) {
@@ -1243,11 +1286,14 @@ void orchestrator_impl::dispatch(ops& o, const std::string& capability) {
   if (rq == ready_.end() || rq->second.empty()) return;
   std::set<ready_key>& queue = rq->second;
   while (!queue.empty()) {
-    agent_entry* best = pick_agent(capability);
+    auto t = tasks_.find(queue.begin()->id);
+    if (t == tasks_.end() || t->second.t.state != task_state::queued) {
+      queue.erase(queue.begin());  // stale: ended or moved on meanwhile
+      continue;
+    }
+    agent_entry* best = pick_agent(capability, &t->second.t);
     if (best == nullptr) return;
-    auto node = queue.extract(queue.begin());
-    auto t = tasks_.find(node.value().id);
-    if (t == tasks_.end() || t->second.t.state != task_state::queued) continue;
+    queue.erase(queue.begin());
     // A refused store write leaves the task queued; stop here rather than
     // spin on it while holding the lock (the next change tries again).
     if (!start_attempt(o, t->second, *best)) return;
@@ -1503,6 +1549,7 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
   row.started_at = e.t.updated_at;
   if (auto r = e.run.lock()) row.started_at = r->task.updated_at;
   if (!failure) {
+    observe_attempt(e, true);
     task_update u = base_update(e, task_state::succeeded, now);
     u.result = value ? std::move(value) : std::optional<nlohmann::json>(nullptr);
     u.attempt_row = std::move(row);
@@ -1516,6 +1563,7 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
   const std::string id = e.t.id;
   row.outcome = task_state::failed;
   row.error = failure;
+  if (!escalate) observe_attempt(e, false);
   const bool deadline_passed = e.t.deadline && now >= *e.t.deadline;
   const std::string agent_name = e.t.agent;
   if (escalate && !deadline_passed) {

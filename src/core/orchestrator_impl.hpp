@@ -233,7 +233,9 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   void make_ready(ops& o, task_entry& e);
   void enqueue_ready(task_entry& e);
   void queue_and_dispatch(ops& o, task_entry& e);  // e is queued in the store
-  agent_entry* pick_agent(const std::string& capability);
+  // `t`: the task to run (for the router), when known.
+  agent_entry* pick_agent(const std::string& capability, const aise::task* t = nullptr);
+  void observe_attempt(const task_entry& e, bool succeeded);
   void dispatch(ops& o, const std::string& capability);
   void dispatch_for(ops& o, const agent_entry& a);
   bool start_attempt(ops& o, task_entry& e, agent_entry& a);

@@ -390,6 +390,61 @@ TEST_CASE("orchestrator: approval steps wait for approve or reject") {
   CHECK(f.orch.approve(yes).error().code() == aise::errc::illegal_transition);
 }
 
+namespace {
+// Sends every task to the agent named "b" while it is free; counts outcomes.
+class prefer_b : public aise::router {
+ public:
+  void prepare(const aise::task_spec& t) override {
+    std::lock_guard lock(mutex);
+    prepared.push_back(t.id);
+  }
+  std::optional<std::size_t> pick(const aise::task&,
+                                  const std::vector<aise::routing_candidate>& c) override {
+    for (std::size_t i = 0; i < c.size(); ++i)
+      if (c[i].name == "b") return i;
+    return std::nullopt;
+  }
+  void observe(const aise::task&, const aise::routing_candidate& a, bool ok) override {
+    std::lock_guard lock(mutex);
+    outcomes.emplace_back(a.name, ok);
+  }
+  std::mutex mutex;
+  std::vector<std::string> prepared;
+  std::vector<std::pair<std::string, bool>> outcomes;
+};
+}  // namespace
+
+TEST_CASE("orchestrator: a router chooses among the free capable agents and hears outcomes") {
+  auto r = std::make_shared<prefer_b>();
+  aise::runtime rt(quiet(nullptr));
+  auto o = fixture::options(7);
+  o.router = r;
+  aise::orchestrator orch(rt, o);
+  REQUIRE(orch.register_kind("worker", [] { return std::make_unique<worker>(); }));
+  REQUIRE(orch.spawn({.kind = "worker", .name = "a", .concurrency = 4}));
+  REQUIRE(orch.spawn({.kind = "worker", .name = "b", .concurrency = 4}));
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i) {
+    // One at a time: "b" is always free, so the router's choice is visible.
+    auto id = orch.submit(spec("add", {{"n", i}}));
+    REQUIRE(id);
+    auto done = orch.wait(*id, 10s);
+    REQUIRE(done);
+    CHECK(done->state == aise::task_state::succeeded);
+    CHECK(done->agent == "b");  // least loaded would pick either
+    ids.push_back(*id);
+  }
+  auto failing = orch.submit(spec("fail"));
+  REQUIRE(failing);
+  CHECK(orch.wait(*failing, 10s)->state == aise::task_state::failed);
+  std::lock_guard lock(r->mutex);
+  CHECK(r->prepared.size() == 7);
+  CHECK(r->prepared.front() == ids.front());  // ids are assigned before prepare
+  REQUIRE(r->outcomes.size() == 7);
+  CHECK(r->outcomes.front() == std::pair<std::string, bool>{"b", true});
+  CHECK(r->outcomes.back() == std::pair<std::string, bool>{"b", false});
+}
+
 TEST_CASE("orchestrator: a handler escalates to a human instead of failing") {
   fixture f;
   f.spawn();
