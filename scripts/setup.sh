@@ -17,6 +17,8 @@ AISE_PACKAGES=(
   libsoci-dev libsqlite3-dev libpq-dev
   # PostgreSQL 15 server for the tests (scripts/services.sh starts a private one) and sqlite3 CLI
   postgresql-15 postgresql-client-15 sqlite3
+  # aise::rabbitmq (rabbitmq-c) and RabbitMQ for the tests (scripts/services.sh starts a private one)
+  librabbitmq-dev rabbitmq-server
   # tests
   doctest-dev
   # peer benchmark (CAF) in bench/

@@ -2,8 +2,9 @@
 # THE test command of libaise (CI runs it through .ci/run).
 #
 #   1. setup    install missing Debian packages (scripts/setup.sh)
-#   2. release  build the release variant; start a private PostgreSQL
-#               (scripts/services.sh); run every CTest test (all labels)
+#   2. release  build the release variant; start a private PostgreSQL and a
+#               private RabbitMQ (scripts/services.sh); run every CTest test
+#               (all labels)
 #   3. tsan     build with ThreadSanitizer; run the unit tests (ctest -L unit)
 #   4. asan     build with ASan+UBSan; run the unit tests
 #   5. format   clang-format --dry-run --Werror over the C++ sources
@@ -48,17 +49,23 @@ phase_setup() { bash scripts/setup.sh; }
 
 phase_release() {
   aise_build release
-  # The PostgreSQL tests (label postgres) need a server: a private one on
-  # loopback (scripts/services.sh), stopped again when the phase ends.
+  # The PostgreSQL and RabbitMQ tests (labels postgres, rabbitmq) need
+  # servers: private ones on loopback (scripts/services.sh), stopped again
+  # when the phase ends if this run started them (another run may be using
+  # them). A server that does not start fails the phase.
   local out url
+  started=() # global: the EXIT trap of the phase's subshell reads it
+  trap 'for s in "${started[@]}"; do bash scripts/services.sh stop "$s" || true; done' EXIT
   out=$(bash scripts/services.sh start postgres)
   url=$(sed -n 's/^AISE_TEST_POSTGRES_URL=//p' <<<"$out")
   [[ -n $url ]] || { aise_log "PostgreSQL did not start"; return 1; }
   export AISE_TEST_POSTGRES_URL=$url
-  # Stopped again only if this run started it (another run may be using it).
-  if grep -q '^AISE_SERVICES_STARTED=postgres' <<<"$out"; then
-    trap 'bash scripts/services.sh stop postgres' EXIT
-  fi
+  grep -q '^AISE_SERVICES_STARTED=postgres' <<<"$out" && started+=(postgres)
+  out=$(bash scripts/services.sh start rabbitmq)
+  url=$(sed -n 's/^AISE_TEST_RABBITMQ_URL=//p' <<<"$out")
+  [[ -n $url ]] || { aise_log "RabbitMQ did not start"; return 1; }
+  export AISE_TEST_RABBITMQ_URL=$url
+  grep -q '^AISE_SERVICES_STARTED=rabbitmq' <<<"$out" && started+=(rabbitmq)
   run_ctest release
 }
 
