@@ -147,6 +147,14 @@ class publisher {
     const auto deadline = steady::now() + options_.operation_timeout;
     if (closed_) return error(errc::unavailable, "rabbitmq: the transport is closed");
     if (auto c = connect_locked(); !c) return c.error();
+    if (pending_.empty() && !reading_) {
+      // Idle connection: notice a close the broker sent meanwhile (a restart) before
+      // publishing, so this call reconnects instead of failing after the fact.
+      if (auto r = read_confirms_locked(); !r) {
+        drop_locked(r.error());
+        if (auto c = connect_locked(); !c) return c.error();
+      }
+    }
 
     const std::uint64_t tag = ++next_tag_;
     slot mine;

@@ -3,7 +3,9 @@
 // undecodable messages, exclusivity across processes, reconnection).
 // scripts/test.sh starts a private broker (scripts/services.sh) and sets
 // AISE_TEST_RABBITMQ_URL. Every transport here uses a name prefix unique to
-// this process, so parallel runs on one broker do not meet.
+// this process, so parallel runs on one broker do not meet. The two
+// reconnection cases drive the broker through scripts/services.sh (close
+// connections, stop and start it), so they need the broker that script runs.
 
 #include <aise/message.hpp>
 #include <aise/rabbitmq.hpp>
@@ -201,7 +203,7 @@ TEST_CASE("rabbitmq: names longer than AMQP allows are invalid_argument") {
   CHECK(code_of(t->send(seq_message(long_name, 0))) == "invalid_argument");
 }
 
-TEST_CASE("rabbitmq: an undecodable message is rejected and counted; consuming goes on") {
+TEST_CASE("rabbitmq: an undecodable message is rejected and counted and consuming goes on") {
   const auto o = test_options();
   auto t = make(o);
   const std::string address = fresh_name("poison");
@@ -254,7 +256,7 @@ TEST_CASE("rabbitmq: an address has one receiver across transports (processes)")
   CHECK(box->calls_after_reset() == 0);
 }
 
-TEST_CASE("rabbitmq: topics match exactly, wildcard characters included") {
+TEST_CASE("rabbitmq: topics match exactly even with wildcard characters") {
   auto t = make_test_transport();
   const std::string base = fresh_name("wild");
   auto star = inbox::make();
@@ -287,7 +289,7 @@ TEST_CASE("rabbitmq: topics match exactly, wildcard characters included") {
 }
 
 TEST_CASE(
-    "rabbitmq: after the broker closes the connections, consuming resumes and nothing "
+    "rabbitmq: consuming resumes after the broker closed the connections and nothing "
     "sent is lost") {
   auto o = test_options();
   o.connection_name = process_prefix() + "reconnect-" + std::to_string(std::random_device{}());
@@ -341,4 +343,46 @@ TEST_CASE(
         return news->wait_for(1, 50ms);
       },
       10s));
+}
+
+TEST_CASE("rabbitmq: a broker restart loses no confirmed message and consuming resumes") {
+  auto o = test_options();
+  o.connect_timeout = 2s;
+  auto t = make(o);
+
+  std::atomic<bool> open{false};
+  auto box = inbox::make();
+  auto accept = box->sink();
+  const std::string address = fresh_name("restart");
+  auto bound = t->bind(address, [&open, accept](aise::message&& m) -> aise::result<void> {
+    if (!open.load()) return aise::error(aise::errc::mailbox_full, "closed for now");
+    return accept(std::move(m));
+  });
+  REQUIRE_MESSAGE(bound.ok(), describe_result(bound));
+  for (int i = 0; i < 5; ++i) {
+    auto r = t->send(seq_message(address, i));
+    REQUIRE_MESSAGE(r.ok(), describe_result(r));
+  }
+  REQUIRE(eventually([&] { return t->stats().refusals > 0; }));
+
+  REQUIRE(services("stop rabbitmq") == 0);
+  // Down: calls fail at once with unavailable, they do not hang.
+  const auto started = std::chrono::steady_clock::now();
+  const auto down = t->send(seq_message(address, 99));
+  CHECK(code_of(down) == "unavailable");
+  CHECK(code_of(t->bind(fresh_name("while-down"), inbox::make()->sink())) == "unavailable");
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
+  CHECK(eventually([&] { return !t->stats().consumer_connected; }));
+
+  REQUIRE(services("start rabbitmq") == 0);
+  open.store(true);
+  REQUIRE_MESSAGE(eventually([&] { return t->stats().consumer_connected; }, 20s),
+                  "the consuming connection was not reopened");
+  for (int i = 5; i < 10; ++i) {
+    auto r = while_unavailable([&] { return t->send(seq_message(address, i)); });
+    REQUIRE_MESSAGE(r.ok(), describe_result(r));
+  }
+  // The five confirmed before the restart were on disk; none was acknowledged.
+  REQUIRE_MESSAGE(box->wait_for(10), "delivered " << box->size() << " of 10");
+  CHECK(seqs_of(box->messages()) == aise::conformance::seq_range(0, 10));
 }
