@@ -127,11 +127,11 @@ class AISE_RABBITMQ_EXPORT rabbitmq_transport : public transport {
 
 /// Connects to the broker in `options.url` (both connections, with
 /// `connect_timeout`) and declares the exchanges. Destroying the last
-/// reference closes the connections and joins the consumer thread; do not
-/// drop it from inside a sink. Subscriptions may outlive it (their reset
-/// then does nothing). Errors: `invalid_argument` (a malformed URL or
-/// option), `unavailable` (the broker cannot be reached, refused the login
-/// or the declarations; the message says which).
+/// reference stops the consumer thread (joins it, or lets it end on its own
+/// when that happens inside a sink) and closes the connections.
+/// Subscriptions may outlive it (their reset then does nothing). Errors: `invalid_argument` (a
+/// malformed URL or option), `unavailable` (the broker cannot be reached, refused the login or the
+/// declarations; the message says which).
 AISE_RABBITMQ_EXPORT result<std::shared_ptr<rabbitmq_transport>> make_rabbitmq_transport(
     rabbitmq_options options);
 

@@ -458,7 +458,9 @@ class consumer : public std::enable_shared_from_this<consumer> {
     if (auto c = connect(); !c) return c;
     stats_.consumer_connected.store(true);
     try {
-      thread_ = std::thread([this] { run(); });
+      // The thread keeps its consumer alive: the last reference to the transport may
+      // be dropped on this very thread (a sink holding it), and then stop() detaches.
+      thread_ = std::thread([self = shared_from_this()] { self->run(); });
     } catch (const std::exception& e) {
       return error(errc::unavailable, fmt::format("rabbitmq: cannot start a thread: {}", e.what()));
     }

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -385,4 +386,74 @@ TEST_CASE("rabbitmq: a broker restart loses no confirmed message and consuming r
   // The five confirmed before the restart were on disk; none was acknowledged.
   REQUIRE_MESSAGE(box->wait_for(10), "delivered " << box->size() << " of 10");
   CHECK(seqs_of(box->messages()) == aise::conformance::seq_range(0, 10));
+}
+
+TEST_CASE("rabbitmq: a sink may bind send and reset its own subscription from inside") {
+  auto t = make_test_transport();
+  const std::string first = fresh_name("reentrant-first");
+  const std::string second = fresh_name("reentrant-second");
+  auto second_box = inbox::make();
+
+  struct state {
+    std::mutex mutex;
+    aise::subscription own;
+    aise::subscription inner;
+    std::string failure;
+    std::atomic<int> calls{0};
+  };
+  auto s = std::make_shared<state>();
+  auto bound = t->bind(first, [s, t, second, second_box](aise::message&&) -> aise::result<void> {
+    s->calls.fetch_add(1);
+    std::lock_guard lock(s->mutex);
+    auto inner = t->bind(second, second_box->sink());
+    if (!inner) {
+      s->failure = "bind: " + inner.error().describe();
+      return {};
+    }
+    s->inner = std::move(*inner);
+    if (auto r = t->send(seq_message(second, 2)); !r) s->failure = "send: " + r.error().describe();
+    s->own.reset();  // this very binding, from inside its sink
+    return {};
+  });
+  REQUIRE_MESSAGE(bound.ok(), describe_result(bound));
+  {
+    std::lock_guard lock(s->mutex);
+    s->own = std::move(*bound);
+  }
+  auto r = t->send(seq_message(first, 1));
+  REQUIRE_MESSAGE(r.ok(), describe_result(r));
+  REQUIRE(second_box->wait_for(1));
+  CHECK(seqs_of(second_box->messages()) == std::vector<std::int64_t>{2});
+  {
+    std::lock_guard lock(s->mutex);
+    CHECK_MESSAGE(s->failure.empty(), s->failure);
+    CHECK_FALSE(s->own.active());
+  }
+  // The reset removed the first address: sends to it fail once the queue is gone.
+  CHECK(eventually([&] { return code_of(t->send(seq_message(first, 3))) == "not_found"; }));
+  CHECK(s->calls.load() == 1);
+  std::lock_guard lock(s->mutex);
+  s->inner.reset();
+}
+
+TEST_CASE("rabbitmq: a sink may drop the last reference to the transport") {
+  auto holder = std::make_shared<std::shared_ptr<aise::transport>>(make_test_transport());
+  std::weak_ptr<aise::transport> weak = *holder;
+  auto go = std::make_shared<std::atomic<bool>>(false);
+  auto dropped = std::make_shared<std::atomic<bool>>(false);
+  const std::string address = fresh_name("last-reference");
+  auto bound =
+      (*holder)->bind(address, [holder, go, dropped](aise::message&&) -> aise::result<void> {
+        // Refused until the test has stopped using the transport, then it is let go here.
+        if (!go->load()) return aise::error(aise::errc::mailbox_full, "not yet");
+        holder->reset();
+        dropped->store(true);
+        return {};
+      });
+  REQUIRE_MESSAGE(bound.ok(), describe_result(bound));
+  const auto r = (*holder)->send(seq_message(address, 1));
+  REQUIRE_MESSAGE(r.ok(), describe_result(r));
+  go->store(true);
+  CHECK(eventually([&] { return dropped->load() && weak.expired(); }));
+  bound->reset();  // the transport is gone: nothing to do, nothing breaks
 }
