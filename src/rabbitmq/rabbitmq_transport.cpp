@@ -265,7 +265,6 @@ class publisher {
       return ready.error();
     }
     conn_ = std::move(*opened);
-    ++generation_;
     next_tag_ = 0;
     backoff_ = options_.reconnect_backoff;
     if (ever_connected_) {
@@ -293,7 +292,6 @@ class publisher {
               fmt::format("{} (the message may or may not have arrived)", why.message())));
     conn_->mark_broken();
     conn_.reset();
-    ++generation_;
     last_error_ = why.message();
     next_attempt_ = steady::now();  // the next call tries again at once, later ones back off
   }
@@ -387,7 +385,6 @@ class publisher {
   std::condition_variable reader_done_;
   // Guarded by mutex_:
   std::unique_ptr<connection> conn_;
-  std::uint64_t generation_ = 0;
   std::uint64_t next_tag_ = 0;
   std::map<std::uint64_t, slot*> pending_;  // slots live on their callers' stacks
   bool reading_ = false;
