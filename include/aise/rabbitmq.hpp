@@ -12,8 +12,10 @@
 ///   `<prefix>addr.<address>` bound to the direct exchange `<prefix>direct`
 ///   and consumes it exclusively, so an address has one receiver across
 ///   every process on the broker (`already_exists` otherwise). Resetting the
-///   subscription deletes the queue: messages still in it are dropped, and
-///   later sends fail with `not_found`. A process that dies without
+///   subscription deletes the queue and waits for that (at most
+///   `operation_timeout`; from inside a sink it happens after the sink
+///   returned): messages still in it are dropped, later sends fail with
+///   `not_found`, and another process may bind the address at once. A process that dies without
 ///   resetting leaves the queue (and its messages) for the next binder.
 /// - Topics: `subscribe(topic)` declares an exclusive, auto-deleted queue
 ///   bound with exactly `topic` to the direct exchange `<prefix>events`
@@ -42,8 +44,8 @@
 ///   owns two broker connections: one for publishing (shared by callers,
 ///   confirms are pipelined) and one for consuming, served by a thread of
 ///   its own on which every sink is called, one at a time. `bind`,
-///   `subscribe` and a subscription's reset wait for that thread (at most
-///   `operation_timeout`); they may be called from inside a sink.
+///   `subscribe` and a subscription's reset wait for that thread (with a
+///   deadline); they may be called from inside a sink.
 /// - Reconnection: a lost connection is reopened with a backoff growing
 ///   from `reconnect_backoff` to `reconnect_backoff_max`; the consuming side
 ///   then declares its queues again and resumes (a subscription's queue is

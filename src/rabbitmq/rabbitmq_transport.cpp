@@ -513,8 +513,9 @@ class consumer : public std::enable_shared_from_this<consumer> {
 
  private:
   struct command {
+    bool set_up = false;  ///< Else tear down.
     std::shared_ptr<binding> b;
-    std::shared_ptr<std::promise<result<void>>> done;  ///< Set: set up; empty: tear down.
+    std::shared_ptr<std::promise<result<void>>> done;  ///< Answered when handled; may be empty.
   };
 
   [[nodiscard]] bool on_consumer_thread() const noexcept {
@@ -539,7 +540,7 @@ class consumer : public std::enable_shared_from_this<consumer> {
     auto outcome = done->get_future();
     {
       std::lock_guard lock(mutex_);
-      commands_.push_back({b, done});
+      commands_.push_back({true, b, done});
     }
     wake();
     const auto limit = options_.operation_timeout + options_.connect_timeout;
@@ -572,9 +573,25 @@ class consumer : public std::enable_shared_from_this<consumer> {
         }
       }
     }
-    commands_.push_back({b, nullptr});
+    if (on_consumer_thread() || stop_) {
+      commands_.push_back({false, b, nullptr});  // done after the sink returned
+      lock.unlock();
+      wake();
+      return;
+    }
+    // Wait for the teardown too, so that the address is gone once reset returned
+    // (sends fail with not_found, another process may bind it at once).
+    auto done = std::make_shared<std::promise<result<void>>>();
+    auto finished = done->get_future();
+    commands_.push_back({false, b, done});
     lock.unlock();
     wake();
+    if (finished.wait_for(options_.operation_timeout) != std::future_status::ready) {
+      log_->warn(
+          "rabbitmq: removing '{}' from the broker takes longer than {} ms; it goes on "
+          "in the background",
+          b->name, options_.operation_timeout.count());
+    }
   }
 
   result<void> not_connected() const {
@@ -643,10 +660,12 @@ class consumer : public std::enable_shared_from_this<consumer> {
       rest.swap(commands_);
     }
     for (auto& c : rest) {
-      if (!c.done)
+      if (!c.set_up) {
         tear_down(*c.b);
-      else
+        if (c.done) c.done->set_value({});
+      } else {
         c.done->set_value(error(errc::unavailable, "rabbitmq: the transport is closed"));
+      }
     }
     live_.clear();
     by_channel_.clear();
@@ -655,8 +674,9 @@ class consumer : public std::enable_shared_from_this<consumer> {
   }
 
   void handle(command& c) {
-    if (!c.done) {
+    if (!c.set_up) {
       tear_down(*c.b);
+      if (c.done) c.done->set_value({});
       return;
     }
     auto r = conn_ ? set_up_now(c.b) : not_connected();
@@ -683,8 +703,17 @@ class consumer : public std::enable_shared_from_this<consumer> {
     return 0;
   }
 
-  /// Declares, binds and consumes `b`'s queue on a channel of its own.
+  /// Declares, binds and consumes `b`'s queue on a channel of its own. Another
+  /// process may delete the queue between our declaration and consume (it
+  /// just let go of the address): then declare again, a few times.
   result<void> set_up_now(const std::shared_ptr<binding>& binding_ptr) {
+    for (int attempt = 1;; ++attempt) {
+      auto r = set_up_once(binding_ptr);
+      if (r || r.error().code() != errc::not_found || !conn_ || attempt == 3) return r;
+    }
+  }
+
+  result<void> set_up_once(const std::shared_ptr<binding>& binding_ptr) {
     binding& b = *binding_ptr;
     const amqp_channel_t ch = allocate_channel();
     if (ch == 0) return error(errc::limit_exceeded, "rabbitmq: no free channel (2046 bindings)");

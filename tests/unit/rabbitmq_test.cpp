@@ -245,9 +245,10 @@ TEST_CASE("rabbitmq: an address has one receiver across transports (processes)")
   REQUIRE_MESSAGE(r.ok(), describe_result(r));
   REQUIRE(box->wait_for(1));
 
-  // Once a lets go, b may bind it.
+  // Once a let go (reset returned), the address is gone and b may bind it.
   bound->reset();
   box->mark_reset();
+  CHECK(code_of(b->send(seq_message(address, 9))) == "not_found");
   auto rebound = b->bind(address, other->sink());
   REQUIRE_MESSAGE(rebound.ok(), describe_result(rebound));
   r = a->send(seq_message(address, 2));
