@@ -25,6 +25,8 @@ AISE_PACKAGES=(
   libtorch-dev libopenblas0-pthread
   # scikit-learn: the reference values of the classic ML tests (tests/torch)
   python3-sklearn
+  # aise::rabbitmq (rabbitmq-c) and RabbitMQ for the tests (scripts/services.sh starts a private one)
+  librabbitmq-dev rabbitmq-server
   # tests
   doctest-dev
   # peer benchmark (CAF) in bench/

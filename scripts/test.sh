@@ -2,10 +2,12 @@
 # THE test command of libaise (CI runs it through .ci/run).
 #
 #   1. setup    install missing Debian packages (scripts/setup.sh)
-#   2. release  build the release variant; start a private PostgreSQL
-#               (scripts/services.sh); run every CTest test (all labels)
-#   3. tsan     build with ThreadSanitizer; run the unit tests (ctest -L unit)
-#   4. asan     build with ASan+UBSan; run the unit tests
+#   2. release  build the release variant; start a private PostgreSQL and a
+#               private RabbitMQ (scripts/services.sh); run every CTest test
+#               (all labels)
+#   3. tsan     build with ThreadSanitizer; start RabbitMQ; run the unit and
+#               rabbitmq tests
+#   4. asan     build with ASan+UBSan; the same
 #   5. format   clang-format --dry-run --Werror over the C++ sources
 #
 # Every phase runs even when an earlier one failed (except after a failed
@@ -46,30 +48,47 @@ run_ctest() {
 # its name in the default AISE_TEST_PHASES above.
 phase_setup() { bash scripts/setup.sh; }
 
+# start_services <service>...: starts each with scripts/services.sh (a private
+# server on loopback) and exports its URL (AISE_TEST_POSTGRES_URL,
+# AISE_TEST_RABBITMQ_URL); the phase's EXIT trap stops again those that this
+# call started (another run may be using the others). A service that does not
+# start fails the phase.
+start_services() {
+  local service out var url
+  started=() # global: the EXIT trap of the phase's subshell reads it
+  trap 'for s in "${started[@]}"; do bash scripts/services.sh stop "$s" || true; done' EXIT
+  for service in "$@"; do
+    case $service in
+      postgres) var=AISE_TEST_POSTGRES_URL ;;
+      rabbitmq) var=AISE_TEST_RABBITMQ_URL ;;
+    esac
+    out=$(bash scripts/services.sh start "$service") || out=""
+    url=$(sed -n "s/^$var=//p" <<<"$out")
+    [[ -n $url ]] || { aise_log "$service did not start"; return 1; }
+    export "$var=$url"
+    if grep -q "^AISE_SERVICES_STARTED=$service" <<<"$out"; then started+=("$service"); fi
+  done
+}
+
 phase_release() {
   aise_build release
-  # The PostgreSQL tests (label postgres) need a server: a private one on
-  # loopback (scripts/services.sh), stopped again when the phase ends.
-  local out url
-  out=$(bash scripts/services.sh start postgres)
-  url=$(sed -n 's/^AISE_TEST_POSTGRES_URL=//p' <<<"$out")
-  [[ -n $url ]] || { aise_log "PostgreSQL did not start"; return 1; }
-  export AISE_TEST_POSTGRES_URL=$url
-  # Stopped again only if this run started it (another run may be using it).
-  if grep -q '^AISE_SERVICES_STARTED=postgres' <<<"$out"; then
-    trap 'bash scripts/services.sh stop postgres' EXIT
-  fi
+  # The PostgreSQL and RabbitMQ tests (labels postgres, rabbitmq) need servers.
+  start_services postgres rabbitmq
   run_ctest release
 }
 
+# The sanitizer builds run the unit tests and the RabbitMQ tests (threads of
+# its own: worth ThreadSanitizer's and AddressSanitizer's eyes).
 phase_tsan() {
   aise_build tsan
-  run_ctest tsan -L unit
+  start_services rabbitmq
+  run_ctest tsan -L '^(unit|rabbitmq)$'
 }
 
 phase_asan() {
   aise_build asan
-  run_ctest asan -L unit
+  start_services rabbitmq
+  run_ctest asan -L '^(unit|rabbitmq)$'
 }
 
 phase_format() {

@@ -1,7 +1,8 @@
 # Package test of libaise, run by CTest as
 #   cmake -DAISE_BINARY_DIR=... -DCONSUMER_SOURCE_DIR=... -DWORK_DIR=... \
 #         -DGENERATOR=... [-DAISE_CONFIG=...] [-DAISE_VERSION=...] \
-#         [-DCXX_COMPILER=...] [-DCXX_FLAGS=...] -P run_package_test.cmake
+#         [-DCXX_COMPILER=...] [-DCXX_FLAGS=...] [-DAISE_WITH_SQL=ON]
+#         [-DAISE_WITH_RABBITMQ=ON] -P run_package_test.cmake
 #
 # 1. installs the build in AISE_BINARY_DIR into WORK_DIR/prefix;
 # 2. configures, builds and runs the consumer against that prefix;
@@ -75,6 +76,9 @@ function(consumer name expected_dir)
   if(name MATCHES "sql$" AND NOT output MATCHES "sql sqlite ok")
     message(FATAL_ERROR "package test: ${name}: the aise::sql check did not pass: ${output}")
   endif()
+  if(name MATCHES "rabbitmq$" AND NOT output MATCHES "rabbitmq unavailable ok")
+    message(FATAL_ERROR "package test: ${name}: the aise::rabbitmq check did not pass: ${output}")
+  endif()
 endfunction()
 
 run("install into ${prefix}" "${CMAKE_COMMAND}" --install "${AISE_BINARY_DIR}" --prefix "${prefix}" ${config_args})
@@ -89,6 +93,10 @@ consumer(build-tree "${AISE_BINARY_DIR}" "-Daise_DIR=${AISE_BINARY_DIR}")
 if(AISE_WITH_SQL)
   # aise::sql from the installed package: FindSOCI.cmake travels with it.
   consumer(installed-sql "${prefix}/" "-DCMAKE_PREFIX_PATH=${prefix}" "-DAISE_CONSUMER_COMPONENTS=core,sql")
+endif()
+if(AISE_WITH_RABBITMQ)
+  # aise::rabbitmq from the installed package: rabbitmq-c is found again.
+  consumer(installed-rabbitmq "${prefix}/" "-DCMAKE_PREFIX_PATH=${prefix}" "-DAISE_CONSUMER_COMPONENTS=core,rabbitmq")
 endif()
 
 # A component that does not exist must fail the configure, naming it.

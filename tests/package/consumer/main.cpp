@@ -1,5 +1,6 @@
 // Uses only the installed headers and libraries of aise::core (and
-// aise::sql when built with AISE_CONSUMER_WITH_SQL).
+// aise::sql when built with AISE_CONSUMER_WITH_SQL, aise::rabbitmq with
+// AISE_CONSUMER_WITH_RABBITMQ).
 #include <aise/error.hpp>
 #include <aise/version.hpp>
 
@@ -11,6 +12,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#endif
+
+#ifdef AISE_CONSUMER_WITH_RABBITMQ
+#include <aise/rabbitmq.hpp>
 #endif
 
 int main() {
@@ -33,6 +38,14 @@ int main() {
   std::cout << "sql " << (*store)->backend() << " ok\n";
   store->reset();
   std::filesystem::remove(path);
+#endif
+#ifdef AISE_CONSUMER_WITH_RABBITMQ
+  // No broker needed: nobody listens on port 1, so creation fails cleanly.
+  aise::rabbitmq_options rabbitmq;
+  rabbitmq.url = "amqp://guest:guest@127.0.0.1:1/%2F";
+  auto transport = aise::make_rabbitmq_transport(rabbitmq);
+  if (transport || transport.error().code() != aise::errc::unavailable) return 1;
+  std::cout << "rabbitmq unavailable ok\n";
 #endif
   return 0;
 }

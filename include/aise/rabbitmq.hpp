@@ -1,0 +1,140 @@
+#pragma once
+/// @file
+/// aise::rabbitmq: the transport interface (transport.hpp) over a RabbitMQ
+/// broker, through rabbitmq-c (linked privately: no rabbitmq-c type appears
+/// here). Link `aise::rabbitmq` and call `make_rabbitmq_transport`; give the
+/// result to every `runtime_options::transport` that should share the
+/// broker. docs/rabbitmq.md describes the topology and the failure cases.
+///
+/// Contract (in addition to transport.hpp's, which this transport passes:
+/// the conformance suite runs against a real broker):
+/// - Addresses: `bind(address)` declares a durable queue
+///   `<prefix>addr.<address>` bound to the direct exchange `<prefix>direct`
+///   and consumes it exclusively, so an address has one receiver across
+///   every process on the broker (`already_exists` otherwise). Resetting the
+///   subscription deletes the queue and waits for that (at most
+///   `operation_timeout`; from inside a sink it happens after the sink
+///   returned): messages still in it are dropped, later sends fail with
+///   `not_found`, and another process may bind the address at once. A process that dies without
+///   resetting leaves the queue (and its messages) for the next binder.
+/// - Topics: `subscribe(topic)` declares an exclusive, auto-deleted queue
+///   bound with exactly `topic` to the direct exchange `<prefix>events`
+///   (no wildcards: `.`, `*` and `#` are ordinary characters). Messages
+///   published while nobody subscribes, or while the connection is down,
+///   are not kept.
+/// - `send` returns ok only after the broker confirmed the message
+///   (publisher confirms; persistent message on a durable queue); it then
+///   survives a broker restart. `not_found`: no queue for the address
+///   (the broker returned the mandatory message). `mailbox_full`: the
+///   address's queue holds `queue_bound` ready messages (the broker
+///   rejected the publish). `unavailable`: the broker cannot be reached, or
+///   the connection broke before the confirm; the message may then have
+///   reached the broker (send is at-least-once when retried).
+/// - `publish` returns ok once the broker confirmed it; `mailbox_full` when
+///   some subscriber's queue was full (the others got their copy).
+/// - Delivery is at-least-once: a delivery is acknowledged after its sink
+///   accepted it, so a connection lost in between delivers it again. A sink
+///   that refuses with `mailbox_full` gets the same message again (after a
+///   short, growing pause) before any later one of that queue, so nothing is
+///   lost or reordered; at most `prefetch` deliveries per binding wait in
+///   this process. A sink that fails otherwise (or throws) drops that one
+///   message. A message that cannot be decoded is rejected (not requeued),
+///   logged and counted in `rabbitmq_stats::undecodable`.
+/// - Threads: every member may be called from any thread. The transport
+///   owns two broker connections: one for publishing (shared by callers,
+///   confirms are pipelined) and one for consuming, served by a thread of
+///   its own on which every sink is called, one at a time. `bind`,
+///   `subscribe` and a subscription's reset wait for that thread (with a
+///   deadline); they may be called from inside a sink.
+/// - Reconnection: a lost connection is reopened with a backoff growing
+///   from `reconnect_backoff` to `reconnect_backoff_max`; the consuming side
+///   then declares its queues again and resumes (a subscription's queue is
+///   new and missed what was published meanwhile). While the broker is
+///   unreachable `send`, `publish`, `bind` and `subscribe` fail at once with
+///   `unavailable`; nothing blocks without a deadline.
+/// - No exception escapes a member function.
+
+#include <aise/rabbitmq_export.hpp>
+#include <aise/transport.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace spdlog {
+class logger;
+}
+
+namespace aise {
+
+/// How to reach and use a RabbitMQ broker.
+struct AISE_RABBITMQ_EXPORT rabbitmq_options {
+  /// `amqp://user:password@host:port/vhost` (the vhost URL-encoded: `%2F`
+  /// is `/`, the default). Only plain `amqp://` (no TLS) in this version.
+  std::string url = "amqp://guest:guest@127.0.0.1:5672/%2F";
+  /// Prefix of every exchange and queue name this transport declares.
+  /// Transports that should talk must use the same prefix; tests use a
+  /// unique one to isolate themselves.
+  std::string prefix = "aise.";
+  /// Client property `connection_name` of the two connections, which the
+  /// broker shows (`rabbitmqctl list_connections client_properties`, the
+  /// management UI): `<connection_name>.publish` and `.consume`.
+  std::string connection_name = "aise";
+  /// Limit of opening a connection (TCP connect and AMQP handshake).
+  std::chrono::milliseconds connect_timeout{5000};
+  /// Limit of one broker round trip: a publisher confirm, a queue
+  /// declaration, a `bind`/`subscribe` waiting for the consumer thread.
+  std::chrono::milliseconds operation_timeout{10000};
+  /// AMQP heartbeat of the consuming connection (0: none). The publishing
+  /// connection has none; its calls have deadlines instead.
+  std::chrono::seconds heartbeat{30};
+  /// Deliveries per binding or subscription that may be unacknowledged
+  /// (held by this process) at a time; 1 to 65535.
+  std::uint16_t prefetch = 64;
+  /// Ready messages a queue may hold (`x-max-length`) before the broker
+  /// rejects more (`x-overflow: reject-publish`), which makes `send`
+  /// return `mailbox_full`. At least 1.
+  std::size_t queue_bound = 10000;
+  /// An address queue unused (no consumer, not declared again) for this
+  /// long is deleted by the broker (`x-expires`); 0 keeps it forever.
+  std::chrono::milliseconds queue_expiry{0};
+  /// Waits between reconnection attempts: start, doubled up to the max.
+  std::chrono::milliseconds reconnect_backoff{100};
+  std::chrono::milliseconds reconnect_backoff_max{5000};
+  /// Where problems are logged (a lost connection, an undecodable message,
+  /// a failing sink); default: a stderr logger named "rabbitmq".
+  std::shared_ptr<spdlog::logger> logger;
+};
+
+/// Counters of a RabbitMQ transport since it was made.
+struct AISE_RABBITMQ_EXPORT rabbitmq_stats {
+  std::uint64_t sent = 0;           ///< `send` calls that returned ok.
+  std::uint64_t published = 0;      ///< `publish` calls that returned ok.
+  std::uint64_t delivered = 0;      ///< Deliveries a sink accepted.
+  std::uint64_t refusals = 0;       ///< `mailbox_full` refusals (each retried later).
+  std::uint64_t dropped = 0;        ///< Deliveries a sink failed or threw on.
+  std::uint64_t undecodable = 0;    ///< Deliveries rejected as undecodable.
+  std::uint64_t reconnects = 0;     ///< Connections reopened after a loss.
+  bool consumer_connected = false;  ///< The consuming connection is up now.
+};
+
+/// The RabbitMQ transport: `aise::transport` plus its counters.
+class AISE_RABBITMQ_EXPORT rabbitmq_transport : public transport {
+ public:
+  /// A snapshot of the counters; thread-safe.
+  [[nodiscard]] virtual rabbitmq_stats stats() const = 0;
+};
+
+/// Connects to the broker in `options.url` (both connections, with
+/// `connect_timeout`) and declares the exchanges. Destroying the last
+/// reference stops the consumer thread (joins it, or lets it end on its own
+/// when that happens inside a sink) and closes the connections.
+/// Subscriptions may outlive it (their reset then does nothing). Errors: `invalid_argument` (a
+/// malformed URL or option), `unavailable` (the broker cannot be reached, refused the login or the
+/// declarations; the message says which).
+AISE_RABBITMQ_EXPORT result<std::shared_ptr<rabbitmq_transport>> make_rabbitmq_transport(
+    rabbitmq_options options);
+
+}  // namespace aise
