@@ -3,6 +3,7 @@
 // batcher is checked here with a plain C++ model that records every batch
 // it is given; tests/torch runs it on a real LibTorch model.
 #include <aise/ml.hpp>
+#include <aise/routing.hpp>
 #include <aise/runtime.hpp>
 #include <aise/text.hpp>
 
@@ -398,4 +399,79 @@ TEST_CASE("ml: the text classifier labels texts and checks the logits' width") {
   auto wide = text_encoder::make(toy_tokenizer(), std::make_shared<toy_encoder>(true, 5));
   REQUIRE(wide);
   CHECK(text_classifier::make(*wide, nullptr, {"1", "2", "3", "4", "5"})->classify("bug"));
+}
+
+// ------------------------------------------------------------- routing --
+
+namespace {
+
+/// Token states where UI words point one way and database words another.
+class keyword_encoder final : public model {
+ public:
+  explicit keyword_encoder(std::shared_ptr<const wordpiece_tokenizer> tok) : tok_(std::move(tok)) {
+    info_.name = "keywords";
+  }
+  const model_info& info() const noexcept override { return info_; }
+  result<tensors> run(const tensors& in) override {
+    const auto b = in[0].shape()[0], t = in[0].shape()[1];
+    std::vector<float> out;
+    for (auto id : in[0].ints()) {
+      const std::string_view w = tok_->token_of(id);
+      const bool ui = w == "css" || w == "button" || w == "layout";
+      const bool db = w == "sql" || w == "index" || w == "query";
+      out.push_back(ui ? 1.0F : 0.0F);
+      out.push_back(db ? 1.0F : 0.0F);
+    }
+    return tensors{*tensor::of({b, t, 2}, std::move(out))};
+  }
+
+ private:
+  std::shared_ptr<const wordpiece_tokenizer> tok_;
+  model_info info_;
+};
+
+}  // namespace
+
+TEST_CASE("ml: the embedding router sends a task to the kind whose description matches") {
+  auto made =
+      wordpiece_tokenizer::from_tokens({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "css", "button",
+                                        "layout", "sql", "index", "query", "fix", "the", "slow"});
+  REQUIRE(made);
+  auto tok = std::make_shared<const wordpiece_tokenizer>(std::move(*made));
+  auto enc = text_encoder::make(tok, std::make_shared<keyword_encoder>(tok));
+  REQUIRE(enc);
+  auto r = make_embedding_router(*enc, {.kind_descriptions = {{"frontend", "css layout button"},
+                                                              {"backend", "sql query index"}},
+                                        .min_similarity = 0.5});
+  REQUIRE(r);
+
+  runtime rt(test::quiet_options());
+  orchestrator_options oo;
+  oo.router = *r;
+  orchestrator orch(rt, oo);
+  class any_worker : public agent {
+   public:
+    any_worker() {
+      on_task("fix", [](task_context&) -> result<nlohmann::json> { return nullptr; });
+    }
+  };
+  for (const char* kind : {"frontend", "backend"})
+    REQUIRE(orch.register_kind(kind, [] { return std::make_unique<any_worker>(); }));
+  REQUIRE(orch.spawn({.kind = "frontend", .name = "fe"}));
+  REQUIRE(orch.spawn({.kind = "backend", .name = "be"}));
+  auto run = [&](std::string description) {
+    auto id = orch.submit({.kind = "fix", .description = std::move(description)});
+    REQUIRE(id);
+    auto t = orch.wait(*id, test::deadline);
+    REQUIRE(t);
+    CHECK(t->state == task_state::succeeded);
+    return t->agent;
+  };
+  for (int i = 0; i < 3; ++i) {
+    CHECK(run("fix the slow sql query") == "be");
+    CHECK(run("fix the css of the button") == "fe");
+    CHECK(run("fix the index") == "be");
+  }
+  CHECK_FALSE(make_embedding_router(*enc, {}));  // no descriptions
+  CHECK(rt.shutdown());
 }
