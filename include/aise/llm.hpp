@@ -27,7 +27,9 @@
 
 #include <aise/error.hpp>
 #include <aise/llm_export.hpp>
+#include <aise/ml.hpp>
 #include <aise/store.hpp>
+#include <aise/wordpiece.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -124,6 +126,39 @@ struct AISE_LLM_EXPORT openai_options {
 /// An OpenAI-compatible chat-completions client. `invalid_argument` for a
 /// base URL that is not http(s)://host[:port][/path].
 AISE_LLM_EXPORT result<std::shared_ptr<provider>> make_openai_provider(openai_options options);
+
+// ------------------------------------------------------------ local model --
+
+/// How a local causal language model generates.
+struct AISE_LLM_EXPORT local_options {
+  std::string name = "local";  ///< the provider's name (budget keys, logs)
+  /// Completion tokens when the request sets no max_tokens.
+  std::int64_t max_tokens = 64;
+  /// Tokens the model sees at most (the prompt is cut from the left).
+  std::size_t max_context = 512;
+  /// Sampling when the request's temperature is > 0: only the `top_k` most
+  /// probable tokens (0: all), then the smallest set whose probability
+  /// reaches `top_p` (1: all). Temperature 0 or unset: greedy.
+  std::size_t top_k = 0;
+  double top_p = 1.0;
+  std::uint64_t seed = 0;  ///< 0: random
+  /// Tokens that end the reply (besides the request's stop strings);
+  /// default: the tokenizer's [SEP].
+  std::vector<std::string> stop_tokens;
+};
+
+/// A provider that runs a causal language model locally through aise::ml:
+/// `lm` takes input ids int64 [1, tokens] and returns logits float32 [1,
+/// tokens, vocabulary] (a TorchScript model through aise::torch, say);
+/// `tokenizer` maps text to ids and back (pieces joined, "##" merged). The
+/// messages become the prompt "role: content" per line, then "assistant:".
+/// Tool calls are not supported (`invalid_argument` when tools are given).
+/// Thread-safe (calls run the model concurrently; sampling state is per
+/// call). `invalid_argument` for a model whose output is not [1, tokens,
+/// vocabulary size] or a prompt that is not UTF-8.
+AISE_LLM_EXPORT result<std::shared_ptr<provider>> make_local_provider(
+    std::shared_ptr<ml::model> lm, std::shared_ptr<const ml::wordpiece_tokenizer> tokenizer,
+    local_options options = {});
 
 // ----------------------------------------------------------------- budgets --
 //
