@@ -134,7 +134,8 @@ struct AISE_LLM_EXPORT local_options {
   std::string name = "local";  ///< the provider's name (budget keys, logs)
   /// Completion tokens when the request sets no max_tokens.
   std::int64_t max_tokens = 64;
-  /// Tokens the model sees at most (the prompt is cut from the left).
+  /// Tokens the model sees at most: a longer prompt is `invalid_argument`;
+  /// a reply that grows past it slides the window (the oldest tokens go).
   std::size_t max_context = 512;
   /// Sampling when the request's temperature is > 0: only the `top_k` most
   /// probable tokens (0: all), then the smallest set whose probability

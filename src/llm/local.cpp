@@ -2,6 +2,7 @@
 #include <aise/llm.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fmt/format.h>
 #include <numeric>
@@ -34,6 +35,12 @@ class local_provider final : public provider {
     std::vector<std::int64_t> ids;
     for (const auto& p : *pieces) ids.push_back(*tok_->id_of(p));  // tokenize gives known tokens
     const auto prompt_tokens = static_cast<std::int64_t>(ids.size());
+    if (ids.size() > options_.max_context) {
+      return error(errc::invalid_argument,
+                   fmt::format("local llm: the prompt has {} tokens, more than the model's "
+                               "max_context of {}: shorten the conversation",
+                               ids.size(), options_.max_context));
+    }
     const std::int64_t limit = request.max_tokens.value_or(options_.max_tokens);
     const double temperature = request.temperature.value_or(0.0);
     std::mt19937_64 rng(options_.seed != 0 ? options_.seed : std::random_device{}());
@@ -43,7 +50,8 @@ class local_provider final : public provider {
     out.finish_reason = "length";
     std::int64_t generated = 0;
     while (generated < limit) {
-      // The model sees at most max_context tokens (the newest).
+      // The model sees at most max_context tokens (the newest, once the
+      // reply grows past it).
       const std::size_t start =
           ids.size() > options_.max_context ? ids.size() - options_.max_context : 0;
       if (ids.empty()) return error(errc::invalid_argument, "local llm: the prompt is empty");
@@ -118,11 +126,16 @@ class local_provider final : public provider {
     return order[d(rng)];
   }
 
-  // BERT-style detokenisation: "##" pieces join the previous word.
+  // BERT-style detokenisation: "##" pieces join the previous word, and so
+  // does punctuation (one ASCII punctuation character).
   static std::string append_piece(std::string& text, std::string_view token) {
     std::string piece;
+    const bool punctuation =
+        token.size() == 1 && std::ispunct(static_cast<unsigned char>(token[0])) != 0;
     if (token.rfind("##", 0) == 0) {
       piece = std::string(token.substr(2));
+    } else if (punctuation) {
+      piece = std::string(token);
     } else {
       piece = (text.empty() ? "" : " ") + std::string(token);
     }

@@ -136,6 +136,18 @@ def forward(self, ids):
   auto with_tools = hello();
   with_tools.tools.push_back({.name = "x"});
   CHECK_FALSE((*good)->chat(with_tools));
+  // An oversized prompt is refused clearly, and the provider keeps working.
+  auto small =
+      llm::make_local_provider(next_token_model(dir.path), tokenizer(), {.max_context = 4});
+  REQUIRE(small);
+  auto oversized = (*small)->chat(hello());
+  REQUIRE_FALSE(oversized);
+  CHECK(oversized.error().code() == errc::invalid_argument);
+  CHECK(oversized.error().message().find("more than the model's max_context of 4") !=
+        std::string::npos);
+  auto tiny = hello();
+  tiny.messages[0] = {.role = "user", .content = ""};  // "user: \nassistant:" is 4 tokens
+  CHECK((*small)->chat(tiny));
   auto bad_text = hello();
   bad_text.messages[0].content = "caf\xc3";
   CHECK_FALSE((*good)->chat(bad_text));
