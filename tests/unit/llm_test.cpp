@@ -1,20 +1,26 @@
 // The OpenAI-compatible client against a loopback HTTP server inside the
 // test that speaks the protocol: plain and streamed (server-sent events)
 // answers, tool calls, 429 with Retry-After, 5xx, malformed JSON, dropped
-// connections, oversized answers, timeouts and refused credentials.
+// connections, oversized answers, timeouts and refused credentials; and
+// HTTPS against a TLS server with a self-signed certificate.
 #include <aise/llm.hpp>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <chrono>
+#include <cstdlib>
 #include <deque>
 #include <doctest/doctest.h>
+#include <filesystem>
 #include <fmt/format.h>
 #include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <unistd.h>
 
 using namespace aise;
 using namespace aise::llm;
@@ -340,4 +346,120 @@ TEST_CASE("llm: answers beyond the size limit and slow servers are cut off") {
   REQUIRE_FALSE(late);
   CHECK(late.error().code() == errc::timeout);
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(700));
+}
+
+// ------------------------------------------------------------------ TLS --
+
+namespace {
+
+/// A self-signed certificate for 127.0.0.1, made with the openssl CLI.
+struct self_signed {
+  std::filesystem::path dir;
+  std::string cert, key;
+  self_signed() {
+    dir = std::filesystem::temp_directory_path() / ("aise-tls-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    cert = (dir / "cert.pem").string();
+    key = (dir / "key.pem").string();
+    const std::string cmd =
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext "
+        "subjectAltName=IP:127.0.0.1 -keyout " +
+        key + " -out " + cert + " >/dev/null 2>&1";
+    REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, "openssl could not make a certificate");
+  }
+  ~self_signed() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  self_signed(const self_signed&) = delete;
+  self_signed& operator=(const self_signed&) = delete;
+};
+
+/// Answers each TLS connection with one completion (handshake failures are
+/// counted and the connection dropped).
+class tls_server {
+ public:
+  explicit tls_server(const self_signed& c)
+      : ctx_(net::ssl::context::tls_server),
+        acceptor_(ioc_, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0)) {
+    ctx_.use_certificate_chain_file(c.cert);
+    ctx_.use_private_key_file(c.key, net::ssl::context::pem);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~tls_server() {
+    stop_ = true;
+    beast::error_code ec;
+    tcp::socket poke(ioc_);
+    poke.connect(acceptor_.local_endpoint(), ec);
+    thread_.join();
+  }
+  tls_server(const tls_server&) = delete;
+  tls_server& operator=(const tls_server&) = delete;
+  std::string url() const {
+    return "https://127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port()) + "/v1";
+  }
+  std::atomic<int> served{0}, failed_handshakes{0};
+
+ private:
+  void serve() {
+    for (;;) {
+      tcp::socket s(ioc_);
+      beast::error_code ec;
+      acceptor_.accept(s, ec);
+      if (stop_ || ec) return;
+      net::ssl::stream<tcp::socket> tls(std::move(s), ctx_);
+      tls.handshake(net::ssl::stream_base::server, ec);
+      if (ec) {
+        ++failed_handshakes;
+        continue;
+      }
+      beast::flat_buffer buffer;
+      request_t req;
+      http::read(tls, buffer, req, ec);
+      if (ec) continue;
+      http::response<http::string_body> res{http::status::ok, 11};
+      res.set(http::field::content_type, "application/json");
+      res.body() = completion("over TLS");
+      res.prepare_payload();
+      http::write(tls, res, ec);
+      ++served;
+      tls.shutdown(ec);
+    }
+  }
+
+  net::io_context ioc_;
+  net::ssl::context ctx_;
+  tcp::acceptor acceptor_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace
+
+TEST_CASE("llm: HTTPS with certificate verification") {
+  self_signed cert;
+  tls_server srv(cert);
+  // Trusting the certificate: verified, host name (an IP here) checked.
+  auto trusted = make_openai_provider(
+      {.base_url = srv.url(), .model = "m", .max_retries = 0, .ca_file = cert.cert});
+  REQUIRE(trusted);
+  auto r = (*trusted)->chat(hello());
+  REQUIRE_MESSAGE(r, r.error().describe());
+  CHECK(r->reply.content == "over TLS");
+
+  // Not trusting it: the handshake fails with a clear error, no retry.
+  auto strict = make_openai_provider({.base_url = srv.url(), .model = "m", .max_retries = 2});
+  REQUIRE(strict);
+  auto refused = (*strict)->chat(hello());
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code() == errc::unavailable);
+  CHECK(refused.error().message().find("TLS handshake") != std::string::npos);
+
+  // Verification off (a development server): accepted.
+  auto lax = make_openai_provider(
+      {.base_url = srv.url(), .model = "m", .max_retries = 0, .verify_tls = false});
+  REQUIRE(lax);
+  CHECK((*lax)->chat(hello()));
+  CHECK(srv.served == 2);
+  CHECK(srv.failed_handshakes == 1);
 }
