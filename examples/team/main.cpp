@@ -31,6 +31,7 @@
 #include <string>
 #include <string_view>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #include "agents.hpp"
@@ -57,7 +58,12 @@ constexpr auto answer_timeout = 300s;
 
 // Registers the agent kinds (`register_only`: a kind is a factory, so the
 // orchestrator can also re-create an agent that crashed, or one a resumed
-// run brings back), or spawns the team: one supervised agent per seat.
+// run brings back), or spawns the team: one supervised agent per seat,
+// each seat by its own name. A seat whose agent is already there (a resumed
+// run got it back from the store) is skipped: a run killed while it spawned
+// the team recorded only some of the seats, and those alone cannot finish
+// the work, so every missing seat is spawned, not only a whole team when
+// none came back.
 aise::result<void> assemble_team(aise::orchestrator& orch, const std::string& compiler,
                                  bool register_only) {
   const std::pair<const char*, aise::agent_factory> kinds[] = {
@@ -73,10 +79,17 @@ aise::result<void> assemble_team(aise::orchestrator& orch, const std::string& co
     return aise::ok();
   }
   // Two testers: "test" and "lint" run at the same time, one on each.
-  for (const char* kind : {"planner", "coder", "tester", "tester", "reviewer"}) {
+  const std::pair<const char*, const char*> seats[] = {{"planner", "planner-1"},
+                                                       {"coder", "coder-1"},
+                                                       {"tester", "tester-1"},
+                                                       {"tester", "tester-2"},
+                                                       {"reviewer", "reviewer-1"}};
+  for (const auto& [kind, name] : seats) {
     aise::agent_spawn seat;
-    seat.kind = kind;  // named "<kind>-<n>": planner-1, tester-2, ...
-    if (auto name = orch.spawn(seat); !name) return name.error();
+    seat.kind = kind;
+    seat.name = name;
+    auto spawned = orch.spawn(seat);
+    if (!spawned && spawned.error().code() != aise::errc::already_exists) return spawned.error();
   }
   return aise::ok();
 }
@@ -238,12 +251,12 @@ int run_feature(aise::runtime& rt, const team::cli_options& options, const std::
                recovered->tasks, recovered->lost_attempts, recovered->agents);
     if (merge) merge_watch->set(merge->state);
   }
-  if (orch.agents().empty()) {
-    if (auto team = assemble_team(orch, compiler, false); !team) {
-      orch.unsubscribe(listener);
-      fmt::print(stderr, "cannot assemble the team: {}\n", team.error().describe());
-      return 1;
-    }
+  // Spawns the seats that recover() did not bring back (all of them on a
+  // first run).
+  if (auto team = assemble_team(orch, compiler, false); !team) {
+    orch.unsubscribe(listener);
+    fmt::print(stderr, "cannot assemble the team: {}\n", team.error().describe());
+    return 1;
   }
   if (!resuming) {
     if (auto ids = orch.submit_all(feature_tasks(options, workdir)); !ids) {
