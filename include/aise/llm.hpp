@@ -194,8 +194,11 @@ struct AISE_LLM_EXPORT budget_options {
 /// reservation is replaced by the usage the server reported (or given back
 /// when the call failed), and the cost is charged. Concurrent calls of any
 /// number of processes stay within a token limit as long as their
-/// estimates are not below their real usage. `invalid_argument` for a
-/// request without `project`. The name is the inner provider's.
+/// estimates are not below their real usage. A server that reports no
+/// usage is charged the estimate. `invalid_argument` for a request without
+/// `project` or with a negative max_tokens. The name is the inner
+/// provider's. A provider that throws is caught (`internal`) and its
+/// reservation given back.
 AISE_LLM_EXPORT result<std::shared_ptr<provider>> make_budgeted_provider(
     std::shared_ptr<provider> inner, budget_options options);
 
@@ -217,6 +220,7 @@ class AISE_LLM_EXPORT loop_guard {
   /// makes a loop.
   result<void> observe(const chat_message& reply);
   [[nodiscard]] int turns() const noexcept { return turns_; }
+  [[nodiscard]] int max_turns() const noexcept { return options_.max_turns; }
 
  private:
   loop_guard_options options_;
@@ -233,7 +237,8 @@ class task_context;
 namespace aise::llm {
 
 /// For task handlers: `p.chat` for the task's project (filled in when the
-/// request names none), observed by `guard` when given. When the call ends
+/// request names none), observed by `guard` when given (a task that used
+/// its `max_turns` is escalated before another call is made). When the call ends
 /// in `limit_exceeded` (a budget reached, an oversized answer) or the guard
 /// sees a loop, the task is escalated to a human
 /// (`task_context::escalate`: awaiting_approval, the reason kept) instead

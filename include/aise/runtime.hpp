@@ -67,7 +67,8 @@ class AISE_CORE_EXPORT service_registry {
     return std::static_pointer_cast<T>(find_any(typeid(T)));
   }
   /// The service of type T; when there is none, the one `make()` returns is
-  /// put first (atomically: concurrent callers get the same one).
+  /// put first (concurrent callers all get the same one; `make` may run
+  /// more than once then, and may itself use the registry).
   template <class T, class Make>
   std::shared_ptr<T> get_or_put(Make&& make) {
     return std::static_pointer_cast<T>(get_or_put_any(

@@ -64,8 +64,10 @@ class AISE_CORE_EXPORT task_context {
   /// Pauses the task for a human instead of failing it (a budget reached, a
   /// loop detected, a risky step): the attempt ends, the task goes to
   /// `awaiting_approval` with `reason` as its error and in the event's data.
-  /// `orchestrator::approve` runs it again (a new attempt that max_attempts
-  /// does not refuse: an escalation is not a failure), `reject` cancels it.
+  /// `orchestrator::approve` runs it again (a new attempt, started even when
+  /// the task has used its max_attempts; the escalated attempt still counts
+  /// toward max_attempts for retries after later failures), `reject`
+  /// cancels it.
   /// Errors as for `fail`. A task past its deadline fails instead.
   result<void> escalate(aise::error reason);
   /// True once completed (by this or another copy).

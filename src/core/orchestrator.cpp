@@ -1549,12 +1549,12 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
   row.started_at = e.t.updated_at;
   if (auto r = e.run.lock()) row.started_at = r->task.updated_at;
   if (!failure) {
-    observe_attempt(e, true);
     task_update u = base_update(e, task_state::succeeded, now);
     u.result = value ? std::move(value) : std::optional<nlohmann::json>(nullptr);
     u.attempt_row = std::move(row);
     // No data: the attempt and agent were announced by its task.running event.
     if (!apply(o, e, std::move(u))) return false;
+    observe_attempt(e, true);  // once the outcome is recorded (a refused write is tried again)
     agent_entry* runner = release_slot(o, e, false);
     on_terminal(o, e.t.id);  // `e` is gone after this
     if (runner != nullptr) dispatch_for(o, *runner);
@@ -1563,7 +1563,6 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
   const std::string id = e.t.id;
   row.outcome = task_state::failed;
   row.error = failure;
-  if (!escalate) observe_attempt(e, false);
   const bool deadline_passed = e.t.deadline && now >= *e.t.deadline;
   const std::string agent_name = e.t.agent;
   if (escalate && !deadline_passed) {
@@ -1592,6 +1591,7 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
         {"error", error_json(*failure)},
         {"retry_in_ms", std::chrono::duration_cast<std::chrono::milliseconds>(delay).count()}};
     if (!apply(o, e, std::move(u))) return false;
+    observe_attempt(e, false);
     release_slot(o, e, false);
     e.retry_timer = schedule_engine(
         delay, [id, n = e.t.attempt](orchestrator_impl& self) { self.on_retry_due(id, n); });
@@ -1602,6 +1602,7 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
     u.event.data = {
         {"attempt", e.t.attempt}, {"agent", e.t.agent}, {"error", error_json(*failure)}};
     if (!apply(o, e, std::move(u))) return false;
+    observe_attempt(e, false);
     release_slot(o, e, false);
     on_terminal(o, id);
   }

@@ -756,9 +756,13 @@ std::shared_ptr<void> service_registry::find_any(std::type_index type) const {
 
 std::shared_ptr<void> service_registry::get_or_put_any(
     std::type_index type, const std::function<std::shared_ptr<void>()>& make) {
+  if (auto found = find_any(type)) return found;
+  // Made outside the lock (a factory may use the registry); a racing
+  // caller's object wins if it got there first.
+  std::shared_ptr<void> made = make();
   std::lock_guard lock(state_->mutex);
   auto& slot = state_->services[type];
-  if (!slot) slot = make();
+  if (!slot) slot = std::move(made);
   return slot;
 }
 

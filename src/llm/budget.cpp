@@ -23,16 +23,20 @@ std::string provider_cost_key(std::string_view provider) {
 
 namespace {
 
-std::int64_t estimate(const chat_request& r, std::int64_t default_completion) {
+result<std::int64_t> estimate(const chat_request& r, std::int64_t default_completion) {
+  const std::int64_t completion = r.max_tokens.value_or(default_completion);
+  if (completion < 0 || completion > (std::int64_t{1} << 40))
+    return error(errc::invalid_argument, "llm budget: max_tokens must be within 0 … 2^40");
   std::size_t chars = 0;
   for (const auto& m : r.messages) {
     chars += m.content.size();
     for (const auto& c : m.tool_calls) chars += c.name.size() + c.arguments.size();
   }
-  for (const auto& t : r.tools)
-    chars += t.name.size() + t.description.size() + t.parameters.dump().size();
-  const auto prompt = static_cast<std::int64_t>((chars + 3) / 4);
-  return prompt + r.max_tokens.value_or(default_completion);
+  for (const auto& t : r.tools) {
+    chars += t.name.size() + t.description.size() +
+             t.parameters.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size();
+  }
+  return static_cast<std::int64_t>((chars + 3) / 4) + completion;
 }
 
 class budgeted_provider final : public provider {
@@ -57,7 +61,9 @@ class budgeted_provider final : public provider {
       if (!b && b.error().code() != errc::not_found) return b.error();
     }
     // Reserve the estimate on both token counters, each within its limit.
-    const std::int64_t reserved = estimate(request, options_.default_completion_reservation);
+    auto estimated = estimate(request, options_.default_completion_reservation);
+    if (!estimated) return estimated.error();
+    const std::int64_t reserved = *estimated;
     const std::string keys[2] = {project_tokens_key(request.project),
                                  provider_tokens_key(provider_name)};
     int held = 0;
@@ -73,9 +79,18 @@ class budgeted_provider final : public provider {
         return r.error();
       }
     }
-    auto out = inner_->chat(request, on_token);
-    // The reservation becomes the reported usage (given back on failure).
-    const std::int64_t used = out ? out->used.total() : 0;
+    result<chat_response> out = error(errc::internal, "llm: the provider threw");
+    try {
+      out = inner_->chat(request, on_token);
+    } catch (const std::exception& e) {
+      out = error(errc::internal, std::string("llm: the provider threw: ") + e.what());
+    } catch (...) {  // NOLINT(bugprone-empty-catch): reported through `out`
+    }
+    // The reservation becomes the reported usage; a server that reports
+    // none is charged the estimate; a failed call gives it back. (A store
+    // refusing this correction leaves the counter off by the difference.)
+    std::int64_t used = 0;
+    if (out) used = out->used.total() > 0 ? out->used.total() : reserved;
     for (const auto& key : keys) (void)s.charge_budget(key, used - reserved, false);
     if (out && (options_.prompt_price_per_1k != 0 || options_.completion_price_per_1k != 0)) {
       const std::int64_t cost =
@@ -148,6 +163,14 @@ result<void> loop_guard::observe(const chat_message& reply) {
 result<chat_response> chat_in_task(task_context& ctx, provider& p, chat_request request,
                                    loop_guard* guard, const token_sink& on_token) {
   if (request.project.empty()) request.project = ctx.task().project;
+  if (guard != nullptr && guard->turns() >= guard->max_turns()) {
+    // Refused before the call: the turn beyond the limit is not paid for.
+    auto e = error(errc::limit_exceeded,
+                   fmt::format("loop guard: {} model turns on this task already (max_turns {})",
+                               guard->turns(), guard->max_turns()));
+    (void)ctx.escalate(e);
+    return e;
+  }
   auto out = p.chat(request, on_token);
   if (!out) {
     if (out.error().code() == errc::limit_exceeded) (void)ctx.escalate(out.error());

@@ -63,7 +63,12 @@ class local_provider final : public provider {
       ml::tensors args;
       args.push_back(std::move(*input));
       auto logits = lm_->run(args);
-      if (!logits) return logits.error();
+      if (!logits) {
+        // A full batching queue is back-pressure, not a limit a human must lift.
+        if (logits.error().code() == errc::limit_exceeded)
+          return error(errc::unavailable, logits.error().message());
+        return logits.error();
+      }
       if (logits->empty() || (*logits)[0].type() != ml::dtype::float32 ||
           (*logits)[0].shape().size() != 3 || (*logits)[0].shape()[1] != n ||
           (*logits)[0].shape()[2] != static_cast<std::int64_t>(tok_->vocab_size())) {
@@ -83,7 +88,15 @@ class local_provider final : public provider {
       ids.push_back(next);
       ++generated;
       const std::string piece = append_piece(out.reply.content, tok_->token_of(next));
-      if (on_token && !piece.empty()) on_token(piece);
+      if (on_token && !piece.empty()) {
+        try {
+          on_token(piece);
+        } catch (const std::exception& e) {
+          return error(errc::internal, std::string("local llm: on_token threw: ") + e.what());
+        } catch (...) {
+          return error(errc::internal, "local llm: on_token threw");
+        }
+      }
       if (ends_with_stop(out.reply.content, request.stop)) {
         out.finish_reason = "stop";
         break;

@@ -457,7 +457,17 @@ class openai_provider final : public provider {
       ssl::context ctx(ssl::context::tls_client);
       if (options_.verify_tls) {
         ctx.set_default_verify_paths();
-        if (!options_.ca_file.empty()) ctx.load_verify_file(options_.ca_file);
+        if (!options_.ca_file.empty()) {
+          beast::error_code ca_ec;
+          ctx.load_verify_file(options_.ca_file, ca_ec);
+          if (ca_ec) {
+            return {
+                attempt::kind::fail,
+                aise::error(errc::invalid_argument,
+                            fmt::format("llm: ca_file {}: {}", options_.ca_file, ca_ec.message())),
+                {}};
+          }
+        }
         ctx.set_verify_mode(ssl::verify_peer);
       } else {
         ctx.set_verify_mode(ssl::verify_none);
@@ -478,7 +488,17 @@ class openai_provider final : public provider {
       ioc.restart();
       ioc.run();
       if (!finished || ec) {
-        return {attempt::kind::fail,
+        if (!finished || ec == beast::error::timeout) {
+          return {attempt::kind::fail,
+                  aise::error(errc::timeout,
+                              fmt::format("llm: the TLS handshake with {} timed out", where_.host)),
+                  {}};
+        }
+        // A certificate or protocol failure repeats itself: not retried. A
+        // connection reset or closed during the handshake is retried.
+        const bool tls_error = ec.category() == net::error::get_ssl_category() ||
+                               ec.category() == net::ssl::error::get_stream_category();
+        return {tls_error ? attempt::kind::fail : attempt::kind::retry,
                 aise::error(errc::unavailable, fmt::format("llm: TLS handshake with {} failed: {}",
                                                            where_.host, ec.message())),
                 {}};

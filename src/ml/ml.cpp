@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <deque>
 #include <fmt/format.h>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -29,7 +30,10 @@ result<std::size_t> element_count(const std::vector<std::int64_t>& shape) {
   std::size_t n = 1;
   for (auto d : shape) {
     if (d < 0) return error(errc::invalid_argument, "tensor: a dimension is negative");
-    n *= static_cast<std::size_t>(d);
+    const auto u = static_cast<std::size_t>(d);
+    if (u != 0 && n > std::numeric_limits<std::size_t>::max() / u)
+      return error(errc::invalid_argument, "tensor: the shape's element count overflows");
+    n *= u;
   }
   return n;
 }
@@ -253,6 +257,9 @@ class batch_core {
       stats_.largest = std::max<std::uint64_t>(stats_.largest, static_cast<std::uint64_t>(rows));
       lock.unlock();
       run_batch(batch, rows);
+      // What the callbacks captured dies here, without the lock: one of
+      // them may hold the last reference to the batched model.
+      batch.clear();
       lock.lock();
     }
   }
@@ -275,12 +282,31 @@ class batch_core {
     return rows;
   }
 
+  // A callback that throws must not take the batcher's thread down.
+  static void deliver(pending& p, result<tensors> r) noexcept {
+    try {
+      p.done(std::move(r));
+    } catch (...) {  // NOLINT(bugprone-empty-catch): the caller's callback; nothing to report to
+    }
+  }
+
   void run_batch(std::vector<pending>& batch, std::int64_t rows) {
     auto fail_all = [&](const error& e) {
-      for (auto& p : batch) p.done(e);
+      for (auto& p : batch) deliver(p, e);
     };
-    if (batch.size() == 1) {  // nothing to merge or split
-      batch.front().done(safe_run(batch.front().inputs));
+    if (batch.size() == 1) {  // nothing to merge; the same output check as a batch
+      auto out = safe_run(batch.front().inputs);
+      if (out) {
+        for (const auto& t : *out) {
+          if (t.shape().empty() || t.rows() != rows) {
+            return fail_all(error(errc::invalid_argument,
+                                  fmt::format("batched model '{}': output {} does not have the "
+                                              "batch's {} rows first: it cannot be split",
+                                              info_.name, t.describe(), rows)));
+          }
+        }
+      }
+      deliver(batch.front(), std::move(out));
       return;
     }
     tensors merged;
@@ -309,7 +335,7 @@ class batch_core {
       part.reserve(out->size());
       for (const auto& t : *out) part.push_back(*t.slice_rows(first, p.rows));
       first += p.rows;
-      p.done(std::move(part));
+      deliver(p, std::move(part));
     }
   }
 
@@ -338,6 +364,7 @@ class batcher final : public batched_model {
  public:
   explicit batcher(std::shared_ptr<batch_core> core) : core_(std::move(core)) {
     thread_ = std::thread([core = core_] { core->loop(); });
+    thread_id_ = thread_.get_id();
   }
   ~batcher() override { close(); }
   batcher(const batcher&) = delete;
@@ -346,6 +373,10 @@ class batcher final : public batched_model {
   [[nodiscard]] const model_info& info() const noexcept override { return core_->info(); }
 
   result<tensors> run(const tensors& inputs) override {
+    if (std::this_thread::get_id() == thread_id_)
+      return error(errc::invalid_argument,
+                   "batched model: run() from one of its own callbacks would wait for itself; "
+                   "use submit()");
     std::mutex m;
     std::condition_variable cv;
     std::optional<result<tensors>> out;
@@ -382,6 +413,7 @@ class batcher final : public batched_model {
   std::shared_ptr<batch_core> core_;
   std::mutex join_mutex_;
   std::thread thread_;
+  std::thread::id thread_id_;
 };
 
 }  // namespace

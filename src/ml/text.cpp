@@ -84,11 +84,13 @@ result<std::vector<prediction>> text_classifier::classify(
     logits = std::move(out->front());
   }
   if (logits.type() != dtype::float32 || logits.shape().size() != 2 ||
+      logits.shape()[0] != static_cast<std::int64_t>(texts.size()) ||
       logits.shape()[1] != static_cast<std::int64_t>(labels_.size()))
-    return error(errc::invalid_argument,
-                 fmt::format("text_classifier: logits are {}, expected float32 [texts, {}] for "
-                             "the {} labels",
-                             logits.describe(), labels_.size(), labels_.size()));
+    return error(
+        errc::invalid_argument,
+        fmt::format("text_classifier: logits are {}, expected float32 [{}, {}] for "
+                    "{} texts and {} labels",
+                    logits.describe(), texts.size(), labels_.size(), texts.size(), labels_.size()));
   auto p = softmax(logits);
   if (!p) return p.error();
   std::vector<prediction> out;

@@ -145,6 +145,16 @@ class learned_router_impl final : public learned_router {
     since_training_ = 0;
     std::vector<example> data(examples_.begin(), examples_.end());
     if (trainer_.joinable()) trainer_.detach();  // finished: training_ was false
+    try {
+      start_thread(std::move(data));
+    } catch (...) {  // no thread: no training this time, the next due one tries again
+      training_ = false;
+      idle_.notify_all();
+    }
+  }
+
+  // mutex_ held.
+  void start_thread(std::vector<example> data) {
     trainer_ = std::thread([this, data = std::move(data)] {
       auto model = train(data);
       std::lock_guard lock(mutex_);

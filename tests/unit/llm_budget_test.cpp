@@ -76,6 +76,31 @@ TEST_CASE("llm budget: a project's token budget refuses calls before they are se
   CHECK(store->get_budget(project_tokens_key("p3"))->spent == 15);  // reservation given back
 }
 
+TEST_CASE("llm budget: a server that reports no usage is charged the estimate") {
+  class no_usage final : public provider {
+   public:
+    std::string_view name() const noexcept override { return "silent"; }
+    result<chat_response> chat(const chat_request&, const token_sink&) override {
+      chat_response r;
+      r.reply = {.role = "assistant", .content = "ok"};
+      return r;  // usage left at 0, as some servers do when streaming
+    }
+  };
+  auto store = make_memory_store();
+  auto p = make_budgeted_provider(std::make_shared<no_usage>(), {.store = store});
+  REQUIRE(p);
+  REQUIRE(store->set_budget_limit(project_tokens_key("p"), 40));
+  CHECK((*p)->chat(ask("p")));
+  CHECK((*p)->chat(ask("p")));
+  CHECK(store->get_budget(project_tokens_key("p"))->spent == 30);  // 2 × the 15 reserved
+  CHECK_FALSE((*p)->chat(ask("p")));                               // 45 > 40
+  auto negative = ask("p");
+  negative.max_tokens = -5;
+  auto refused = (*p)->chat(negative);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code() == errc::invalid_argument);
+}
+
 TEST_CASE("llm budget: cost budgets are charged from the reported usage") {
   auto store = make_memory_store();
   auto p = make_budgeted_provider(std::make_shared<echo_provider>(),
@@ -200,6 +225,38 @@ TEST_CASE("llm: a looping agent is escalated, not killed") {
   CHECK(t->error->message().find("loop guard") != std::string::npos);
   CHECK(echo->calls == 3);  // stopped at the third identical answer
   CHECK(orch.reject(*id, "bob", "stuck"));
+  CHECK(rt.shutdown());
+}
+
+TEST_CASE("llm: max_turns stops a task before the call beyond it") {
+  class counting final : public provider {
+   public:
+    std::string_view name() const noexcept override { return "counting"; }
+    result<chat_response> chat(const chat_request&, const token_sink&) override {
+      chat_response r;
+      r.reply = {.role = "assistant", .content = "answer " + std::to_string(++calls)};
+      return r;
+    }
+    std::atomic<int> calls{0};
+  };
+  runtime rt(test::quiet_options());
+  orchestrator orch(rt);
+  auto p = std::make_shared<counting>();
+  REQUIRE(orch.register_kind("thinker", [p] { return std::make_unique<thinker>(p, 50); }));
+  REQUIRE(orch.spawn({.kind = "thinker", .name = "t1"}));
+  auto id = orch.submit({.kind = "think"});
+  REQUIRE(id);
+  std::optional<task> t;
+  for (int i = 0; i < 500; ++i) {
+    t = *orch.get(*id);
+    if (t->state == task_state::awaiting_approval) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(t);
+  CHECK(t->state == task_state::awaiting_approval);
+  CHECK(t->error->message().find("max_turns 10") != std::string::npos);
+  CHECK(p->calls == 10);  // the eleventh was never sent
+  CHECK(orch.reject(*id, "bob", "enough"));
   CHECK(rt.shutdown());
 }
 

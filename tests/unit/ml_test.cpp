@@ -294,6 +294,46 @@ TEST_CASE("ml: a full batching queue refuses and closing fails what waits") {
   CHECK_FALSE(make_batched(nullptr));
 }
 
+TEST_CASE("ml: a callback holding the last reference to its batched model does not deadlock") {
+  auto inner = std::make_shared<recording_model>();
+  auto batched = *make_batched(inner, {.max_batch = 4, .max_wait = std::chrono::milliseconds(1)});
+  test::notifier sig;
+  bool called = false;
+  // The callback owns the batched model; the test lets go of it at once, so
+  // the batcher's thread destroys it when it is done with the callback.
+  batched->submit({floats({1, 1}, {1})}, [keep = batched, &sig, &called](result<tensors>) {
+    sig.update([&] { called = true; });
+  });
+  batched.reset();
+  REQUIRE(sig.wait([&] { return called; }));
+  // Everything is released: the batcher held the model, nothing does now.
+  bool released = false;
+  for (int i = 0; i < 1000 && !released; ++i) {
+    released = inner.use_count() == 1;
+    if (!released) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(released);
+}
+
+TEST_CASE("ml: run() from a batcher callback is refused instead of waiting for itself") {
+  auto inner = std::make_shared<recording_model>();
+  auto batched = *make_batched(inner, {.max_batch = 1, .max_wait = std::chrono::microseconds(0)});
+  test::notifier sig;
+  std::optional<errc> code;
+  batched->submit({floats({1, 1}, {1})}, [&](result<tensors>) {
+    auto again = batched->run({floats({1, 1}, {2})});
+    sig.update([&] { code = again ? errc::ok : again.error().code(); });
+  });
+  REQUIRE(sig.wait([&] { return code.has_value(); }));
+  CHECK(*code == errc::invalid_argument);
+  // A lone call gets the same output check as a batch.
+  inner->unsplittable_ = true;
+  auto alone = batched->run({floats({2, 1}, {1, 2})});
+  REQUIRE_FALSE(alone);
+  CHECK(alone.error().message().find("cannot be split") != std::string::npos);
+  CHECK_FALSE(tensor::of({std::int64_t{1} << 32, std::int64_t{1} << 32, 1}, std::vector<float>{}));
+}
+
 TEST_CASE("ml: a batched model dropped inside its own callback shuts down cleanly") {
   auto inner = std::make_shared<recording_model>();
   auto batched = *make_batched(inner, {.max_batch = 4, .max_wait = std::chrono::milliseconds(1)});
@@ -395,6 +435,24 @@ TEST_CASE("ml: the text classifier labels texts and checks the logits' width") {
   auto wrong = three->classify("fix");
   REQUIRE_FALSE(wrong);
   CHECK(wrong.error().message().find("3 labels") != std::string::npos);
+
+  // A head that returns fewer rows than texts: a clear error, no overrun.
+  class one_row_head final : public model {
+   public:
+    const model_info& info() const noexcept override { return info_; }
+    result<tensors> run(const tensors&) override {
+      return tensors{*tensor::of({1, 2}, std::vector<float>{1, 2})};
+    }
+
+   private:
+    model_info info_;
+  };
+  auto headed = text_classifier::make(*enc, std::make_shared<one_row_head>(), {"a", "b"});
+  REQUIRE(headed);
+  std::vector<std::string> many(8, "fix");
+  auto short_rows = headed->classify(many);
+  REQUIRE_FALSE(short_rows);
+  CHECK(short_rows.error().code() == errc::invalid_argument);
 
   auto wide = text_encoder::make(toy_tokenizer(), std::make_shared<toy_encoder>(true, 5));
   REQUIRE(wide);
