@@ -51,16 +51,21 @@ def cat(cp):
     return unicodedata.category(chr(cp))
 
 
-def emit_ranges(name, rs):
-    print(f"const range {name}[] = {{")
+def emit_items(items):
+    """Prints the C++ initialisers in `items`, wrapped at 98 columns."""
     line = "   "
-    for lo, hi in rs:
-        item = f" {{0x{lo:X}, 0x{hi:X}}},"
+    for item in items:
+        item = " " + item + ","
         if len(line) + len(item) > 98:
             print(line)
             line = "   "
         line += item
     print(line)
+
+
+def emit_ranges(name, rs):
+    print(f"const range {name}[] = {{")
+    emit_items(f"{{0x{lo:X}, 0x{hi:X}}}" for lo, hi in rs)
     print("};")
     print(f"const std::span<const range> {name}_ranges{{{name}}};")
     print()
@@ -107,14 +112,7 @@ def main():
     emit_ranges("case_ignorable", ignorable)
     emit_ranges("word", word)
     print("const mapping lower[] = {")
-    line = "   "
-    for cp, low in lower:
-        item = f" {{0x{cp:X}, 0x{low:X}}},"
-        if len(line) + len(item) > 98:
-            print(line)
-            line = "   "
-        line += item
-    print(line)
+    emit_items(f"{{0x{cp:X}, 0x{low:X}}}" for cp, low in lower)
     print("};")
     print()
     pool, entries = [], []
@@ -122,25 +120,11 @@ def main():
         entries.append((cp, len(pool), len(chars)))
         pool.extend(chars)
     print("const char32_t strip_pool[] = {")
-    line = "   "
-    for c in pool:
-        item = f" 0x{c:X},"
-        if len(line) + len(item) > 98:
-            print(line)
-            line = "   "
-        line += item
-    print(line)
+    emit_items(f"0x{c:X}" for c in pool)
     print("};")
     print()
     print("const decomposition strip[] = {")
-    line = "   "
-    for cp, off, n in entries:
-        item = f" {{0x{cp:X}, {off}, {n}}},"
-        if len(line) + len(item) > 98:
-            print(line)
-            line = "   "
-        line += item
-    print(line)
+    emit_items(f"{{0x{cp:X}, {off}, {n}}}" for cp, off, n in entries)
     print("};")
     print()
     print("}  // namespace")

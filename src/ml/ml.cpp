@@ -44,13 +44,23 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
 
 }  // namespace
 
-result<tensor> tensor::of(std::vector<std::int64_t> shape, std::vector<float> data) {
+namespace {
+
+/// `invalid_argument` unless `shape` is valid and holds exactly `elements`.
+result<void> check_shape(const std::vector<std::int64_t>& shape, std::size_t elements) {
   auto n = element_count(shape);
   if (!n) return n.error();
-  if (*n != data.size()) {
+  if (*n != elements) {
     return error(errc::invalid_argument, fmt::format("tensor: shape {} needs {} elements, got {}",
-                                                     shape_text(shape), *n, data.size()));
+                                                     shape_text(shape), *n, elements));
   }
+  return {};
+}
+
+}  // namespace
+
+result<tensor> tensor::of(std::vector<std::int64_t> shape, std::vector<float> data) {
+  if (auto ok = check_shape(shape, data.size()); !ok) return ok.error();
   tensor t;
   t.type_ = dtype::float32;
   t.shape_ = std::move(shape);
@@ -59,12 +69,7 @@ result<tensor> tensor::of(std::vector<std::int64_t> shape, std::vector<float> da
 }
 
 result<tensor> tensor::of(std::vector<std::int64_t> shape, std::vector<std::int64_t> data) {
-  auto n = element_count(shape);
-  if (!n) return n.error();
-  if (*n != data.size()) {
-    return error(errc::invalid_argument, fmt::format("tensor: shape {} needs {} elements, got {}",
-                                                     shape_text(shape), *n, data.size()));
-  }
+  if (auto ok = check_shape(shape, data.size()); !ok) return ok.error();
   tensor t;
   t.type_ = dtype::int64;
   t.shape_ = std::move(shape);
