@@ -34,6 +34,10 @@ class embedding_router final : public aise::router {
 
   void prepare(const task_spec& t) override {
     if (t.description.empty()) return;
+    {
+      std::lock_guard lock(mutex_);
+      if (tasks_.count(t.id) != 0) return;  // prepared before (a submission tried again)
+    }
     auto e = encoder_.embed(t.description);
     if (!e) return;  // no preference for this task
     std::lock_guard lock(mutex_);

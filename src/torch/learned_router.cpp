@@ -40,6 +40,7 @@ class learned_router_impl final : public learned_router {
     std::shared_ptr<const trained> model;
     {
       std::lock_guard lock(mutex_);
+      if (predictions_.count(t.id) != 0) return;  // prepared before (a submission tried again)
       model = model_;
     }
     if (!model) return;
