@@ -174,6 +174,7 @@ TEST_CASE("llm: a task that reaches its project's budget waits for a human, then
   orchestrator_options oo;
   oo.store = store;
   orchestrator orch(rt, oo);
+  test::event_recorder events(orch);
   auto p = make_budgeted_provider(std::make_shared<echo_provider>("done"), {.store = store});
   REQUIRE(p);
   REQUIRE(orch.register_kind("thinker", [p] { return std::make_unique<thinker>(*p, 2); }));
@@ -186,15 +187,9 @@ TEST_CASE("llm: a task that reaches its project's budget waits for a human, then
   auto second = orch.submit({.project = "acme", .kind = "think"});
   REQUIRE(second);
   // One call fits, the second is refused: the task pauses instead of failing.
-  auto paused = [&] {
-    for (int i = 0; i < 500; ++i) {
-      auto t = orch.get(*second);
-      if (t && t->state == task_state::awaiting_approval) return *t;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    FAIL("the task did not reach awaiting_approval");
-    return task{};
-  }();
+  REQUIRE(events.wait_for("task.awaiting_approval", *second));
+  const task paused = *orch.get(*second);
+  CHECK(paused.state == task_state::awaiting_approval);
   REQUIRE(paused.error);
   CHECK(paused.error->code() == errc::limit_exceeded);
   CHECK(paused.error->message().find("llm.tokens.project.acme") != std::string::npos);
@@ -208,16 +203,13 @@ TEST_CASE("llm: a task that reaches its project's budget waits for a human, then
 TEST_CASE("llm: a looping agent is escalated, not killed") {
   runtime rt(test::quiet_options());
   orchestrator orch(rt);
+  test::event_recorder events(orch);
   auto echo = std::make_shared<echo_provider>("let me check again");
   REQUIRE(orch.register_kind("thinker", [echo] { return std::make_unique<thinker>(echo, 50); }));
   REQUIRE(orch.spawn({.kind = "thinker", .name = "t1"}));
   auto id = orch.submit({.kind = "think", .max_attempts = 3});
   REQUIRE(id);
-  for (int i = 0; i < 500; ++i) {
-    auto t = orch.get(*id);
-    if (t && t->state == task_state::awaiting_approval) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  REQUIRE(events.wait_for("task.awaiting_approval", *id));
   auto t = orch.get(*id);
   REQUIRE(t);
   CHECK(t->state == task_state::awaiting_approval);
@@ -241,17 +233,14 @@ TEST_CASE("llm: max_turns stops a task before the call beyond it") {
   };
   runtime rt(test::quiet_options());
   orchestrator orch(rt);
+  test::event_recorder events(orch);
   auto p = std::make_shared<counting>();
   REQUIRE(orch.register_kind("thinker", [p] { return std::make_unique<thinker>(p, 50); }));
   REQUIRE(orch.spawn({.kind = "thinker", .name = "t1"}));
   auto id = orch.submit({.kind = "think"});
   REQUIRE(id);
-  std::optional<task> t;
-  for (int i = 0; i < 500; ++i) {
-    t = *orch.get(*id);
-    if (t->state == task_state::awaiting_approval) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  REQUIRE(events.wait_for("task.awaiting_approval", *id));
+  auto t = orch.get(*id);
   REQUIRE(t);
   CHECK(t->state == task_state::awaiting_approval);
   CHECK(t->error->message().find("max_turns 10") != std::string::npos);
