@@ -54,6 +54,7 @@
 ///   `unavailable`; nothing blocks without a deadline.
 /// - No exception escapes a member function.
 
+#include <aise/distribution.hpp>
 #include <aise/rabbitmq_export.hpp>
 #include <aise/transport.hpp>
 
@@ -62,6 +63,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace spdlog {
 class logger;
@@ -136,5 +138,50 @@ class AISE_RABBITMQ_EXPORT rabbitmq_transport : public transport {
 /// declarations; the message says which).
 AISE_RABBITMQ_EXPORT result<std::shared_ptr<rabbitmq_transport>> make_rabbitmq_transport(
     rabbitmq_options options);
+
+/// Task queues over RabbitMQ: the `task_dispatcher` an orchestrator hands
+/// attempts to and the `task_source` an `aise::worker` takes them from
+/// (include/aise/distribution.hpp; topology and guarantees in
+/// docs/distribution.md). Both use `connection` (url, prefix, timeouts,
+/// reconnect backoff, logger) as the transport does.
+///
+/// Topology (names start with `connection.prefix`):
+/// - `<prefix>tasks`: durable direct exchange; routing key = capability.
+/// - `<prefix>task.<capability>`: durable queue per capability with
+///   `x-max-priority` = `max_priority` and `x-dead-letter-exchange` =
+///   `<prefix>dead`; messages persistent, AMQP priority = the task's
+///   priority clamped to 0 … max_priority.
+/// - `<prefix>dead`: durable fanout exchange and durable queue of the same
+///   name: poison messages, with header `aise-dead-reason` (text) and
+///   `aise-capability`, body unchanged.
+/// - `<prefix>outcomes`: durable queue the dispatcher consumes; workers
+///   publish `task_outcome` JSON to it (persistent, confirmed).
+/// - `<prefix>control`: fanout exchange; each source binds an exclusive
+///   auto-delete queue; cancel notices `{"task": id, "attempt": n}`.
+struct AISE_RABBITMQ_EXPORT rabbitmq_task_options {
+  rabbitmq_options connection;
+  /// Dispatcher: the capabilities served by workers (their queues are
+  /// declared at start, so hand-offs wait in them for a worker).
+  std::vector<std::string> capabilities;
+  /// `x-max-priority` of the task queues (1 … 255; RabbitMQ advises ≤ 10).
+  /// Every party on one broker must use the same value (a queue declared
+  /// with another one is refused by the broker: precondition failed).
+  std::uint8_t max_priority = 9;
+  /// Dispatcher: hand-offs published and not yet confirmed at a time.
+  std::size_t publish_window = 512;
+  /// Dispatcher: hand-offs kept while the broker is unreachable; beyond
+  /// it, or after `buffer_deadline` waiting, a hand-off is reported
+  /// undeliverable (the attempt is then lost and retried by its rules).
+  std::size_t buffer_bound = 100000;
+  std::chrono::milliseconds buffer_deadline{60000};
+};
+
+/// Connects and declares the topology. Errors as make_rabbitmq_transport.
+AISE_RABBITMQ_EXPORT result<std::shared_ptr<task_dispatcher>> make_rabbitmq_dispatcher(
+    rabbitmq_task_options options);
+/// Connects and declares the dead-letter exchange and queue; the task
+/// queues are declared by `start`. Errors as make_rabbitmq_transport.
+AISE_RABBITMQ_EXPORT result<std::shared_ptr<task_source>> make_rabbitmq_task_source(
+    rabbitmq_task_options options);
 
 }  // namespace aise

@@ -153,6 +153,38 @@ struct AISE_CORE_EXPORT budget_state {
   std::int64_t spent = 0;
 };
 
+/// Where a lease of one task attempt stands (see store's lease section).
+/// Numeric values are stable (stored).
+enum class lease_state : int {
+  held = 0,     ///< A worker runs the attempt and renews the lease.
+  done = 1,     ///< The worker finished the attempt; `outcome` says how.
+  lost = 2,     ///< Expired: the worker stopped renewing (crashed, cut off, stopping).
+  revoked = 3,  ///< Ended by the scheduler (cancelled, timed out, recovered elsewhere).
+};
+/// Stable lower-case name ("held", "done", "lost", "revoked").
+AISE_CORE_EXPORT std::string_view to_string(lease_state s) noexcept;
+
+/// Names one attempt of one task.
+struct AISE_CORE_EXPORT lease_key {
+  std::string task_id;
+  int attempt = 0;
+  friend bool operator==(const lease_key&, const lease_key&) = default;
+};
+
+/// Who runs an attempt in another process (an `aise-worker`), until when,
+/// and how it ended. Key: (task_id, attempt).
+struct AISE_CORE_EXPORT task_lease {
+  std::string task_id;
+  int attempt = 0;
+  std::string worker;  ///< Empty when the lease was ended before any worker took it.
+  lease_state state = lease_state::held;
+  time_point acquired_at{};
+  time_point expires_at{};  ///< While held: renewed by the worker's heartbeats.
+  time_point ended_at{};    ///< When it left `held` (or was created ended).
+  /// Set when done: the worker's `task_outcome` as JSON (include/aise/distribution.hpp).
+  std::optional<nlohmann::json> outcome;
+};
+
 /// The store interface. See the file comment for the contract.
 class AISE_CORE_EXPORT store {
  public:
@@ -278,6 +310,58 @@ class AISE_CORE_EXPORT store {
                                              bool within_limit);
   /// `not_found` when the counter was never set or charged.
   virtual result<budget_state> get_budget(std::string_view key);
+
+  // ---- leases ----
+  // How one attempt run by a worker process is owned. The scheduler (the
+  // orchestrator) writes the task rows; a worker writes only its lease row,
+  // so the two never race on a task's version. Every decision about an
+  // attempt is one conditional write on its lease row, which makes it
+  // exactly one: a worker's completion and the scheduler's expiry or
+  // revocation cannot both win. Default implementations report
+  // `unavailable` (like budgets); libaise's stores implement them
+  // (conformance case "leases"). Times are the caller's `now` (the worker's
+  // and scheduler's clocks; keep hosts in NTP sync, and keep `ttl` well
+  // above the clock skew).
+
+  /// Takes attempt `key.attempt` of task `key.task_id` for `worker` until
+  /// `now + ttl`, in one transaction with a check of the task row: the task
+  /// must be `running` that very attempt (`not_found` for an unknown task,
+  /// `conflict` naming its state and attempt otherwise: a stale or
+  /// duplicated delivery). A lease already held by the same worker is
+  /// renewed and returned (the broker delivered it again); any other
+  /// existing row is `conflict` (another worker holds or held it, or the
+  /// scheduler ended it before anyone took it). `invalid_argument` for an
+  /// empty worker, attempt < 1 or ttl ≤ 0.
+  virtual result<task_lease> acquire_lease(const lease_key& key, std::string_view worker,
+                                           time_point now, duration ttl);
+  /// Heartbeat: every lease in `keys` still held by `worker` expires at
+  /// `now + ttl` from now on, in one statement. Returns the keys that are
+  /// NOT held by `worker` any more (lost, revoked, unknown): the worker
+  /// stops those attempts.
+  virtual result<std::vector<lease_key>> renew_leases(std::string_view worker,
+                                                      const std::vector<lease_key>& keys,
+                                                      time_point now, duration ttl);
+  /// Ends a lease `worker` holds with the attempt's `outcome` (held → done),
+  /// even if past `expires_at`, as long as nobody ended it first. Again
+  /// with the same worker after it is done: ok, the first outcome stays
+  /// (idempotent). `conflict` when it was lost or revoked (the scheduler
+  /// retried or cancelled the attempt: this outcome does not count) or is
+  /// held by another worker; `not_found` when there is no such lease.
+  virtual result<task_lease> finish_lease(const lease_key& key, std::string_view worker,
+                                          nlohmann::json outcome, time_point now);
+  /// The scheduler's side: moves a held lease to `to` (`lost` or `revoked`;
+  /// else `invalid_argument`); with `only_if_expired`, only when
+  /// `expires_at < now` (a live lease is returned unchanged). When no row
+  /// exists yet, creates one in state `to` with no worker, so a delivery
+  /// still in the broker can never be taken later. A lease already done,
+  /// lost or revoked is returned unchanged. Returns the row as it is after
+  /// the call: the caller reads `state` to know who won.
+  virtual result<task_lease> end_lease(const lease_key& key, lease_state to, time_point now,
+                                       bool only_if_expired);
+  /// Every lease row of the given tasks (all attempts), ordered by task id
+  /// then attempt. Unknown ids are skipped. At most 1,000 ids per call
+  /// (`invalid_argument` beyond).
+  virtual result<std::vector<task_lease>> get_leases(const std::vector<std::string>& task_ids);
 };
 
 /// Options of the in-memory store.

@@ -7,7 +7,24 @@ namespace {
 error no_budgets() {
   return error(errc::unavailable, "this store keeps no budgets (aise's memory and SQL stores do)");
 }
+error no_leases() {
+  return error(errc::unavailable, "this store keeps no leases (aise's memory and SQL stores do)");
+}
 }  // namespace
+
+std::string_view to_string(lease_state s) noexcept {
+  switch (s) {
+    case lease_state::held:
+      return "held";
+    case lease_state::done:
+      return "done";
+    case lease_state::lost:
+      return "lost";
+    case lease_state::revoked:
+      return "revoked";
+  }
+  return "unknown";
+}
 
 result<budget_state> store::set_budget_limit(std::string, std::int64_t) {
   return no_budgets();
@@ -19,6 +36,28 @@ result<budget_state> store::charge_budget(std::string, std::int64_t, bool) {
 
 result<budget_state> store::get_budget(std::string_view) {
   return no_budgets();
+}
+
+result<task_lease> store::acquire_lease(const lease_key&, std::string_view, time_point, duration) {
+  return no_leases();
+}
+
+result<std::vector<lease_key>> store::renew_leases(std::string_view, const std::vector<lease_key>&,
+                                                   time_point, duration) {
+  return no_leases();
+}
+
+result<task_lease> store::finish_lease(const lease_key&, std::string_view, nlohmann::json,
+                                       time_point) {
+  return no_leases();
+}
+
+result<task_lease> store::end_lease(const lease_key&, lease_state, time_point, bool) {
+  return no_leases();
+}
+
+result<std::vector<task_lease>> store::get_leases(const std::vector<std::string>&) {
+  return no_leases();
 }
 
 }  // namespace aise
