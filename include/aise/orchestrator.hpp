@@ -67,6 +67,7 @@
 namespace aise {
 
 class runtime;
+class task_dispatcher;
 
 namespace detail {
 class orchestrator_impl;
@@ -172,6 +173,20 @@ struct AISE_CORE_EXPORT orchestrator_options {
   bool group_commit = true;
   /// Chooses among capable free agents (see router); null: least loaded.
   std::shared_ptr<aise::router> router;
+
+  /// Distribution (include/aise/distribution.hpp, docs/distribution.md):
+  /// queued tasks whose capability the dispatcher serves and that no free
+  /// local agent takes are handed to worker processes. Such an attempt is
+  /// `running` from the hand-off on (agent "queue:<capability>" until its
+  /// outcome names the worker's agent); its timeout counts from then. The
+  /// store must keep leases (libaise's memory and SQL stores do; across
+  /// processes: PostgreSQL). Null: every task runs on this runtime's agents.
+  std::shared_ptr<aise::task_dispatcher> dispatcher;
+  /// How often the leases of handed-over attempts are checked: an expired
+  /// lease is ended (`lost`) and its attempt fails with `unavailable` and is
+  /// retried by the task's rules; an outcome recorded in a lease whose
+  /// report never arrived is applied. Must be > 0.
+  duration lease_check_interval = std::chrono::seconds(2);
 };
 
 /// How to spawn an agent of a registered kind.

@@ -1,9 +1,8 @@
 // JSON forms of the distribution seam's messages (include/aise/distribution.hpp).
 #include <aise/distribution.hpp>
 
-#include <fmt/format.h>
-
 #include <exception>
+#include <fmt/format.h>
 #include <string>
 
 namespace aise {
@@ -71,7 +70,8 @@ result<task_outcome> task_outcome_from_json(const json& j) {
     o.state = *state;
     if (o.state != task_state::succeeded && o.state != task_state::failed &&
         o.state != task_state::awaiting_approval) {
-      return malformed("task outcome", fmt::format("state {} is not an outcome", to_string(o.state)));
+      return malformed("task outcome",
+                       fmt::format("state {} is not an outcome", to_string(o.state)));
     }
     if (o.task_id.empty() || o.attempt < 1) return malformed("task outcome", "no task or attempt");
     if (auto r = j.find("result"); r != j.end() && o.state == task_state::succeeded) o.result = *r;

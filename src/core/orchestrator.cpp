@@ -47,21 +47,25 @@ nlohmann::json error_json(const aise::error& e) {
 
 task_run::~task_run() {
   if (done.exchange(true)) return;
-  // This may run under the orchestrator's lock (a job refused by a closed
-  // mailbox inside start_attempt): never re-enter it here, post instead.
-  if (auto o = orch.lock()) {
+  if (auto o = owner.lock()) {
     try {
-      std::weak_ptr<orchestrator_impl> weak = o;
-      auto drop = [weak, id = task.id, n = task.attempt] {
-        if (auto self = weak.lock()) self->drop_attempt(id, n);
-      };
-      if (o->has_engine()) {
-        o->engine_call(std::move(drop));
-      } else {
-        boost::asio::post(o->rti.io(), std::move(drop));
-      }
+      o->run_dropped(task.id, task.attempt);
     } catch (...) {  // NOLINT(bugprone-empty-catch): nothing may escape a destructor
     }
+  }
+}
+
+// This may run under the orchestrator's lock (a job refused by a closed
+// mailbox inside start_attempt): never re-enter it here, post instead.
+void orchestrator_impl::run_dropped(const std::string& id, int attempt) {
+  std::weak_ptr<orchestrator_impl> weak = weak_from_this();
+  auto drop = [weak, id, attempt] {
+    if (auto self = weak.lock()) self->drop_attempt(id, attempt);
+  };
+  if (has_engine()) {
+    engine_call(std::move(drop));
+  } else {
+    boost::asio::post(rti.io(), std::move(drop));
   }
 }
 
@@ -90,6 +94,9 @@ orchestrator_impl::orchestrator_impl(runtime& r, orchestrator_options opts)
   }
   if (options.retry_jitter < 0.0 || options.retry_jitter > 1.0) {
     throw std::invalid_argument("orchestrator_options: retry_jitter must be within 0 … 1");
+  }
+  if (options.lease_check_interval <= duration::zero()) {
+    throw std::invalid_argument("orchestrator_options: lease_check_interval must be > 0");
   }
   if (options.max_restarts < 0) {
     throw std::invalid_argument("orchestrator_options: max_restarts must be >= 0");
@@ -141,6 +148,29 @@ void orchestrator_impl::start() {
       });
     }
   });
+  if (options.dispatcher) {
+    dispatch_callbacks cb;
+    cb.outcome = [weak](task_outcome out) {
+      if (auto self = weak.lock()) {
+        self->engine_call([weak, out = std::move(out)]() mutable {
+          if (auto again = weak.lock()) again->on_remote_outcome(std::move(out));
+        });
+      }
+    };
+    cb.undeliverable = [weak](lease_key key, aise::error why) {
+      if (auto self = weak.lock()) {
+        self->engine_call([weak, key = std::move(key), why = std::move(why)]() mutable {
+          if (auto again = weak.lock()) again->on_remote_lost(key, std::move(why), true);
+        });
+      }
+    };
+    if (auto started = options.dispatcher->start(std::move(cb)); !started) {
+      throw std::invalid_argument("orchestrator_options: the dispatcher did not start: " +
+                                  started.error().describe());
+    }
+    std::lock_guard lock(mutex_);
+    schedule_sweep();
+  }
 }
 
 void orchestrator_impl::close() {
@@ -185,6 +215,16 @@ void orchestrator_impl::close() {
       batch_after_.clear();
       o.park = nullptr;
     }
+  }
+  if (options.dispatcher) {
+    {
+      std::lock_guard lock(mutex_);
+      if (sweep_timer_ != 0) rt.cancel_timer(sweep_timer_);
+      sweep_timer_ = 0;
+    }
+    // Attempts handed over keep running on their workers; the next
+    // orchestrator's recover() adopts them.
+    options.dispatcher->stop();
   }
   if (engine_) {
     // Subtasks still queued (a retry timer that will not fire now) end as
@@ -1292,7 +1332,13 @@ void orchestrator_impl::dispatch(ops& o, const std::string& capability) {
       continue;
     }
     agent_entry* best = pick_agent(capability, &t->second.t);
-    if (best == nullptr) return;
+    if (best == nullptr) {
+      // No free agent here: a worker process takes it, if one serves it.
+      if (flush_failures_ > 0 || !serves_remote(capability)) return;
+      queue.erase(queue.begin());
+      if (!start_remote(o, t->second)) return;
+      continue;
+    }
     queue.erase(queue.begin());
     // A refused store write leaves the task queued; stop here rather than
     // spin on it while holding the lock (the next change tries again).
@@ -1324,17 +1370,9 @@ bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   }
   a.running.push_back(e.t.id);
   auto run = std::make_shared<task_run>();
-  run->orch = weak_from_this();
+  run->owner = weak_from_this();
   run->task = e.t;
-  if (!e.dep_snapshot) {
-    // Most tasks have no dependency results: they share one empty map.
-    static const auto no_results = std::make_shared<const std::map<std::string, nlohmann::json>>();
-    e.dep_snapshot = e.dep_results.empty()
-                         ? no_results
-                         : std::make_shared<const std::map<std::string, nlohmann::json>>(
-                               std::move(e.dep_results));
-  }
-  run->dep_results = e.dep_snapshot;
+  run->dep_results = dep_snapshot(e);
   run->runner = a.instance;
   e.token = run->token;  // a copy sharing the run's state
   e.run = run;
@@ -1343,8 +1381,21 @@ bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
         *e.t.timeout,
         [id = e.t.id, n = e.t.attempt](orchestrator_impl& self) { self.on_timeout(id, n); });
   }
-  agent& runner = *a.instance;
-  const bool posted = rti.post_job(runner, [run = std::move(run)]() mutable {
+  const bool posted = post_run(rti, std::move(run));
+  if (!posted) {
+    // The agent stopped between routing and hand-off: its exit listener has
+    // not run yet. Route nothing more to it, and fail the attempt so it is
+    // retried elsewhere.
+    a.status = "stopping";
+    finish_attempt(o, e, std::nullopt,
+                   error(errc::unavailable, fmt::format("agent '{}' stopped", a.name)), true);
+  }
+  return true;
+}
+
+bool post_run(runtime_impl& rti, std::shared_ptr<task_run> run) {
+  agent& runner = *run->runner;
+  return rti.post_job(runner, [run = std::move(run)]() mutable {
     agent& self = *run->runner;
     agent_core& core = agent_access::core(self);
     auto h = core.task_handlers.find(run->task.kind);
@@ -1387,15 +1438,230 @@ bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
           error(errc::handler_failed, "task handler threw a non-exception"));
     }
   });
-  if (!posted) {
-    // The agent stopped between routing and hand-off: its exit listener has
-    // not run yet. Route nothing more to it, and fail the attempt so it is
-    // retried elsewhere.
-    a.status = "stopping";
-    finish_attempt(o, e, std::nullopt,
-                   error(errc::unavailable, fmt::format("agent '{}' stopped", a.name)), true);
+}
+
+// ----------------------------------------------------------- distribution --
+
+bool orchestrator_impl::serves_remote(const std::string& capability) const {
+  return options.dispatcher && options.dispatcher->serves(capability);
+}
+
+std::shared_ptr<const std::map<std::string, nlohmann::json>> orchestrator_impl::dep_snapshot(
+    task_entry& e) {
+  if (!e.dep_snapshot) {
+    // Most tasks have no dependency results: they share one empty map.
+    static const auto no_results = std::make_shared<const std::map<std::string, nlohmann::json>>();
+    e.dep_snapshot = e.dep_results.empty()
+                         ? no_results
+                         : std::make_shared<const std::map<std::string, nlohmann::json>>(
+                               std::move(e.dep_results));
   }
+  return e.dep_snapshot;
+}
+
+// The attempt is written as running (agent "queue:<capability>") and handed
+// to the dispatcher once that write is in the store, never before: a worker
+// can only lease an attempt the store knows as running.
+bool orchestrator_impl::start_remote(ops& o, task_entry& e) {
+  const bool from_pending = e.t.state == task_state::pending;
+  const std::string queue_name = "queue:" + capability_of(e.t);
+  task_update u = base_update(e, task_state::running);
+  if (from_pending) {
+    u.via_event.emplace(e.t.project, event_type_of(task_state::queued), e.t.id, u.at, nullptr);
+  }
+  u.attempt = e.t.attempt + 1;
+  u.agent = queue_name;
+  u.clear_error = true;
+  u.attempt_row = task_attempt{e.t.id,       u.attempt,           queue_name,  u.at,
+                               std::nullopt, task_state::running, std::nullopt};
+  u.event.data = attempt_data(u.attempt, queue_name);
+  if (!apply(o, e, std::move(u))) {
+    if (from_pending && !apply(o, e, base_update(e, task_state::queued))) return false;
+    enqueue_ready(e);
+    return false;
+  }
+  adopt_remote(e);
+  queue_handoff(o, e);
   return true;
+}
+
+void orchestrator_impl::adopt_remote(task_entry& e) {
+  auto run = std::make_shared<task_run>();
+  run->owner = weak_from_this();
+  run->task = e.t;
+  run->dep_results = dep_snapshot(e);
+  e.token = run->token;
+  e.run = run;
+  e.remote_run = std::move(run);
+  e.remote_settled = false;
+  remote_running_.insert(e.t.id);
+  if (e.t.timeout) {
+    e.timeout_timer = schedule_engine(
+        *e.t.timeout,
+        [id = e.t.id, n = e.t.attempt](orchestrator_impl& self) { self.on_timeout(id, n); });
+  }
+}
+
+void orchestrator_impl::queue_handoff(ops& o, const task_entry& e) {
+  task_handoff h{e.t, *e.remote_run->dep_results};
+  // After the change is written (group commit: after its batch), in the
+  // order the changes were made.
+  o.after.push_back([weak = weak_from_this(), h = std::move(h)]() mutable {
+    if (auto self = weak.lock()) {
+      std::vector<task_handoff> batch;
+      batch.push_back(std::move(h));
+      self->options.dispatcher->handoff(std::move(batch));
+    }
+  });
+}
+
+// A handed-over attempt ended. Unless its lease settled it (an outcome, an
+// expiry), the lease is revoked first thing after the lock — so a late
+// outcome of this attempt can never count — and its worker told to stop.
+void orchestrator_impl::end_remote(ops& o, task_entry& e) {
+  remote_running_.erase(e.t.id);
+  e.remote_run->aborted.store(!e.remote_settled);
+  e.remote_run->done.store(true);  // no "dropped" report when it goes
+  e.remote_run.reset();
+  if (!e.remote_settled) {
+    o.after.push_back([weak = weak_from_this(), key = lease_key{e.t.id, e.t.attempt}] {
+      if (auto self = weak.lock()) self->revoke_remote(key);
+    });
+  }
+  e.remote_settled = false;
+}
+
+void orchestrator_impl::revoke_remote(const lease_key& key) {
+  auto ended = store_->end_lease(key, lease_state::revoked, rt.clock().now(), false);
+  if (!ended) {
+    rt.logger().warn("task {} attempt {}: lease not revoked ({}); the lease sweep tries again",
+                     key.task_id, key.attempt, ended.error().describe());
+  }
+  options.dispatcher->cancel(key);
+}
+
+void orchestrator_impl::on_remote_outcome(task_outcome out) {
+  ops o(*this);
+  auto it = tasks_.find(out.task_id);
+  if (it == tasks_.end()) return;
+  task_entry& e = it->second;
+  if (!e.remote_run || e.t.state != task_state::running || e.t.attempt != out.attempt) {
+    return;  // ended already (cancelled, timed out, lost) or a duplicate report
+  }
+  if (!out.agent.empty() || !out.worker.empty()) {
+    e.t.agent = out.worker.empty()  ? out.agent
+                : out.agent.empty() ? out.worker
+                                    : out.worker + "/" + out.agent;
+  }
+  std::optional<aise::error> failure;
+  if (out.state != task_state::succeeded) {
+    failure = out.error ? std::move(*out.error)
+                        : error(errc::handler_failed, "the worker reported no error");
+  }
+  e.remote_settled = true;
+  if (!finish_attempt(o, e, std::move(out.result), std::move(failure), out.retryable,
+                      out.state == task_state::awaiting_approval)) {
+    e.remote_settled = false;  // still running here; the sweep finds the outcome again
+  }
+}
+
+void orchestrator_impl::on_remote_lost(const lease_key& key, aise::error why, bool revoke) {
+  ops o(*this);
+  if (closed_) return;
+  auto it = tasks_.find(key.task_id);
+  if (it == tasks_.end()) return;
+  task_entry& e = it->second;
+  if (!e.remote_run || e.t.state != task_state::running || e.t.attempt != key.attempt) return;
+  e.remote_settled = !revoke;
+  if (!finish_attempt(o, e, std::nullopt, std::move(why), true)) e.remote_settled = false;
+}
+
+void orchestrator_impl::schedule_sweep() {
+  if (closed_) return;
+  sweep_timer_ = schedule_engine(options.lease_check_interval,
+                                 [](orchestrator_impl& self) { self.sweep_leases(); });
+}
+
+// Reads the leases of every handed-over attempt (outside the lock) and acts
+// on what the workers could not report: an outcome recorded but not
+// delivered, a lease expired (the worker died), a lease ended otherwise.
+// Hand-offs without a lease row are still waiting in the broker.
+void orchestrator_impl::sweep_leases() {
+  std::vector<std::string> ids;
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+    ids.assign(remote_running_.begin(), remote_running_.end());
+  }
+  constexpr std::size_t chunk = 1000;
+  for (std::size_t i = 0; i < ids.size(); i += chunk) {
+    std::vector<std::string> part(
+        ids.begin() + static_cast<std::ptrdiff_t>(i),
+        ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), i + chunk)));
+    auto leases = store_->get_leases(part);
+    if (!leases) {
+      rt.logger().warn("lease sweep: {}", leases.error().describe());
+      break;
+    }
+    const time_point now = rt.clock().now();
+    for (auto& l : *leases) {
+      int current = 0;
+      {
+        std::lock_guard lock(mutex_);
+        auto it = tasks_.find(l.task_id);
+        if (it != tasks_.end() && it->second.remote_run &&
+            it->second.t.state == task_state::running) {
+          current = it->second.t.attempt;
+        }
+      }
+      const lease_key key{l.task_id, l.attempt};
+      if (l.attempt != current) {
+        // An older attempt still held (its revocation failed): revoke it now.
+        if (l.state == lease_state::held && l.attempt < current) revoke_remote(key);
+        continue;
+      }
+      if (l.state == lease_state::held && l.expires_at < now) {
+        auto ended = store_->end_lease(key, lease_state::lost, now, true);
+        if (!ended) {
+          rt.logger().warn("lease sweep: {}", ended.error().describe());
+          continue;
+        }
+        l = std::move(*ended);
+      }
+      switch (l.state) {
+        case lease_state::held:
+          break;
+        case lease_state::done: {
+          auto out = l.outcome ? task_outcome_from_json(*l.outcome)
+                               : result<task_outcome>(error(errc::invalid_argument, "none"));
+          if (out) {
+            on_remote_outcome(std::move(*out));
+          } else {
+            on_remote_lost(key,
+                           error(errc::handler_failed,
+                                 fmt::format("the outcome worker '{}' recorded is unreadable: {}",
+                                             l.worker, out.error().message())),
+                           false);
+          }
+          break;
+        }
+        case lease_state::lost:
+          on_remote_lost(
+              key,
+              error(errc::unavailable,
+                    l.worker.empty()
+                        ? std::string("lost: the lease ended before a worker took it")
+                        : fmt::format("lost: worker '{}' stopped renewing its lease", l.worker)),
+              false);
+          break;
+        case lease_state::revoked:
+          on_remote_lost(key, error(errc::unavailable, "lost: the lease was revoked"), false);
+          break;
+      }
+    }
+  }
+  std::lock_guard lock(mutex_);
+  schedule_sweep();
 }
 
 void orchestrator_impl::drop_attempt(const std::string& id, int attempt) {
@@ -1527,6 +1793,10 @@ orchestrator_impl::agent_entry* orchestrator_impl::release_slot(ops& o, task_ent
   if (e.timeout_timer != 0) {
     rt.cancel_timer(e.timeout_timer);
     e.timeout_timer = 0;
+  }
+  if (e.remote_run) {
+    end_remote(o, e);
+    return nullptr;
   }
   auto a = agents_.find(e.t.agent);
   if (a == agents_.end()) return nullptr;
@@ -2006,6 +2276,15 @@ result<recovery_report> orchestrator_impl::recover() {
         enqueue_ready(e);
         break;
       case task_state::running: {
+        if (options.dispatcher && e.t.agent.rfind("queue:", 0) == 0) {
+          // Handed over: its worker may still run it (the sweep checks the
+          // lease). Handed over again too, in case this process stopped
+          // between writing the attempt and the broker's confirm; a worker
+          // takes a lease only once, so a second delivery is dropped.
+          adopt_remote(e);
+          queue_handoff(o, e);
+          break;
+        }
         ++report.lost_attempts;
         finish_attempt(
             o, e, std::nullopt,

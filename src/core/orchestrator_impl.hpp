@@ -4,6 +4,7 @@
 // the order of changes. Anything that may call user code (cancellation
 // callbacks, completion callbacks, listeners) runs after the lock is released.
 
+#include <aise/distribution.hpp>
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 
@@ -23,6 +24,7 @@
 #include <thread>
 #include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace aise::detail {
@@ -36,9 +38,28 @@ struct cancellation_access {
   static std::vector<std::function<void()>> mark(const cancellation_token& t);
 };
 
+struct task_run;
+
+// Whoever answers for a run: the orchestrator (local attempts) or an
+// aise::worker (attempts handed over by another process's orchestrator).
+class run_owner {
+ public:
+  virtual ~run_owner() = default;
+  virtual result<void> complete(const std::shared_ptr<task_run>& run,
+                                std::optional<nlohmann::json> value,
+                                std::optional<aise::error> failure, bool retryable,
+                                bool escalate) = 0;
+  virtual result<std::string> spawn_subtask(task_spec spec) = 0;
+  virtual result<void> when_done(std::string_view id, std::function<void(const task&)> fn,
+                                 std::shared_ptr<std::atomic<bool>> gone) = 0;
+  // The last context of an uncompleted run went away (called from
+  // ~task_run, possibly under the owner's own lock: never re-enter it).
+  virtual void run_dropped(const std::string& id, int attempt) = 0;
+};
+
 // One attempt of one task, shared by the task_context copies a handler holds.
 struct task_run {
-  std::weak_ptr<orchestrator_impl> orch;
+  std::weak_ptr<run_owner> owner;
   aise::task task;
   std::shared_ptr<const std::map<std::string, nlohmann::json>> dep_results;
   cancellation_token token;
@@ -53,10 +74,16 @@ struct task_run {
   ~task_run();
 };
 
-class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl> {
+// Runs `run` on its agent (`run->runner`): finds the handler for the
+// task's kind and calls it on the agent's strand, completing the attempt
+// as a synchronous handler's return value says. False when the agent's
+// mailbox refused the job (the agent is stopping).
+bool post_run(runtime_impl& rti, std::shared_ptr<task_run> run);
+
+class orchestrator_impl : public run_owner, public std::enable_shared_from_this<orchestrator_impl> {
  public:
   orchestrator_impl(runtime& rt, orchestrator_options options);
-  ~orchestrator_impl();
+  ~orchestrator_impl() override;
   void start();  // after construction: hooks that need shared_from_this
   void close();  // before destruction: unhook from the runtime
 
@@ -76,18 +103,22 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   result<void> reject(std::string_view id, std::string by, std::string reason);
   result<task> get(std::string_view id) const;
   result<void> when_done(std::string_view id, std::function<void(const task&)> fn,
-                         std::shared_ptr<std::atomic<bool>> gone = nullptr);
+                         std::shared_ptr<std::atomic<bool>> gone) override;
+  result<void> when_done(std::string_view id, std::function<void(const task&)> fn) {
+    return when_done(id, std::move(fn), nullptr);
+  }
   result<recovery_report> recover();
   // task_context::spawn: with the orchestrator on its own thread, checked
   // now and submitted there (drain_spawns), so the caller never waits for
   // the store; otherwise submit_all.
-  result<std::string> spawn_subtask(task_spec spec);
+  result<std::string> spawn_subtask(task_spec spec) override;
 
   // attempts (task_context)
   // `escalate`: the attempt ends and the task waits for approval (failure
   // is the reason); approve runs it again.
   result<void> complete(const std::shared_ptr<task_run>& run, std::optional<nlohmann::json> value,
-                        std::optional<aise::error> failure, bool retryable, bool escalate = false);
+                        std::optional<aise::error> failure, bool retryable, bool escalate) override;
+  void run_dropped(const std::string& id, int attempt) override;
 
   // Runs `fn` on the orchestrator's own thread when it has one (posted),
   // else now on the calling thread.
@@ -159,6 +190,11 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
         dep_snapshot;  // shared by attempts
     std::weak_ptr<task_run> run;
     std::optional<cancellation_token> token;  // the running attempt's
+    // The running attempt was handed to a worker (distribution): its run is
+    // held here (no agent holds it). `remote_settled`: the attempt's end
+    // came from its lease (an outcome, an expiry), so nothing to revoke.
+    std::shared_ptr<task_run> remote_run;
+    bool remote_settled = false;
     std::uint64_t timeout_timer = 0;
     std::uint64_t retry_timer = 0;
     std::uint64_t deadline_timer = 0;
@@ -239,6 +275,18 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
   void dispatch(ops& o, const std::string& capability);
   void dispatch_for(ops& o, const agent_entry& a);
   bool start_attempt(ops& o, task_entry& e, agent_entry& a);
+  // Distribution (options.dispatcher): hand-off, outcomes, lease sweep.
+  [[nodiscard]] bool serves_remote(const std::string& capability) const;
+  std::shared_ptr<const std::map<std::string, nlohmann::json>> dep_snapshot(task_entry& e);
+  bool start_remote(ops& o, task_entry& e);
+  void adopt_remote(task_entry& e);  // a running remote attempt found by recover()
+  void queue_handoff(ops& o, const task_entry& e);
+  void end_remote(ops& o, task_entry& e);  // from release_slot
+  void revoke_remote(const lease_key& key);
+  void on_remote_outcome(task_outcome out);
+  void on_remote_lost(const lease_key& key, aise::error why, bool revoke);
+  void sweep_leases();
+  void schedule_sweep();
   bool finish_attempt(ops& o, task_entry& e, std::optional<nlohmann::json> value,
                       std::optional<aise::error> failure, bool retryable, bool escalate = false);
   bool abort_task(ops& o, task_entry& e, task_state to, aise::error why);
@@ -266,6 +314,8 @@ class orchestrator_impl : public std::enable_shared_from_this<orchestrator_impl>
 
   std::shared_ptr<aise::store> store_;
   mutable std::mutex mutex_;
+  std::unordered_set<std::string> remote_running_;  // ids of handed-over running attempts
+  std::uint64_t sweep_timer_ = 0;
   std::unordered_map<std::string, task_entry> tasks_;
   std::unordered_map<std::string, std::set<ready_key>> ready_;
   std::map<std::string, agent_entry, std::less<>> agents_;

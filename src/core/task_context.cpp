@@ -87,26 +87,26 @@ bool task_context::done() const noexcept {
 }
 
 result<void> task_context::succeed(nlohmann::json value) {
-  auto o = run_->orch.lock();
-  if (!o) return error(errc::unavailable, "the orchestrator is gone");
-  return o->complete(run_, std::move(value), std::nullopt, false);
+  auto o = run_->owner.lock();
+  if (!o) return error(errc::unavailable, "the task's owner (orchestrator or worker) is gone");
+  return o->complete(run_, std::move(value), std::nullopt, false, false);
 }
 
 result<void> task_context::fail(aise::error e, bool retryable) {
-  auto o = run_->orch.lock();
-  if (!o) return error(errc::unavailable, "the orchestrator is gone");
-  return o->complete(run_, std::nullopt, std::move(e), retryable);
+  auto o = run_->owner.lock();
+  if (!o) return error(errc::unavailable, "the task's owner (orchestrator or worker) is gone");
+  return o->complete(run_, std::nullopt, std::move(e), retryable, false);
 }
 
 result<void> task_context::escalate(aise::error reason) {
-  auto o = run_->orch.lock();
-  if (!o) return error(errc::unavailable, "the orchestrator is gone");
+  auto o = run_->owner.lock();
+  if (!o) return error(errc::unavailable, "the task's owner (orchestrator or worker) is gone");
   return o->complete(run_, std::nullopt, std::move(reason), false, true);
 }
 
 result<std::string> task_context::spawn(task_spec spec) {
-  auto o = run_->orch.lock();
-  if (!o) return error(errc::unavailable, "the orchestrator is gone");
+  auto o = run_->owner.lock();
+  if (!o) return error(errc::unavailable, "the task's owner (orchestrator or worker) is gone");
   if (run_->aborted.load()) {
     return error(errc::cancelled,
                  fmt::format("task {} was cancelled or timed out: no subtasks", run_->task.id));
@@ -156,18 +156,21 @@ void task_context::when_all(std::vector<std::string> ids,
     finish();
     return;
   }
-  auto o = run_->orch.lock();
+  auto o = run_->owner.lock();
   if (!o) return;
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    auto registered = o->when_done(ids[i], [state, i, finish](const aise::task& t) {
-      bool last = false;
-      {
-        std::lock_guard lock(state->mutex);
-        state->results[i] = t;
-        last = --state->remaining == 0;
-      }
-      if (last) finish();
-    });
+    auto registered = o->when_done(
+        ids[i],
+        [state, i, finish](const aise::task& t) {
+          bool last = false;
+          {
+            std::lock_guard lock(state->mutex);
+            state->results[i] = t;
+            last = --state->remaining == 0;
+          }
+          if (last) finish();
+        },
+        nullptr);
     if (!registered) {
       (void)fail(error(registered.error().code(),
                        fmt::format("when_all: {}", registered.error().message())),
