@@ -28,6 +28,11 @@
 //   last_sequence of a project without events are empty and 0.
 // - Only the latest `snapshots_kept` snapshots of an agent are kept (only
 //   the latest is readable); everything else is kept until the store dies.
+// - Leases: a lease row belongs to its task (retention drops them
+//   together), so end_lease of an unknown task is `not_found` rather than
+//   an ended row without a task; an empty task id or an attempt < 1 is
+//   `invalid_argument` in every lease call; get_leases returns each task's
+//   rows once, in byte order of the ids.
 
 #include <aise/store.hpp>
 
@@ -60,6 +65,8 @@ static_assert(std::is_nothrow_move_constructible_v<task_attempt> &&
 static_assert(std::is_nothrow_move_constructible_v<event> &&
               std::is_nothrow_move_assignable_v<event>);
 static_assert(std::is_nothrow_move_constructible_v<artifact_meta>);
+static_assert(std::is_nothrow_move_constructible_v<task_lease> &&
+              std::is_nothrow_move_assignable_v<task_lease>);
 static_assert(std::is_nothrow_move_assignable_v<nlohmann::json> &&
               std::is_nothrow_move_assignable_v<std::optional<nlohmann::json>> &&
               std::is_nothrow_move_assignable_v<std::optional<aise::error>>);
@@ -606,6 +613,155 @@ class memory_store final : public store {
     });
   }
 
+  // ---- leases ----
+  // The rows live in their task's row: retention drops them with it. Each
+  // call decides under the mutex, so of racing calls exactly one changes a
+  // held lease.
+
+  result<task_lease> acquire_lease(const lease_key& key, std::string_view worker, time_point now,
+                                   duration ttl) override {
+    if (auto e = check_lease_key("acquire_lease", key)) return *e;
+    if (worker.empty()) return fail(errc::invalid_argument, "acquire_lease: empty worker");
+    if (ttl <= duration::zero())
+      return fail(errc::invalid_argument, "acquire_lease: the ttl must be positive");
+    return guarded("acquire_lease", [&]() -> result<task_lease> {
+      task_lease fresh{.task_id = key.task_id,
+                       .attempt = key.attempt,
+                       .worker = std::string(worker),
+                       .state = lease_state::held,
+                       .acquired_at = now,
+                       .expires_at = now + ttl,
+                       .ended_at = {},
+                       .outcome = std::nullopt};
+      std::lock_guard lock(mutex_);
+      auto it = tasks_.find(std::string_view(key.task_id));
+      if (it == tasks_.end())
+        return fail(errc::not_found,
+                    "acquire_lease: task " + in_quotes(key.task_id) + " not found");
+      task_row& row = it->second;
+      if (row.t.state != task_state::running || row.t.attempt != key.attempt)
+        return fail(errc::conflict, "acquire_lease: task " + in_quotes(key.task_id) + " is " +
+                                        std::string(to_string(row.t.state)) + " at attempt " +
+                                        std::to_string(row.t.attempt) + ", not running attempt " +
+                                        std::to_string(key.attempt));
+      auto slot = lease_slot(row, key.attempt);
+      if (slot != row.leases.end() && slot->attempt == key.attempt) {
+        if (slot->state != lease_state::held || slot->worker != worker)
+          return fail(errc::conflict, "acquire_lease: " + describe_lease(*slot));
+        slot->expires_at = now + ttl;  // delivered again to its holder: a renewal
+        return *slot;
+      }
+      task_lease copy = fresh;                    // the return value, made before the commit
+      row.leases.insert(slot, std::move(fresh));  // strong guarantee (nothrow moves)
+      return copy;
+    });
+  }
+
+  result<std::vector<lease_key>> renew_leases(std::string_view worker,
+                                              const std::vector<lease_key>& keys, time_point now,
+                                              duration ttl) override {
+    if (worker.empty()) return fail(errc::invalid_argument, "renew_leases: empty worker");
+    if (ttl <= duration::zero())
+      return fail(errc::invalid_argument, "renew_leases: the ttl must be positive");
+    return guarded("renew_leases", [&]() -> result<std::vector<lease_key>> {
+      std::vector<const lease_key*> gone;  // the keys not held, found before anything changes
+      gone.reserve(keys.size());
+      std::vector<task_lease*> renewed;
+      renewed.reserve(keys.size());
+      std::lock_guard lock(mutex_);
+      for (const lease_key& key : keys) {
+        task_lease* l = find_lease(key);
+        if (l != nullptr && l->state == lease_state::held && l->worker == worker) {
+          renewed.push_back(l);
+        } else {
+          gone.push_back(&key);
+        }
+      }
+      std::vector<lease_key> out;
+      out.reserve(gone.size());
+      for (const lease_key* key : gone) out.push_back(*key);
+      for (task_lease* l : renewed) l->expires_at = now + ttl;  // cannot throw
+      return out;
+    });
+  }
+
+  result<task_lease> finish_lease(const lease_key& key, std::string_view worker,
+                                  nlohmann::json outcome, time_point now) override {
+    if (auto e = check_lease_key("finish_lease", key)) return *e;
+    if (worker.empty()) return fail(errc::invalid_argument, "finish_lease: empty worker");
+    return guarded("finish_lease", [&]() -> result<task_lease> {
+      std::lock_guard lock(mutex_);
+      task_lease* l = find_lease(key);
+      if (l == nullptr) return fail(errc::not_found, "finish_lease: no lease " + lease_name(key));
+      if (l->worker == worker && l->state == lease_state::done)
+        return *l;  // the first outcome stays
+      if (l->worker != worker || l->state != lease_state::held)
+        return fail(errc::conflict, "finish_lease: " + describe_lease(*l));
+      task_lease after = *l;
+      after.state = lease_state::done;
+      after.ended_at = now;
+      after.outcome = std::move(outcome);
+      task_lease copy = after;  // the return value, made before the commit
+      *l = std::move(after);
+      return copy;
+    });
+  }
+
+  result<task_lease> end_lease(const lease_key& key, lease_state to, time_point now,
+                               bool only_if_expired) override {
+    if (auto e = check_lease_key("end_lease", key)) return *e;
+    if (to != lease_state::lost && to != lease_state::revoked)
+      return fail(errc::invalid_argument,
+                  "end_lease: a lease ends lost or revoked, not " + std::string(to_string(to)));
+    return guarded("end_lease", [&]() -> result<task_lease> {
+      task_lease ended{.task_id = key.task_id,
+                       .attempt = key.attempt,
+                       .worker = {},
+                       .state = to,
+                       .acquired_at = {},
+                       .expires_at = {},
+                       .ended_at = now,
+                       .outcome = std::nullopt};
+      std::lock_guard lock(mutex_);
+      auto it = tasks_.find(std::string_view(key.task_id));
+      if (it == tasks_.end())
+        return fail(errc::not_found, "end_lease: task " + in_quotes(key.task_id) + " not found");
+      task_row& row = it->second;
+      auto slot = lease_slot(row, key.attempt);
+      if (slot == row.leases.end() || slot->attempt != key.attempt) {
+        // Nobody took it yet: an ended row, so that no delivery can take it later.
+        task_lease copy = ended;
+        row.leases.insert(slot, std::move(ended));
+        return copy;
+      }
+      if (slot->state == lease_state::held && (!only_if_expired || slot->expires_at < now)) {
+        slot->state = to;
+        slot->ended_at = now;
+      }
+      return *slot;
+    });
+  }
+
+  result<std::vector<task_lease>> get_leases(const std::vector<std::string>& task_ids) override {
+    if (task_ids.size() > max_page)
+      return fail(errc::invalid_argument, "get_leases: " + std::to_string(task_ids.size()) +
+                                              " task ids, at most " + std::to_string(max_page) +
+                                              " per call");
+    return guarded("get_leases", [&]() -> result<std::vector<task_lease>> {
+      std::vector<std::string_view> ids(task_ids.begin(), task_ids.end());
+      std::sort(ids.begin(), ids.end());
+      ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+      std::vector<task_lease> out;
+      std::lock_guard lock(mutex_);
+      for (std::string_view id : ids) {
+        auto it = tasks_.find(id);
+        if (it == tasks_.end()) continue;
+        out.insert(out.end(), it->second.leases.begin(), it->second.leases.end());
+      }
+      return out;
+    });
+  }
+
   result<artifact_meta> get_artifact(std::string_view id) override {
     return guarded("get_artifact", [&]() -> result<artifact_meta> {
       std::lock_guard lock(mutex_);
@@ -642,6 +798,29 @@ class memory_store final : public store {
   }
 
  private:
+  /// `invalid_argument` for a lease key no task attempt can have.
+  static std::optional<aise::error> check_lease_key(std::string_view op, const lease_key& key) {
+    if (key.task_id.empty())
+      return fail(errc::invalid_argument, std::string(op) + ": empty task id");
+    if (key.attempt < 1)
+      return fail(
+          errc::invalid_argument,
+          std::string(op) + ": attempt " + std::to_string(key.attempt) + " (attempts start at 1)");
+    return std::nullopt;
+  }
+
+  static std::string lease_name(const lease_key& key) {
+    return "of task " + in_quotes(key.task_id) + " attempt " + std::to_string(key.attempt);
+  }
+
+  /// "the lease of task 'x' attempt 2 is revoked (worker 'w')": why a call lost.
+  static std::string describe_lease(const task_lease& l) {
+    std::string out = "the lease " + lease_name({l.task_id, l.attempt}) + " is " +
+                      std::string(to_string(l.state));
+    if (l.worker.empty()) return out + " (ended before a worker took it)";
+    return out + " (worker " + in_quotes(l.worker) + ")";
+  }
+
   /// `invalid_argument` for a change that no store state could accept.
   static std::optional<aise::error> check_update(const std::string& op, const task_update& u) {
     if (u.id.empty()) return fail(errc::invalid_argument, op + ": empty task id");
@@ -735,9 +914,24 @@ class memory_store final : public store {
     explicit task_row(const task& source) : t(source) {}
     task t;
     std::vector<task_attempt> attempts;  ///< Sorted by number.
+    std::vector<task_lease> leases;      ///< Sorted by attempt; dropped with the task.
     bool listed_finished = false;        ///< In finished_ (at most once).
     bool evicted = false;                ///< Being dropped by retention.
   };
+  /// Where attempt `attempt` is or would go in `row.leases` (sorted by attempt).
+  static std::vector<task_lease>::iterator lease_slot(task_row& row, int attempt) {
+    return std::lower_bound(row.leases.begin(), row.leases.end(), attempt,
+                            [](const task_lease& l, int a) { return l.attempt < a; });
+  }
+
+  /// The lease row of `key`, or null; mutex_ held.
+  task_lease* find_lease(const lease_key& key) {
+    auto it = tasks_.find(std::string_view(key.task_id));
+    if (it == tasks_.end()) return nullptr;
+    auto slot = lease_slot(it->second, key.attempt);
+    if (slot == it->second.leases.end() || slot->attempt != key.attempt) return nullptr;
+    return &*slot;
+  }
   struct snapshot_history {
     std::uint64_t last_version = 0;
     std::deque<agent_snapshot> kept;  ///< The latest `snapshots_kept`, oldest first.

@@ -23,6 +23,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -265,6 +266,50 @@ void bind_artifact_into(soci::statement& st, artifact_row& r) {
   st.exchange(soci::into(r.sha256));
   st.exchange(soci::into(r.version));
   st.exchange(soci::into(r.created_at));
+}
+
+struct lease_row {
+  std::string task_id, worker, outcome;
+  int attempt = 0, state = 0;
+  long long acquired_at = 0, expires_at = 0, ended_at = 0;
+  soci::indicator ended_ind = soci::i_null, outcome_ind = soci::i_null;
+  [[nodiscard]] task_lease to_lease() const {
+    task_lease l;
+    l.task_id = task_id;
+    l.attempt = attempt;
+    l.worker = worker;
+    l.state = static_cast<lease_state>(state);
+    l.acquired_at = from_ns(acquired_at);
+    l.expires_at = from_ns(expires_at);
+    if (ended_ind == soci::i_ok) l.ended_at = from_ns(ended_at);
+    if (outcome_ind == soci::i_ok) l.outcome = parse_json(outcome);
+    return l;
+  }
+};
+
+constexpr const char* lease_columns =
+    "task_id, attempt, worker, state, acquired_at, expires_at, ended_at, outcome";
+
+std::optional<aise::error> check_lease_key(std::string_view op, const lease_key& key) {
+  if (key.task_id.empty())
+    return aise::error(errc::invalid_argument, std::string(op) + ": empty task id");
+  if (key.attempt < 1)
+    return aise::error(
+        errc::invalid_argument,
+        std::string(op) + ": attempt " + std::to_string(key.attempt) + " (attempts start at 1)");
+  return std::nullopt;
+}
+
+std::string lease_name(const lease_key& key) {
+  return "of task " + in_quotes(key.task_id) + " attempt " + std::to_string(key.attempt);
+}
+
+/// "the lease of task 'x' attempt 2 is revoked (worker 'w')": why a call lost.
+std::string describe_lease(const task_lease& l) {
+  std::string out =
+      "the lease " + lease_name({l.task_id, l.attempt}) + " is " + std::string(to_string(l.state));
+  if (l.worker.empty()) return out + " (ended before a worker took it)";
+  return out + " (worker " + in_quotes(l.worker) + ")";
 }
 
 class sql_store final : public store {
@@ -894,7 +939,299 @@ class sql_store final : public store {
     });
   }
 
+  // ---- leases ----
+  // One row per attempt (0003_leases.sql). Every decision is one
+  // conditional write whose affected-row count says who won: on PostgreSQL
+  // (READ COMMITTED) a second writer of a row waits for the first to commit,
+  // then re-checks its WHERE clause against the committed row, and an
+  // INSERT ... ON CONFLICT DO NOTHING waits for a racing insert of the same
+  // key the same way; on SQLite the write transactions (BEGIN IMMEDIATE)
+  // run one at a time anyway.
+
+  result<task_lease> acquire_lease(const lease_key& key, std::string_view worker, time_point now,
+                                   duration ttl) override {
+    if (auto e = check_lease_key("acquire_lease", key)) return *e;
+    if (worker.empty()) return error(errc::invalid_argument, "acquire_lease: empty worker");
+    if (ttl <= duration::zero())
+      return error(errc::invalid_argument, "acquire_lease: the ttl must be positive");
+    const std::string who(worker);
+    const long long acquired = to_ns(now);
+    const long long expires = to_ns(now + ttl);
+    return run<task_lease>("acquire_lease", [&](connection& c) -> result<task_lease> {
+      detail::transaction tx(c, kind());
+      // On PostgreSQL the task row stays share-locked until commit: a
+      // change of the task waits, so the check holds while the lease is taken.
+      std::string state;
+      int attempt = 0;
+      c.session << std::string("SELECT state, attempt FROM tasks WHERE id = :id") +
+                       (kind() == dialect::postgresql ? " FOR SHARE" : ""),
+          soci::use(key.task_id), soci::into(state), soci::into(attempt);
+      if (!c.session.got_data())
+        return error(errc::not_found,
+                     "acquire_lease: task " + in_quotes(key.task_id) + " not found");
+      if (state != to_string(task_state::running) || attempt != key.attempt)
+        return error(errc::conflict, "acquire_lease: task " + in_quotes(key.task_id) + " is " +
+                                         state + " at attempt " + std::to_string(attempt) +
+                                         ", not running attempt " + std::to_string(key.attempt));
+      const int number = key.attempt;
+      const int held = static_cast<int>(lease_state::held);
+      soci::statement take =
+          (c.session.prepare << "INSERT INTO task_leases (task_id, attempt, worker, state, "
+                                "acquired_at, expires_at) VALUES (:t, :a, :w, :s, :n, :e) "
+                                "ON CONFLICT (task_id, attempt) DO NOTHING",
+           soci::use(key.task_id), soci::use(number), soci::use(who), soci::use(held),
+           soci::use(acquired), soci::use(expires));
+      take.execute(true);
+      if (take.get_affected_rows() != 1) {
+        // Delivered again to its holder: a renewal. Anything else lost.
+        soci::statement renew =
+            (c.session.prepare << "UPDATE task_leases SET expires_at = :e WHERE task_id = :t AND "
+                                  "attempt = :a AND state = :s AND worker = :w",
+             soci::use(expires), soci::use(key.task_id), soci::use(number), soci::use(held),
+             soci::use(who));
+        renew.execute(true);
+        if (renew.get_affected_rows() != 1) {
+          auto l = select_lease(c, key);
+          return error(errc::conflict,
+                       "acquire_lease: " +
+                           (l ? describe_lease(*l) : "the lease " + lease_name(key) + " is taken"));
+        }
+      }
+      auto l = select_lease(c, key);
+      if (!l)
+        return error(errc::internal, "acquire_lease: the lease " + lease_name(key) + " vanished");
+      tx.commit();
+      return std::move(*l);
+    });
+  }
+
+  result<std::vector<lease_key>> renew_leases(std::string_view worker,
+                                              const std::vector<lease_key>& keys, time_point now,
+                                              duration ttl) override {
+    if (worker.empty()) return error(errc::invalid_argument, "renew_leases: empty worker");
+    if (ttl <= duration::zero())
+      return error(errc::invalid_argument, "renew_leases: the ttl must be positive");
+    if (keys.empty()) return std::vector<lease_key>{};
+    const std::string who(worker);
+    const long long expires = to_ns(now + ttl);
+    return run<std::vector<lease_key>>(
+        "renew_leases", [&](connection& c) -> result<std::vector<lease_key>> {
+          detail::transaction tx(c, kind());
+          std::set<std::pair<std::string, int>> renewed;
+          const int held = static_cast<int>(lease_state::held);
+          std::string task_id;
+          int attempt = 0;
+          if (kind() == dialect::postgresql) {
+            // One statement for every key: the keys as two arrays.
+            pg_array ids, numbers;
+            for (const lease_key& k : keys) {
+              ids.add(k.task_id);
+              numbers.add(static_cast<long long>(k.attempt));
+            }
+            const std::string t = ids.done(), a = numbers.done();
+            soci::statement st =
+                (c.session.prepare
+                     << "UPDATE task_leases AS l SET expires_at = :e FROM unnest(CAST(:t AS "
+                        "text[]), CAST(:a AS int[])) AS k(task_id, attempt) WHERE l.task_id = "
+                        "k.task_id AND l.attempt = k.attempt AND l.state = :s AND l.worker = :w "
+                        "RETURNING l.task_id, l.attempt",
+                 soci::use(expires), soci::use(t), soci::use(a), soci::use(held), soci::use(who),
+                 soci::into(task_id), soci::into(attempt));
+            for (bool got = st.execute(true); got; got = st.fetch())
+              renewed.emplace(task_id, attempt);
+          } else {
+            // SQLite: a statement per batch of keys, within the bound-variable limit.
+            constexpr std::size_t batch = 400;
+            for (std::size_t from = 0; from < keys.size(); from += batch) {
+              const std::size_t n = std::min(batch, keys.size() - from);
+              std::vector<int> numbers;
+              numbers.reserve(n);
+              std::string sql =
+                  "UPDATE task_leases SET expires_at = :e WHERE state = :s AND worker = :w AND "
+                  "(task_id, attempt) IN (VALUES ";
+              soci::statement st(c.session);
+              st.exchange(soci::use(expires, "e"));
+              st.exchange(soci::use(held, "s"));
+              st.exchange(soci::use(who, "w"));
+              for (std::size_t i = 0; i < n; ++i) {
+                const lease_key& k = keys[from + i];
+                numbers.push_back(k.attempt);  // reserved: the addresses stay
+                const std::string index = std::to_string(i);
+                sql += fmt::format("{}(:t{}, :a{})", i == 0 ? "" : ", ", index, index);
+                st.exchange(soci::use(k.task_id, "t" + index));
+                st.exchange(soci::use(numbers.back(), "a" + index));
+              }
+              sql += ") RETURNING task_id, attempt";
+              st.exchange(soci::into(task_id));
+              st.exchange(soci::into(attempt));
+              st.alloc();
+              st.prepare(sql);
+              st.define_and_bind();
+              // Every row is stepped through: SQLite refuses to commit while
+              // a statement still has rows to give.
+              for (bool got = st.execute(true); got; got = st.fetch())
+                renewed.emplace(task_id, attempt);
+            }
+          }
+          tx.commit();
+          std::vector<lease_key> out;
+          for (const lease_key& k : keys)
+            if (renewed.count({k.task_id, k.attempt}) == 0) out.push_back(k);
+          return out;
+        });
+  }
+
+  result<task_lease> finish_lease(const lease_key& key, std::string_view worker,
+                                  nlohmann::json outcome, time_point now) override {
+    if (auto e = check_lease_key("finish_lease", key)) return *e;
+    if (worker.empty()) return error(errc::invalid_argument, "finish_lease: empty worker");
+    const std::string who(worker);
+    const long long ended = to_ns(now);
+    std::string text;
+    try {
+      text = dump(outcome);
+    } catch (...) {
+      return detail::to_error("finish_lease", nullptr, kind());
+    }
+    return run<task_lease>("finish_lease", [&](connection& c) -> result<task_lease> {
+      detail::transaction tx(c, kind());
+      const int number = key.attempt;
+      const int held = static_cast<int>(lease_state::held);
+      const int done = static_cast<int>(lease_state::done);
+      soci::statement st =
+          (c.session.prepare << "UPDATE task_leases SET state = :d, ended_at = :n, outcome = :o "
+                                "WHERE task_id = :t AND attempt = :a AND state = :s AND "
+                                "worker = :w",
+           soci::use(done), soci::use(ended), soci::use(text), soci::use(key.task_id),
+           soci::use(number), soci::use(held), soci::use(who));
+      st.execute(true);
+      const bool won = st.get_affected_rows() == 1;
+      auto l = select_lease(c, key);
+      if (!l) return error(errc::not_found, "finish_lease: no lease " + lease_name(key));
+      if (!won && (l->worker != who || l->state != lease_state::done))
+        return error(errc::conflict, "finish_lease: " + describe_lease(*l));
+      tx.commit();  // when !won: a repeat of the holder's finish, nothing written
+      return std::move(*l);
+    });
+  }
+
+  result<task_lease> end_lease(const lease_key& key, lease_state to, time_point now,
+                               bool only_if_expired) override {
+    if (auto e = check_lease_key("end_lease", key)) return *e;
+    if (to != lease_state::lost && to != lease_state::revoked)
+      return error(errc::invalid_argument,
+                   "end_lease: a lease ends lost or revoked, not " + std::string(to_string(to)));
+    const long long ended = to_ns(now);
+    return run<task_lease>("end_lease", [&](connection& c) -> result<task_lease> {
+      detail::transaction tx(c, kind());
+      int exists = 0;
+      c.session << "SELECT COUNT(*) FROM tasks WHERE id = :id", soci::use(key.task_id),
+          soci::into(exists);
+      if (exists == 0)
+        return error(errc::not_found, "end_lease: task " + in_quotes(key.task_id) + " not found");
+      const int number = key.attempt;
+      const int state = static_cast<int>(to);
+      const int held = static_cast<int>(lease_state::held);
+      const int check_expiry = only_if_expired ? 1 : 0;
+      // Nobody took it yet: an ended row, so that no delivery can take it later.
+      soci::statement create =
+          (c.session.prepare << "INSERT INTO task_leases (task_id, attempt, worker, state, "
+                                "acquired_at, expires_at, ended_at) VALUES (:t, :a, '', :s, 0, 0, "
+                                ":n) ON CONFLICT (task_id, attempt) DO NOTHING",
+           soci::use(key.task_id), soci::use(number), soci::use(state), soci::use(ended));
+      create.execute(true);
+      if (create.get_affected_rows() != 1) {
+        soci::statement end =
+            (c.session.prepare << "UPDATE task_leases SET state = :s, ended_at = :n WHERE "
+                                  "task_id = :t AND attempt = :a AND state = :h AND (:x = 0 OR "
+                                  "expires_at < :n2)",
+             soci::use(state), soci::use(ended), soci::use(key.task_id), soci::use(number),
+             soci::use(held), soci::use(check_expiry), soci::use(ended));
+        end.execute(true);
+      }
+      auto l = select_lease(c, key);
+      if (!l) return error(errc::internal, "end_lease: the lease " + lease_name(key) + " vanished");
+      tx.commit();
+      return std::move(*l);
+    });
+  }
+
+  result<std::vector<task_lease>> get_leases(const std::vector<std::string>& task_ids) override {
+    if (task_ids.size() > max_page)
+      return error(errc::invalid_argument, "get_leases: " + std::to_string(task_ids.size()) +
+                                               " task ids, at most " + std::to_string(max_page) +
+                                               " per call");
+    if (task_ids.empty()) return std::vector<task_lease>{};
+    return run<std::vector<task_lease>>(
+        "get_leases", [&](connection& c) -> result<std::vector<task_lease>> {
+          std::vector<std::string> ids(task_ids);
+          std::sort(ids.begin(), ids.end());
+          ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+          std::vector<task_lease> out;
+          lease_row r;
+          auto bind_into = [&r](soci::statement& st) {
+            st.exchange(soci::into(r.task_id));
+            st.exchange(soci::into(r.attempt));
+            st.exchange(soci::into(r.worker));
+            st.exchange(soci::into(r.state));
+            st.exchange(soci::into(r.acquired_at));
+            st.exchange(soci::into(r.expires_at));
+            st.exchange(soci::into(r.ended_at, r.ended_ind));
+            st.exchange(soci::into(r.outcome, r.outcome_ind));
+          };
+          const std::string select =
+              std::string("SELECT ") + lease_columns + " FROM task_leases WHERE task_id ";
+          if (kind() == dialect::postgresql) {
+            pg_array list;
+            for (const auto& id : ids) list.add(id);
+            const std::string all = list.done();
+            soci::statement st(c.session);
+            st.exchange(soci::use(all, "ids"));
+            bind_into(st);
+            st.alloc();
+            st.prepare(select + "= ANY(CAST(:ids AS text[]))");
+            st.define_and_bind();
+            for (bool got = st.execute(true); got; got = st.fetch()) out.push_back(r.to_lease());
+          } else {
+            constexpr std::size_t batch = 500;  // within SQLite's bound-variable limit
+            for (std::size_t from = 0; from < ids.size(); from += batch) {
+              const std::size_t n = std::min(batch, ids.size() - from);
+              std::string in = "IN (";
+              soci::statement st(c.session);
+              for (std::size_t i = 0; i < n; ++i) {
+                in += fmt::format("{}:p{}", i == 0 ? "" : ", ", i);
+                st.exchange(soci::use(ids[from + i], "p" + std::to_string(i)));
+              }
+              bind_into(st);
+              st.alloc();
+              st.prepare(select + in + ")");
+              st.define_and_bind();
+              for (bool got = st.execute(true); got; got = st.fetch()) out.push_back(r.to_lease());
+            }
+          }
+          // Byte order of ids (as the in-memory store), whatever the collation.
+          std::sort(out.begin(), out.end(), [](const task_lease& a, const task_lease& b) {
+            return a.task_id != b.task_id ? a.task_id < b.task_id : a.attempt < b.attempt;
+          });
+          return out;
+        });
+  }
+
  private:
+  /// The lease row of `key`, if there is one.
+  std::optional<task_lease> select_lease(connection& c, const lease_key& key) {
+    lease_row r;
+    const int number = key.attempt;
+    c.session << std::string("SELECT ") + lease_columns +
+                     " FROM task_leases WHERE task_id = :t AND attempt = :a",
+        soci::use(key.task_id), soci::use(number), soci::into(r.task_id), soci::into(r.attempt),
+        soci::into(r.worker), soci::into(r.state), soci::into(r.acquired_at),
+        soci::into(r.expires_at), soci::into(r.ended_at, r.ended_ind),
+        soci::into(r.outcome, r.outcome_ind);
+    if (!c.session.got_data()) return std::nullopt;
+    return r.to_lease();
+  }
+
   budget_state read_budget(connection& c, const std::string& key) {
     budget_state b;
     b.key = key;
