@@ -585,32 +585,31 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
       });
       return;
     }
-    bool reported = false;
     if (done) {
-      if (auto r = options_.source->report(out); r) {
-        reported = true;
-      } else {
+      {
+        std::lock_guard lock(mutex_);
+        if (out.state == task_state::succeeded) {
+          ++stats_.succeeded;
+        } else if (out.state == task_state::awaiting_approval) {
+          ++stats_.escalated;
+        } else {
+          ++stats_.failed;
+        }
+      }
+      if (auto r = options_.source->report(out); !r) {
         rt_.logger().warn(
             "worker {}: outcome of {} attempt {} recorded, not reported ({}); the "
             "orchestrator's lease sweep applies it",
             options_.id, key.task_id, key.attempt, r.error().message());
+        std::lock_guard lock(mutex_);
+        ++stats_.report_failures;
       }
     } else {
       rt_.logger().info("worker {}: outcome of {} attempt {} does not count: {}", options_.id,
                         key.task_id, key.attempt, done.error().message());
     }
     std::lock_guard lock(mutex_);
-    if (done) {
-      if (out.state == task_state::succeeded)
-        ++stats_.succeeded;
-      else if (out.state == task_state::awaiting_approval)
-        ++stats_.escalated;
-      else
-        ++stats_.failed;
-      if (!reported) ++stats_.report_failures;
-    } else {
-      ++stats_.lost;
-    }
+    if (!done) ++stats_.lost;
     runs_.erase(key_string(key.task_id, key.attempt));
     cv_.notify_all();
   }
