@@ -357,7 +357,7 @@ TEST_CASE("distribution: tasks of a served capability run on a worker, results c
   w.stop(1s);
 }
 
-TEST_CASE("distribution: a remote task gets its dependencies' results; failures retry") {
+TEST_CASE("distribution: a remote task gets its dependency results and failures retry") {
   fixture f;
   orchestrator orch(f.orch_rt, f.orch_options());
   REQUIRE(orch.register_kind("local", [] { return std::make_unique<local_agent>(); }));
@@ -390,7 +390,7 @@ TEST_CASE("distribution: a remote task gets its dependencies' results; failures 
   w.stop(1s);
 }
 
-TEST_CASE("distribution: a duplicated hand-off runs once; an unreported outcome is swept in") {
+TEST_CASE("distribution: a duplicated hand-off runs once and an unreported outcome is swept in") {
   fixture f;
   f.net->set_duplicate(true);
   f.net->set_drop_reports(true);  // every outcome reaches the orchestrator through its lease
@@ -419,7 +419,7 @@ TEST_CASE("distribution: a duplicated hand-off runs once; an unreported outcome 
   w.stop(1s);
 }
 
-TEST_CASE("distribution: a worker that stops renewing loses the attempt; another runs it once") {
+TEST_CASE("distribution: a worker that stops renewing loses the attempt and another runs it once") {
   fixture f;
   auto flaky = std::make_shared<frozen_renewals>(f.db);
   test::parked_tasks parked;
