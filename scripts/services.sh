@@ -15,6 +15,9 @@
 #                                          closes the broker's client connections whose
 #                                          name (connection_name) starts with <name>
 #                                          (tests of reconnection use it)
+#   scripts/services.sh consumer-timeout rabbitmq <ms>
+#                                          sets the broker's consumer timeout for
+#                                          channels opened from now on (tests)
 #
 # PostgreSQL 15: a throwaway cluster in $AISE_SERVICES_DIR (default
 # <tmp>/aise-services.<uid>) on 127.0.0.1:${AISE_PG_PORT:-25433}, user
@@ -184,6 +187,17 @@ rmq_disconnect() {
   echo "closed=$closed"
 }
 
+# Sets the broker's consumer timeout (ms) for channels opened from now on;
+# the distributed tests shorten it to show long tasks outlive it.
+rmq_consumer_timeout() {
+  local ms=${1:-}
+  [[ $ms =~ ^[0-9]+$ ]] || die "usage: scripts/services.sh consumer-timeout rabbitmq <milliseconds>"
+  rmq_running || die "rabbitmq is not running"
+  ctl eval "application:set_env(rabbit, consumer_timeout, $ms)." >/dev/null ||
+    die "rabbitmq: consumer_timeout not set"
+  log "rabbitmq: consumer_timeout = $ms ms for new channels"
+}
+
 rmq_stop() {
   local pid epmd_pid
   pid=$(rmq_pid)
@@ -216,6 +230,7 @@ case $service:$action in
   rabbitmq:stop) rmq_stop ;;
   rabbitmq:status) rmq_running && echo "rabbitmq running on 127.0.0.1:$RMQ_PORT (node $RMQ_NODE)" ;;
   rabbitmq:disconnect) rmq_disconnect "${3:-}" ;;
+  rabbitmq:consumer-timeout) rmq_consumer_timeout "${3:-}" ;;
   postgres:* | rabbitmq:*) die "usage: scripts/services.sh start|stop|status postgres|rabbitmq" ;;
   *) die "unknown service '$service' (known: postgres, rabbitmq)" ;;
 esac
