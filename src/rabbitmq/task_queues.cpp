@@ -373,21 +373,24 @@ class engine : public std::enable_shared_from_this<engine> {
     publish(std::move(p));
   }
 
-  void lose(const error& why, bool quiet = false) {
+  void lose(const error& why) {
     if (!conn_) return;
-    if (!quiet) {
-      log_->warn("rabbitmq: connection {} lost: {}; reconnecting", settings_.name, why.message());
-    }
+    log_->warn("rabbitmq: connection {} lost: {}; reconnecting", settings_.name, why.message());
     conn_->mark_broken();
     conn_.reset();
     counters_.connected.store(false);
     ++generation_;
+    abandon_in_flight();
+    on_lost();
+  }
+
+  /// Tells every publication in flight that it is `lost` (in publishing order).
+  void abandon_in_flight() {
     auto flights = std::move(in_flight_);
     in_flight_.clear();
     for (auto& [tag, f] : flights) {
       if (f.done) f.done(publish_status::lost);
     }
-    on_lost();
   }
 
   const rabbitmq_task_options options_;
@@ -847,8 +850,7 @@ class dispatcher_engine final : public engine {
     work();
     drain_confirms(std::min(stop_grace, options_.connection.operation_timeout));
     finishing_ = true;
-    lose(error(errc::unavailable, "rabbitmq: the dispatcher is stopping"),
-         true);  // in flight → retry_
+    abandon_in_flight();  // → retry_
     std::vector<entry_ptr> rest(retry_.begin(), retry_.end());
     rest.insert(rest.end(), waiting_.begin(), waiting_.end());
     retry_.clear();
@@ -1070,6 +1072,11 @@ class source_engine final : public engine {
       settlements.swap(settlements_);
       reports.swap(reports_);
     }
+    settle_all(settlements);
+    for (auto& r : reports) publish_report(std::move(r));
+  }
+
+  void settle_all(std::deque<settlement>& settlements) {
     for (auto& s : settlements) {
       if (s.generation != generation_ || !conn_) continue;  // the broker delivers it again
       switch (s.action) {
@@ -1084,7 +1091,10 @@ class source_engine final : public engine {
           break;
       }
     }
-    for (auto& r : reports) {
+  }
+
+  void publish_report(pending_report r) {
+    {
       publication p;
       p.exchange = "";
       p.routing_key = names_.outcomes;
@@ -1166,17 +1176,22 @@ class source_engine final : public engine {
                                                std::string body);
 
   void finish() override {
-    // Reports waiting or in flight fail; unacknowledged deliveries go back when
-    // the connection closes (the engine closes it politely after this).
+    // Settlements posted before stop() are carried out, reports waiting fail,
+    // and what is in flight gets a moment for its confirm; unacknowledged
+    // deliveries go back when the connection closes (politely, after this).
+    std::deque<settlement> settlements;
     std::deque<pending_report> reports;
     {
       std::lock_guard lock(mutex_);
+      settlements.swap(settlements_);
       reports.swap(reports_);
-      settlements_.clear();
     }
+    settle_all(settlements);
     for (auto& r : reports) {
       r.done->set_value(error(errc::unavailable, "rabbitmq: the task source stopped"));
     }
+    drain_confirms(std::min(stop_grace, options_.connection.operation_timeout));
+    abandon_in_flight();
   }
 
   source_callbacks callbacks_;  // set before the thread starts, then the thread's
