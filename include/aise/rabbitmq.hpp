@@ -158,6 +158,13 @@ AISE_RABBITMQ_EXPORT result<std::shared_ptr<rabbitmq_transport>> make_rabbitmq_t
 ///   publish `task_outcome` JSON to it (persistent, confirmed).
 /// - `<prefix>control`: fanout exchange; each source binds an exclusive
 ///   auto-delete queue; cancel notices `{"task": id, "attempt": n}`.
+///
+/// Each dispatcher and each source owns one connection
+/// (`<connection_name>.dispatch` / `.tasks`) and one thread, on which every
+/// callback runs. A source's `prefetch` is one limit for the channel that
+/// consumes all its capabilities (`basic.qos` global): at most `prefetch`
+/// unacknowledged deliveries in total. `connection.prefetch`,
+/// `queue_bound` and `queue_expiry` are the transport's and not used here.
 struct AISE_RABBITMQ_EXPORT rabbitmq_task_options {
   rabbitmq_options connection;
   /// Dispatcher: the capabilities served by workers (their queues are
