@@ -139,6 +139,7 @@ struct source_box {
   std::condition_variable changed;
   bool auto_ack = false;
   std::vector<std::string> ids;  ///< Every delivery, in order.
+  std::set<std::string> seen;    ///< The distinct ones.
   std::deque<std::pair<aise::task_handoff, std::unique_ptr<aise::task_delivery>>> held;
   std::vector<aise::lease_key> cancels;
 
@@ -147,6 +148,7 @@ struct source_box {
     c.delivery = [this](aise::task_handoff h, std::unique_ptr<aise::task_delivery> d) {
       std::lock_guard lock(mutex);
       ids.push_back(h.task.id);
+      seen.insert(h.task.id);
       if (auto_ack) {
         d->ack();
       } else {
@@ -178,12 +180,11 @@ struct source_box {
   }
   std::set<std::string> distinct() {
     std::lock_guard lock(mutex);
-    return {ids.begin(), ids.end()};
+    return seen;
   }
   bool wait_distinct(std::size_t n, std::chrono::milliseconds timeout = 30s) {
     std::unique_lock lock(mutex);
-    return changed.wait_for(
-        lock, timeout, [&] { return std::set<std::string>(ids.begin(), ids.end()).size() >= n; });
+    return changed.wait_for(lock, timeout, [&] { return seen.size() >= n; });
   }
 };
 
