@@ -158,6 +158,13 @@ AISE_RABBITMQ_EXPORT result<std::shared_ptr<rabbitmq_transport>> make_rabbitmq_t
 ///   publish `task_outcome` JSON to it (persistent, confirmed).
 /// - `<prefix>control`: fanout exchange; each source binds an exclusive
 ///   auto-delete queue; cancel notices `{"task": id, "attempt": n}`.
+///
+/// Each dispatcher and each source owns one connection
+/// (`<connection_name>.dispatch` / `.tasks`) and one thread, on which every
+/// callback runs. A source's `prefetch` is one limit for the channel that
+/// consumes all its capabilities (`basic.qos` global): at most `prefetch`
+/// unacknowledged deliveries in total. `connection.prefetch`,
+/// `queue_bound` and `queue_expiry` are the transport's and not used here.
 struct AISE_RABBITMQ_EXPORT rabbitmq_task_options {
   rabbitmq_options connection;
   /// Dispatcher: the capabilities served by workers (their queues are
@@ -176,11 +183,51 @@ struct AISE_RABBITMQ_EXPORT rabbitmq_task_options {
   std::chrono::milliseconds buffer_deadline{60000};
 };
 
+/// Counters of a RabbitMQ task dispatcher or task source since it was made.
+struct AISE_RABBITMQ_EXPORT rabbitmq_task_stats {
+  /// Dispatcher: hand-off publications the broker confirmed (a republished
+  /// hand-off counts once per confirmed publication).
+  std::uint64_t confirmed = 0;
+  /// Dispatcher: hand-offs published again (the connection broke before
+  /// their confirm, or the broker nacked or returned them).
+  std::uint64_t republished = 0;
+  /// Dispatcher: hand-offs reported through `dispatch_callbacks::undeliverable`.
+  std::uint64_t undeliverable = 0;
+  /// Dispatcher: outcomes received; source: outcomes reported (confirmed).
+  std::uint64_t outcomes = 0;
+  /// Source: hand-offs given to the worker (redeliveries count again).
+  std::uint64_t delivered = 0;
+  /// Both: messages moved to `<prefix>dead` (confirmed), undecodable ones included.
+  std::uint64_t dead_lettered = 0;
+  /// Both: connections reopened after a loss.
+  std::uint64_t reconnects = 0;
+  /// Both: the broker connection is up now.
+  bool connected = false;
+};
+
+/// What `make_rabbitmq_dispatcher` returns: a `task_dispatcher` with
+/// counters (`std::dynamic_pointer_cast` the result to reach them).
+class AISE_RABBITMQ_EXPORT rabbitmq_task_dispatcher : public task_dispatcher {
+ public:
+  /// A snapshot of the counters; thread-safe.
+  [[nodiscard]] virtual rabbitmq_task_stats stats() const = 0;
+};
+
+/// What `make_rabbitmq_task_source` returns: a `task_source` with counters.
+class AISE_RABBITMQ_EXPORT rabbitmq_task_source : public task_source {
+ public:
+  /// A snapshot of the counters; thread-safe.
+  [[nodiscard]] virtual rabbitmq_task_stats stats() const = 0;
+};
+
 /// Connects and declares the topology. Errors as make_rabbitmq_transport.
+/// The result is a `rabbitmq_task_dispatcher`. Threads and guarantees: the
+/// "Task queues" section of docs/rabbitmq.md.
 AISE_RABBITMQ_EXPORT result<std::shared_ptr<task_dispatcher>> make_rabbitmq_dispatcher(
     rabbitmq_task_options options);
 /// Connects and declares the dead-letter exchange and queue; the task
-/// queues are declared by `start`. Errors as make_rabbitmq_transport.
+/// queues are declared by `start`. Errors as make_rabbitmq_transport. The
+/// result is a `rabbitmq_task_source`.
 AISE_RABBITMQ_EXPORT result<std::shared_ptr<task_source>> make_rabbitmq_task_source(
     rabbitmq_task_options options);
 
