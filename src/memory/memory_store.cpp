@@ -648,8 +648,10 @@ class memory_store final : public store {
       if (slot != row.leases.end() && slot->attempt == key.attempt) {
         if (slot->state != lease_state::held || slot->worker != worker)
           return fail(errc::conflict, "acquire_lease: " + describe_lease(*slot));
-        slot->expires_at = now + ttl;  // delivered again to its holder: a renewal
-        return *slot;
+        task_lease renewed = *slot;  // the return value, made before the commit
+        renewed.expires_at = now + ttl;
+        slot->expires_at = renewed.expires_at;  // delivered again to its holder: a renewal
+        return renewed;
       }
       task_lease copy = fresh;                    // the return value, made before the commit
       row.leases.insert(slot, std::move(fresh));  // strong guarantee (nothrow moves)
@@ -734,11 +736,12 @@ class memory_store final : public store {
         row.leases.insert(slot, std::move(ended));
         return copy;
       }
-      if (slot->state == lease_state::held && (!only_if_expired || slot->expires_at < now)) {
-        slot->state = to;
-        slot->ended_at = now;
+      task_lease after = *slot;  // the return value, made before the commit
+      if (after.state == lease_state::held && (!only_if_expired || after.expires_at < now)) {
+        after.state = slot->state = to;
+        after.ended_at = slot->ended_at = now;
       }
-      return *slot;
+      return after;
     });
   }
 

@@ -1019,29 +1019,42 @@ class sql_store final : public store {
           detail::transaction tx(c, kind());
           std::set<std::pair<std::string, int>> renewed;
           const int held = static_cast<int>(lease_state::held);
-          std::string task_id;
-          int attempt = 0;
           if (kind() == dialect::postgresql) {
-            // One statement for every key: the keys as two arrays.
+            // One statement for every key: the keys as two arrays. The
+            // heartbeat of every worker: prepared once per connection.
+            struct values {
+              std::string ids, numbers, worker, task_id;
+              long long expires = 0;
+              int held = 0, attempt = 0;
+            };
+            auto prepare = [](values& v, connection& c) {
+              return std::make_unique<soci::statement>(
+                  (c.session.prepare
+                       << "UPDATE task_leases AS l SET expires_at = :e FROM unnest(CAST(:t "
+                          "AS text[]), CAST(:a AS int[])) AS k(task_id, attempt) WHERE "
+                          "l.task_id = k.task_id AND l.attempt = k.attempt AND l.state = :s "
+                          "AND l.worker = :w RETURNING l.task_id, l.attempt",
+                   soci::use(v.expires), soci::use(v.ids), soci::use(v.numbers), soci::use(v.held),
+                   soci::use(v.worker), soci::into(v.task_id), soci::into(v.attempt)));
+            };
+            auto [v, st] = cached<values>(c, cached_id::renew_leases_pg, prepare);
             pg_array ids, numbers;
             for (const lease_key& k : keys) {
               ids.add(k.task_id);
               numbers.add(static_cast<long long>(k.attempt));
             }
-            const std::string t = ids.done(), a = numbers.done();
-            soci::statement st =
-                (c.session.prepare
-                     << "UPDATE task_leases AS l SET expires_at = :e FROM unnest(CAST(:t AS "
-                        "text[]), CAST(:a AS int[])) AS k(task_id, attempt) WHERE l.task_id = "
-                        "k.task_id AND l.attempt = k.attempt AND l.state = :s AND l.worker = :w "
-                        "RETURNING l.task_id, l.attempt",
-                 soci::use(expires), soci::use(t), soci::use(a), soci::use(held), soci::use(who),
-                 soci::into(task_id), soci::into(attempt));
+            v.ids = ids.done();
+            v.numbers = numbers.done();
+            v.expires = expires;
+            v.held = held;
+            v.worker = who;
             for (bool got = st.execute(true); got; got = st.fetch())
-              renewed.emplace(task_id, attempt);
+              renewed.emplace(v.task_id, v.attempt);
           } else {
             // SQLite: a statement per batch of keys, within the bound-variable limit.
             constexpr std::size_t batch = 400;
+            std::string task_id;
+            int attempt = 0;
             for (std::size_t from = 0; from < keys.size(); from += batch) {
               const std::size_t n = std::min(batch, keys.size() - from);
               std::vector<int> numbers;
@@ -1725,7 +1738,12 @@ class sql_store final : public store {
   }
 
   /// Slots of connection::cached.
-  enum class cached_id : std::size_t { reserve_sequences, upsert_attempt, insert_task };
+  enum class cached_id : std::size_t {
+    reserve_sequences,
+    upsert_attempt,
+    insert_task,
+    renew_leases_pg
+  };
 
   /// The statement in slot `id` of `c`, prepared by `make(values, c)` on
   /// first use, with the variables it binds.

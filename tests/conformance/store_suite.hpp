@@ -1627,6 +1627,341 @@ inline void budgets(const store_factory& make) {
   CHECK(must(s->get_budget("shared")).spent == 48);
 }
 
+// ---------------------------------------------------------------------------
+// Leases
+// ---------------------------------------------------------------------------
+
+/// Inserts task `id` as `running` attempt `attempt` (version 1).
+inline void insert_running(store& s, const std::string& id, int attempt) {
+  task t = make_task(id);
+  t.state = task_state::running;
+  t.attempt = attempt;
+  must(s.insert_tasks({t}, {}));
+}
+
+inline lease_key key_of(const std::string& id, int attempt) {
+  return lease_key{id, attempt};
+}
+
+/// "t-1#1,t-2#3": keys compared as text, so a failure prints both sides.
+inline std::string keys_text(const std::vector<lease_key>& keys) {
+  std::vector<std::string> out;
+  out.reserve(keys.size());
+  for (const lease_key& k : keys) out.push_back(k.task_id + "#" + std::to_string(k.attempt));
+  return joined(out);
+}
+
+/// "t-1#1:held:w1,…": rows compared as text.
+inline std::string leases_text(const std::vector<task_lease>& leases) {
+  std::vector<std::string> out;
+  out.reserve(leases.size());
+  for (const task_lease& l : leases)
+    out.push_back(l.task_id + "#" + std::to_string(l.attempt) + ":" +
+                  std::string(to_string(l.state)) + ":" + l.worker);
+  return joined(out);
+}
+
+inline void leases_acquire_and_renew(const store_factory& make) {
+  using namespace std::chrono_literals;
+  auto s = fresh(make);
+  insert_running(*s, "t-1", 1);
+  insert_running(*s, "t-2", 1);
+  insert_running(*s, "t-3", 2);
+  auto queued = make_task("t-q");
+  must(s->insert_tasks({queued}, {}));
+
+  // The task row decides first: unknown, not running, or another attempt.
+  expect_error(s->acquire_lease(key_of("nope", 1), "w1", at(100), 30s), errc::not_found);
+  expect_error(s->acquire_lease(key_of("t-q", 1), "w1", at(100), 30s), errc::conflict);
+  expect_error(s->acquire_lease(key_of("t-3", 1), "w1", at(100), 30s), errc::conflict);
+  expect_error(s->acquire_lease(key_of("t-1", 2), "w1", at(100), 30s), errc::conflict);
+  // Arguments no attempt can have.
+  expect_error(s->acquire_lease(key_of("t-1", 1), "", at(100), 30s), errc::invalid_argument);
+  expect_error(s->acquire_lease(key_of("t-1", 0), "w1", at(100), 30s), errc::invalid_argument);
+  expect_error(s->acquire_lease(key_of("", 1), "w1", at(100), 30s), errc::invalid_argument);
+  expect_error(s->acquire_lease(key_of("t-1", 1), "w1", at(100), 0s), errc::invalid_argument);
+  expect_error(s->acquire_lease(key_of("t-1", 1), "w1", at(100), -1s), errc::invalid_argument);
+  CHECK(must(s->get_leases({"t-1", "t-q", "nope"})).empty());  // nothing written
+
+  task_lease l = must(s->acquire_lease(key_of("t-1", 1), "w1", at(100), 30s));
+  CHECK(l.task_id == "t-1");
+  CHECK(l.attempt == 1);
+  CHECK(l.worker == "w1");
+  CHECK(l.state == lease_state::held);
+  CHECK(l.acquired_at == at(100));
+  CHECK(l.expires_at == at(130));
+  CHECK(l.ended_at == time_point{});
+  CHECK_FALSE(l.outcome.has_value());
+  auto stored = must(s->get_leases({"t-1"}));
+  REQUIRE(stored.size() == 1);
+  CHECK(stored[0].worker == "w1");
+  CHECK(stored[0].state == lease_state::held);
+  CHECK(stored[0].acquired_at == at(100));
+  CHECK(stored[0].expires_at == at(130));
+  CHECK(stored[0].ended_at == time_point{});
+  CHECK_FALSE(stored[0].outcome.has_value());
+  CHECK(must(s->get_task("t-1")).version == 1);  // the task row is not written
+
+  // Delivered again to the same worker: renewed. Another worker: conflict.
+  l = must(s->acquire_lease(key_of("t-1", 1), "w1", at(110), 30s));
+  CHECK(l.state == lease_state::held);
+  CHECK(l.acquired_at == at(100));
+  CHECK(l.expires_at == at(140));
+  expect_error(s->acquire_lease(key_of("t-1", 1), "w2", at(111), 30s), errc::conflict);
+  CHECK(must(s->get_leases({"t-1"})).at(0).worker == "w1");
+
+  // Heartbeats: the keys no longer held by the worker come back, in order.
+  must(s->acquire_lease(key_of("t-2", 1), "w1", at(100), 30s));
+  must(s->acquire_lease(key_of("t-3", 2), "w2", at(100), 30s));
+  auto gone = must(s->renew_leases(
+      "w1",
+      {key_of("t-1", 1), key_of("nope", 1), key_of("t-2", 1), key_of("t-1", 2), key_of("t-3", 2)},
+      at(120), 30s));
+  CHECK(keys_text(gone) == "nope#1,t-1#2,t-3#2");
+  auto rows = must(s->get_leases({"t-1", "t-2", "t-3"}));
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0].expires_at == at(150));
+  CHECK(rows[1].expires_at == at(150));
+  CHECK(rows[2].expires_at == at(130));  // w2's lease: untouched
+  // A lease past its expiry is still the worker's until the scheduler ends it.
+  CHECK(must(s->renew_leases("w2", {key_of("t-3", 2)}, at(200), 30s)).empty());
+  CHECK(must(s->get_leases({"t-3"})).at(0).expires_at == at(230));
+
+  // Ended by the scheduler (lost or revoked): the worker hears it on its next heartbeat.
+  CHECK(must(s->end_lease(key_of("t-2", 1), lease_state::revoked, at(125), false)).state ==
+        lease_state::revoked);
+  CHECK(must(s->end_lease(key_of("t-3", 2), lease_state::lost, at(300), true)).state ==
+        lease_state::lost);
+  CHECK(keys_text(must(
+            s->renew_leases("w1", {key_of("t-1", 1), key_of("t-2", 1)}, at(130), 30s))) == "t-2#1");
+  CHECK(keys_text(must(s->renew_leases("w2", {key_of("t-3", 2)}, at(300), 30s))) == "t-3#2");
+  rows = must(s->get_leases({"t-2"}));
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0].expires_at == at(150));  // a revoked lease is not renewed
+  CHECK(rows[0].ended_at == at(125));
+
+  CHECK(must(s->renew_leases("w1", {}, at(130), 30s)).empty());
+  expect_error(s->renew_leases("", {key_of("t-1", 1)}, at(130), 30s), errc::invalid_argument);
+  expect_error(s->renew_leases("w1", {key_of("t-1", 1)}, at(130), 0s), errc::invalid_argument);
+  CHECK(must(s->get_leases({"t-1"})).at(0).expires_at == at(160));
+}
+
+inline void leases_finish_and_end(const store_factory& make) {
+  using namespace std::chrono_literals;
+  auto s = fresh(make);
+  for (const char* id : {"t-1", "t-2", "t-3", "t-4"}) insert_running(*s, id, 1);
+  const nlohmann::json first = {{"state", "succeeded"}, {"result", {{"answer", 42}}}};
+  const nlohmann::json second = {{"state", "failed"}};
+
+  // finish: held → done with the outcome, even past the expiry; then idempotent.
+  expect_error(s->finish_lease(key_of("t-1", 1), "w1", first, at(100)), errc::not_found);
+  expect_error(s->finish_lease(key_of("nope", 1), "w1", first, at(100)), errc::not_found);
+  must(s->acquire_lease(key_of("t-1", 1), "w1", at(100), 30s));
+  expect_error(s->finish_lease(key_of("t-1", 1), "w2", first, at(140)), errc::conflict);
+  expect_error(s->finish_lease(key_of("t-1", 1), "", first, at(140)), errc::invalid_argument);
+  expect_error(s->finish_lease(key_of("t-1", 0), "w1", first, at(140)), errc::invalid_argument);
+  task_lease l = must(s->finish_lease(key_of("t-1", 1), "w1", first, at(140)));
+  CHECK(l.state == lease_state::done);
+  CHECK(l.worker == "w1");
+  CHECK(l.ended_at == at(140));
+  REQUIRE(l.outcome.has_value());
+  CHECK(*l.outcome == first);
+  l = must(s->finish_lease(key_of("t-1", 1), "w1", second, at(150)));
+  CHECK(l.state == lease_state::done);
+  CHECK(l.ended_at == at(140));
+  REQUIRE(l.outcome.has_value());
+  CHECK(*l.outcome == first);  // the first outcome stays
+  expect_error(s->finish_lease(key_of("t-1", 1), "w2", second, at(150)), errc::conflict);
+  expect_error(s->acquire_lease(key_of("t-1", 1), "w1", at(150), 30s), errc::conflict);
+  // The scheduler cannot take a done attempt back.
+  l = must(s->end_lease(key_of("t-1", 1), lease_state::revoked, at(160), false));
+  CHECK(l.state == lease_state::done);
+  CHECK(l.ended_at == at(140));
+  REQUIRE(l.outcome.has_value());
+  CHECK(*l.outcome == first);
+  auto stored = must(s->get_leases({"t-1"}));
+  REQUIRE(stored.size() == 1);
+  CHECK(stored[0].state == lease_state::done);
+  REQUIRE(stored[0].outcome.has_value());
+  CHECK(*stored[0].outcome == first);
+
+  // Lost first: the worker's outcome does not count.
+  must(s->acquire_lease(key_of("t-2", 1), "w1", at(100), 30s));
+  l = must(s->end_lease(key_of("t-2", 1), lease_state::lost, at(131), true));
+  CHECK(l.state == lease_state::lost);
+  CHECK(l.worker == "w1");
+  CHECK(l.ended_at == at(131));
+  expect_error(s->finish_lease(key_of("t-2", 1), "w1", first, at(132)), errc::conflict);
+  l = must(s->end_lease(key_of("t-2", 1), lease_state::revoked, at(140), false));
+  CHECK(l.state == lease_state::lost);  // already ended: unchanged
+  CHECK(l.ended_at == at(131));
+  CHECK_FALSE(must(s->get_leases({"t-2"})).at(0).outcome.has_value());
+
+  // Ended before anyone took it: a row without a worker that no delivery can take.
+  l = must(s->end_lease(key_of("t-3", 1), lease_state::revoked, at(100), true));
+  CHECK(l.task_id == "t-3");
+  CHECK(l.attempt == 1);
+  CHECK(l.state == lease_state::revoked);
+  CHECK(l.worker.empty());
+  CHECK(l.ended_at == at(100));
+  expect_error(s->acquire_lease(key_of("t-3", 1), "w1", at(101), 30s), errc::conflict);
+  expect_error(s->finish_lease(key_of("t-3", 1), "w1", first, at(102)), errc::conflict);
+  CHECK(keys_text(must(s->renew_leases("w1", {key_of("t-3", 1)}, at(103), 30s))) == "t-3#1");
+  CHECK(leases_text(must(s->get_leases({"t-3"}))) == "t-3#1:revoked:");
+
+  // only_if_expired: a live lease is left alone, an expired one ends.
+  must(s->acquire_lease(key_of("t-4", 1), "w1", at(100), 30s));
+  l = must(s->end_lease(key_of("t-4", 1), lease_state::lost, at(120), true));
+  CHECK(l.state == lease_state::held);
+  CHECK(l.expires_at == at(130));
+  CHECK(l.ended_at == time_point{});
+  CHECK(must(s->end_lease(key_of("t-4", 1), lease_state::lost, at(130), true)).state ==
+        lease_state::held);  // expires_at < now, strictly
+  must(s->renew_leases("w1", {key_of("t-4", 1)}, at(125), 30s));
+  CHECK(must(s->end_lease(key_of("t-4", 1), lease_state::lost, at(150), true)).state ==
+        lease_state::held);  // renewed until 155
+  l = must(s->end_lease(key_of("t-4", 1), lease_state::lost, at(156), true));
+  CHECK(l.state == lease_state::lost);
+  CHECK(l.ended_at == at(156));
+  CHECK(l.expires_at == at(155));
+
+  // end_lease arguments.
+  expect_error(s->end_lease(key_of("t-1", 1), lease_state::held, at(1), false),
+               errc::invalid_argument);
+  expect_error(s->end_lease(key_of("t-1", 1), lease_state::done, at(1), false),
+               errc::invalid_argument);
+  expect_error(s->end_lease(key_of("t-1", 0), lease_state::lost, at(1), false),
+               errc::invalid_argument);
+  expect_error(s->end_lease(key_of("", 1), lease_state::lost, at(1), false),
+               errc::invalid_argument);
+  // A lease belongs to a task: none is made for an unknown one.
+  expect_error(s->end_lease(key_of("nope", 1), lease_state::revoked, at(1), false),
+               errc::not_found);
+  CHECK(must(s->get_leases({"nope"})).empty());
+}
+
+inline void leases_listing_and_retention(const store_factory& make) {
+  using namespace std::chrono_literals;
+  auto s = fresh(make);
+  insert_running(*s, "t-b", 2);
+  insert_running(*s, "t-a", 1);
+  insert_running(*s, "t-c", 1);
+  must(s->acquire_lease(key_of("t-b", 2), "w2", at(100), 30s));
+  must(s->end_lease(key_of("t-b", 3), lease_state::lost, at(100), false));
+  must(s->end_lease(key_of("t-b", 1), lease_state::revoked, at(100), false));
+  must(s->acquire_lease(key_of("t-a", 1), "w1", at(100), 30s));
+  must(s->acquire_lease(key_of("t-c", 1), "w1", at(100), 30s));
+
+  // Ordered by task id, then attempt; each task once; unknown ids skipped.
+  CHECK(leases_text(must(s->get_leases({"t-b", "nope", "t-a", "t-b"}))) ==
+        "t-a#1:held:w1,t-b#1:revoked:,t-b#2:held:w2,t-b#3:lost:");
+  CHECK(must(s->get_leases({})).empty());
+  std::vector<std::string> many;
+  for (int i = 0; i < 999; ++i) many.push_back("a-" + std::to_string(i));  // sort before t-c
+  many.push_back("t-c");
+  CHECK(leases_text(must(s->get_leases(many))) == "t-c#1:held:w1");  // 1,000: the limit
+  many.push_back("t-a");
+  expect_error(s->get_leases(many), errc::invalid_argument);
+
+  // Retention drops a finished task's lease rows with it.
+  must(s->finish_lease(key_of("t-a", 1), "w1", {{"state", "succeeded"}}, at(110)));
+  must(s->update_task(change("t-a", 1, task_state::succeeded)));
+  auto later = make_task("t-z");
+  later.state = task_state::succeeded;
+  later.updated_at = at(1000);
+  must(s->insert_tasks({later}, {}));
+  retention_policy keep1;
+  keep1.max_finished_tasks = 1;
+  CHECK(must(s->compact(keep1)).tasks_removed == 1);
+  expect_error(s->get_task("t-a"), errc::not_found);
+  CHECK(leases_text(must(s->get_leases({"t-a", "t-b", "t-c"}))) ==
+        "t-b#1:revoked:,t-b#2:held:w2,t-b#3:lost:,t-c#1:held:w1");
+  // The id is free again, with no lease left behind.
+  insert_running(*s, "t-a", 1);
+  CHECK(must(s->acquire_lease(key_of("t-a", 1), "w3", at(200), 30s)).worker == "w3");
+}
+
+/// Workers finishing and schedulers ending the same attempts at once:
+/// exactly one side wins each attempt, and every caller learns which.
+/// `worker_side` and `scheduler_side` may be one store or two stores on one
+/// database (two processes).
+inline void finish_end_race(const std::shared_ptr<store>& worker_side,
+                            const std::shared_ptr<store>& scheduler_side, int keys = 24) {
+  using namespace std::chrono_literals;
+  for (int i = 0; i < keys; ++i) {
+    const std::string id = "race-" + std::to_string(100 + i);
+    insert_running(*worker_side, id, 1);
+    must(worker_side->acquire_lease(key_of(id, 1), "w1", at(100), 30s));
+  }
+  constexpr int threads = 6;  // even: finishers, odd: the scheduler ending leases
+  enum class seen : int { none, finished, done, revoked, conflict, other };
+  std::vector<std::vector<seen>> outcomes(threads, std::vector<seen>(keys, seen::none));
+  std::vector<std::string> errors(threads);
+  {
+    std::latch start(threads);
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back([&, t] {
+        start.arrive_and_wait();
+        for (int n = 0; n < keys; ++n) {
+          const int i = (n + t * 5) % keys;  // threads start at different keys
+          const lease_key k = key_of("race-" + std::to_string(100 + i), 1);
+          seen& out = outcomes[t][i];
+          if (t % 2 == 0) {
+            auto r = worker_side->finish_lease(k, "w1", {{"by", t}}, at(140));
+            if (r.ok()) {
+              out = r->state == lease_state::done ? seen::finished : seen::other;
+            } else if (r.error().code() == errc::conflict) {
+              out = seen::conflict;
+            } else {
+              out = seen::other;
+              errors[t] = r.error().describe();
+            }
+          } else {
+            auto r = scheduler_side->end_lease(k, lease_state::revoked, at(140), false);
+            if (!r.ok()) {
+              out = seen::other;
+              errors[t] = r.error().describe();
+            } else {
+              out = r->state == lease_state::done      ? seen::done
+                    : r->state == lease_state::revoked ? seen::revoked
+                                                       : seen::other;
+            }
+          }
+        }
+      });
+    }
+    for (auto& w : workers) w.join();
+  }
+  for (int t = 0; t < threads; ++t) CHECK_MESSAGE(errors[t].empty(), errors[t]);
+  std::vector<std::string> ids;
+  for (int i = 0; i < keys; ++i) ids.push_back("race-" + std::to_string(100 + i));
+  auto rows = must(scheduler_side->get_leases(ids));
+  REQUIRE(rows.size() == static_cast<std::size_t>(keys));
+  for (int i = 0; i < keys; ++i) {
+    const task_lease& row = rows[static_cast<std::size_t>(i)];
+    const bool finished = row.state == lease_state::done;
+    CHECK_MESSAGE((finished || row.state == lease_state::revoked), row.task_id);
+    for (int t = 0; t < threads; ++t) {
+      const seen want = t % 2 == 0 ? (finished ? seen::finished : seen::conflict)
+                                   : (finished ? seen::done : seen::revoked);
+      const std::string what = row.task_id + ", thread " + std::to_string(t);
+      CHECK_MESSAGE(outcomes[t][i] == want, what);
+    }
+    if (finished) {
+      REQUIRE(row.outcome.has_value());
+      CHECK(row.outcome->contains("by"));
+    } else {
+      CHECK_FALSE(row.outcome.has_value());
+    }
+  }
+}
+
+inline void leases_race(const store_factory& make) {
+  auto s = fresh(make);
+  finish_end_race(s, s);
+}
+
 inline void json_round_trip(const store_factory& make) {
   auto s = fresh(make);
   const nlohmann::json tricky = tricky_json();
@@ -1778,5 +2113,18 @@ inline void json_round_trip(const store_factory& make) {
   }                                                                                                \
   TEST_CASE(label " store: budgets") {                                                             \
     ::aise::conformance::store_suite::budgets(&aise_store_conformance_make_##id);                  \
+  }                                                                                                \
+  TEST_CASE(label " store: leases acquire and renew") {                                            \
+    ::aise::conformance::store_suite::leases_acquire_and_renew(&aise_store_conformance_make_##id); \
+  }                                                                                                \
+  TEST_CASE(label " store: leases finish and end") {                                               \
+    ::aise::conformance::store_suite::leases_finish_and_end(&aise_store_conformance_make_##id);    \
+  }                                                                                                \
+  TEST_CASE(label " store: leases listing and retention") {                                        \
+    ::aise::conformance::store_suite::leases_listing_and_retention(                                \
+        &aise_store_conformance_make_##id);                                                        \
+  }                                                                                                \
+  TEST_CASE(label " store: leases finish and end race, one winner per attempt") {                  \
+    ::aise::conformance::store_suite::leases_race(&aise_store_conformance_make_##id);              \
   }                                                                                                \
   static_assert(true, "require a semicolon")

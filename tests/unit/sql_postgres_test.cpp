@@ -45,6 +45,7 @@ std::string conninfo(const std::string& url) {
 struct opened {
   std::shared_ptr<aise::store> store;
   std::string database;
+  aise::sql::store_options options;  ///< Opens another store on the same database.
 };
 
 /// A store on a database of its own.
@@ -67,7 +68,7 @@ opened open_fresh(std::size_t pool_size = 4) {
   o.pool_size = pool_size;
   auto s = aise::sql::open_store(o);
   REQUIRE_MESSAGE(s.ok(), (s.ok() ? std::string() : s.error().describe()));
-  return {*s, name};
+  return {*s, name, o};
 }
 
 std::shared_ptr<aise::store> open_postgres() {
@@ -83,7 +84,7 @@ TEST_CASE("postgresql store: backend name") {
 }
 
 TEST_CASE("postgresql store: a lost connection fails the call in progress and is reopened") {
-  auto [s, database] = open_fresh(1);  // one connection: the next call must reuse it
+  auto [s, database, options] = open_fresh(1);  // one connection: the next call must reuse it
   aise::project p;
   p.id = "before";
   REQUIRE(s->create_project(p).ok());
@@ -107,4 +108,14 @@ TEST_CASE("postgresql store: a lost connection fails the call in progress and is
   p.id = "after";
   CHECK(s->create_project(p).ok());
   CHECK(s->list_projects("", 10)->items.size() == 2);
+}
+
+TEST_CASE("postgresql store: leases raced by two stores on one database (two processes)") {
+  // Each store has its own connections, as a worker process and the
+  // scheduler's process would: the database alone decides who wins
+  // (READ COMMITTED, the conditional UPDATE re-checked on the committed row).
+  auto first = open_fresh();
+  auto second = aise::sql::open_store(first.options);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? std::string() : second.error().describe()));
+  aise::conformance::store_suite::finish_end_race(first.store, *second, 40);
 }

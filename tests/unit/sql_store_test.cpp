@@ -14,6 +14,7 @@
 #include <soci/sqlite3/soci-sqlite3.h>
 #include <string>
 #include <unistd.h>
+#include <vector>
 
 #include "conformance/store_suite.hpp"
 
@@ -175,4 +176,36 @@ TEST_CASE("sql store: bad URLs and unreachable databases are clear errors") {
   auto hidden = aise::sql::open_store(o);
   REQUIRE_FALSE(hidden.ok());
   CHECK_FALSE(contains(hidden.error().message(), "secret"));
+}
+
+TEST_CASE("sqlite store: leases raced by two stores on one file (two processes)") {
+  // Each store has its own connections, as a worker process and the
+  // scheduler's process would: the database alone decides who wins.
+  const std::string path = fresh_path();
+  auto worker_side = must(aise::sql::open_store(sqlite_options(path)));
+  auto scheduler_side = must(aise::sql::open_store(sqlite_options(path)));
+  aise::conformance::store_suite::finish_end_race(worker_side, scheduler_side, 40);
+}
+
+TEST_CASE("sqlite store: renew_leases with more keys than one statement binds") {
+  using namespace std::chrono_literals;
+  using aise::conformance::store_suite::at;
+  using aise::conformance::store_suite::insert_running;
+  auto s = open_sqlite();
+  std::vector<aise::lease_key> keys;
+  for (int i = 0; i < 450; ++i) {
+    const std::string id = "t-" + std::to_string(1000 + i);
+    insert_running(*s, id, 1);
+    if (i % 100 != 7) must(s->acquire_lease({id, 1}, "w1", at(100), 30s));  // 5 never taken
+    keys.push_back({id, 1});
+  }
+  auto gone = must(s->renew_leases("w1", keys, at(110), 30s));
+  REQUIRE(gone.size() == 5);
+  CHECK(gone.front().task_id == "t-1007");
+  CHECK(gone.back().task_id == "t-1407");
+  std::vector<std::string> ids;
+  for (const auto& k : keys) ids.push_back(k.task_id);
+  auto rows = must(s->get_leases(ids));
+  REQUIRE(rows.size() == 445);
+  for (const auto& l : rows) CHECK(l.expires_at == at(140));
 }
