@@ -193,9 +193,13 @@ rmq_consumer_timeout() {
   local ms=${1:-}
   [[ $ms =~ ^[0-9]+$ ]] || die "usage: scripts/services.sh consumer-timeout rabbitmq <milliseconds>"
   rmq_running || die "rabbitmq is not running"
-  ctl eval "application:set_env(rabbit, consumer_timeout, $ms)." >/dev/null ||
+  # The broker checks the timeout on each channel tick (60 s by default):
+  # a short timeout comes with a short tick, as RabbitMQ's own tests do.
+  local tick=60000
+  ((ms < 60000)) && tick=250
+  ctl eval "application:set_env(rabbit, consumer_timeout, $ms), application:set_env(rabbit, channel_tick_interval, $tick)." >/dev/null ||
     die "rabbitmq: consumer_timeout not set"
-  log "rabbitmq: consumer_timeout = $ms ms for new channels"
+  log "rabbitmq: consumer_timeout = $ms ms (channel tick $tick ms) for new channels"
 }
 
 rmq_stop() {

@@ -15,14 +15,18 @@
 #include <aise/runtime.hpp>
 #include <aise/sql.hpp>
 
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <libpq-fe.h>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <soci/postgresql/soci-postgresql.h>
 #include <soci/soci.h>
@@ -54,14 +58,27 @@ int services(const std::string& args) {
   return std::system(command.c_str());  // NOLINT(cert-env33-c): a test helper
 }
 
+/// libpq's key=value form of a URL (what SOCI's connect string takes).
+std::string conninfo(const std::string& url) {
+  char* message = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(url.c_str(), &message);
+  REQUIRE_MESSAGE(parsed != nullptr, (message != nullptr ? message : "bad URL"));
+  std::string out;
+  for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+    if (o->val == nullptr || *o->val == '\0') continue;
+    out += std::string(out.empty() ? "" : " ") + o->keyword + "=" + o->val;
+  }
+  PQconninfoFree(parsed);
+  return out;
+}
+
 /// A database of its own on the test PostgreSQL; returns its URL.
 std::string fresh_database() {
   static std::atomic<int> counter{0};
   const std::string admin = env_or_skip("AISE_TEST_POSTGRES_URL");
   const std::string name = fmt::format("aise_dist_{}_{}", ::getpid(), counter.fetch_add(1));
   {
-    // SOCI's PostgreSQL backend takes a libpq URI as well.
-    soci::session db(soci::postgresql, admin);
+    soci::session db(soci::postgresql, conninfo(admin));
     db << "DROP DATABASE IF EXISTS " + name;
     db << "CREATE DATABASE " + name;
   }
@@ -215,7 +232,7 @@ struct tally {
 
 tally count_in_database(const std::string& url) {
   tally t;
-  soci::session db(soci::postgresql, url);
+  soci::session db(soci::postgresql, conninfo(url));
   db << "SELECT count(*) FROM tasks", soci::into(t.tasks);
   db << "SELECT count(*) FROM tasks WHERE state = 'succeeded'", soci::into(t.succeeded);
   db << "SELECT count(*) FROM tasks WHERE attempt > 1", soci::into(t.retried);
@@ -225,6 +242,51 @@ tally count_in_database(const std::string& url) {
   db << "SELECT count(*) FROM tasks WHERE state = 'succeeded' AND result IS NULL",
       soci::into(t.missing_result);
   return t;
+}
+
+/// The control for the consumer-timeout case: a raw consumer that holds
+/// one delivery without acknowledging it. Returns how long until the broker
+/// closed its channel (nullopt: not within `limit`).
+std::optional<std::chrono::milliseconds> raw_consumer_timed_out(const std::string& url,
+                                                                std::chrono::seconds limit) {
+  amqp_connection_info info{};
+  std::vector<char> buffer(url.begin(), url.end());
+  buffer.push_back('\0');
+  REQUIRE(amqp_parse_url(buffer.data(), &info) == AMQP_STATUS_OK);
+  amqp_connection_state_t conn = amqp_new_connection();
+  amqp_socket_t* socket = amqp_tcp_socket_new(conn);
+  REQUIRE(amqp_socket_open(socket, info.host, info.port) == AMQP_STATUS_OK);
+  REQUIRE(
+      amqp_login(conn, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password)
+          .reply_type == AMQP_RESPONSE_NORMAL);
+  amqp_channel_open(conn, 1);
+  REQUIRE(amqp_get_rpc_reply(conn).reply_type == AMQP_RESPONSE_NORMAL);
+  amqp_queue_declare_ok_t* q =
+      amqp_queue_declare(conn, 1, amqp_empty_bytes, 0, 0, 1, 1, amqp_empty_table);
+  REQUIRE(q != nullptr);
+  const amqp_bytes_t queue = amqp_bytes_malloc_dup(q->queue);
+  REQUIRE(amqp_basic_publish(conn, 1, amqp_empty_bytes, queue, 0, 0, nullptr,
+                             amqp_cstring_bytes("held")) == AMQP_STATUS_OK);
+  amqp_basic_consume(conn, 1, queue, amqp_empty_bytes, 0, /*no_ack=*/0, 0, amqp_empty_table);
+  REQUIRE(amqp_get_rpc_reply(conn).reply_type == AMQP_RESPONSE_NORMAL);
+  const auto start = std::chrono::steady_clock::now();
+  std::optional<std::chrono::milliseconds> closed;
+  while (std::chrono::steady_clock::now() - start < limit && !closed) {
+    amqp_frame_t frame{};
+    timeval tv{1, 0};
+    const int rc = amqp_simple_wait_frame_noblock(conn, &frame, &tv);
+    if (rc == AMQP_STATUS_TIMEOUT) continue;
+    if (rc != AMQP_STATUS_OK) break;
+    if (frame.frame_type == AMQP_FRAME_METHOD &&
+        (frame.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
+         frame.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD)) {
+      closed = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - start);
+    }
+  }
+  amqp_bytes_free(queue);
+  amqp_destroy_connection(conn);
+  return closed;
 }
 
 }  // namespace
@@ -295,11 +357,17 @@ TEST_CASE("distributed: a task longer than the consumer timeout completes in one
   struct restore {
     ~restore() { services("consumer-timeout rabbitmq 1800000"); }
   } restore_timeout;
+  // The control: the shortened timeout is in force (a consumer holding a
+  // delivery unacknowledged has its channel closed).
+  const auto control = raw_consumer_timed_out(env_or_skip("AISE_TEST_RABBITMQ_URL"), 30s);
+  REQUIRE_MESSAGE(control.has_value(), "the broker never enforced its consumer timeout");
+  MESSAGE("a raw consumer holding one delivery lost its channel after " << control->count()
+                                                                        << " ms");
   scheduler s("long", {"sleep"});
   worker_process w(s.db_url, s.amqp, s.prefix, "long-1", "sleep:1");
   aise::task_spec spec;
   spec.kind = "sleep";
-  spec.payload = {{"ms", 7000}};  // past the 2 s timeout and the broker's 1 s check
+  spec.payload = {{"ms", 7000}};  // well past the 2 s timeout and the control's time
   auto id = s.orch->submit(spec);
   REQUIRE(id);
   auto t = s.orch->wait(*id, 60s);
