@@ -8,6 +8,8 @@
 #include <aise/worker.hpp>
 
 #include <atomic>
+#include <cstdlib>
+#include <string_view>
 #include <condition_variable>
 #include <deque>
 #include <doctest/doctest.h>
@@ -298,6 +300,12 @@ struct fixture {
     o.lease_check_interval = sweep;
     o.retry_initial_backoff = 10ms;
     o.seed = 7;
+    // Also run with the orchestrator on its own thread, as with a SQL store
+    // (CTest's core/distribution_cases_on_own_thread).
+    const char* env = std::getenv("AISE_TEST_ORCHESTRATOR_THREADING");
+    if (env != nullptr && std::string_view(env) == "own_thread") {
+      o.threading = orchestrator_threading::own_thread;
+    }
     return o;
   }
   worker_options work_options(std::string id, std::shared_ptr<store> s = nullptr) {
