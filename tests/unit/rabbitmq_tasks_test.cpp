@@ -292,7 +292,8 @@ class raw_connection {
   /// Deletes the queues and exchanges of `prefix` a case made (best effort).
   void clean(const std::string& prefix, const std::vector<std::string>& capabilities) {
     for (const auto& q : {prefix + "dead", prefix + "outcomes"}) delete_queue(q);
-    for (const auto& c : capabilities) delete_queue(prefix + "task." + c);
+    const std::string queues = prefix + "task.";
+    for (const auto& c : capabilities) delete_queue(queues + c);
     for (const auto& x : {prefix + "dead", prefix + "tasks", prefix + "control"}) {
       (void)amqp_exchange_delete(state_, 1, amqp_cstring_bytes(x.c_str()), 0);
     }
@@ -719,6 +720,7 @@ TEST_CASE("rabbitmq tasks: broker restart: hand-offs buffered, bounded, and deli
   start_source(*source, box, 64);
 
   std::vector<aise::task_handoff> before;
+  before.reserve(200);
   for (int i = 0; i < 200; ++i) before.push_back(handoff("t-" + std::to_string(i)));
   dispatcher->handoff(std::move(before));
 
@@ -811,7 +813,7 @@ TEST_CASE("rabbitmq tasks: stop from inside the delivery callback ends the calls
   std::atomic<int> calls{0};
   aise::source_callbacks c;
   auto holder = std::make_shared<std::shared_ptr<aise::rabbitmq_task_source>>(source);
-  c.delivery = [&calls, holder](aise::task_handoff, std::unique_ptr<aise::task_delivery> d) {
+  c.delivery = [&calls, holder](const aise::task_handoff&, std::unique_ptr<aise::task_delivery> d) {
     calls.fetch_add(1);
     (*holder)->stop();  // from the source's own thread
     holder->reset();    // and the test's last reference goes later: no join on itself
