@@ -707,7 +707,7 @@ TEST_CASE("rabbitmq tasks: broker restart: hand-offs buffered, bounded, and deli
   auto small_options = o;
   small_options.connection.connection_name = prefix + "small";
   small_options.buffer_bound = 3;
-  small_options.buffer_deadline = 1500ms;
+  small_options.buffer_deadline = 3s;
   dispatch_log small_log;
   auto small = make_dispatcher(small_options, small_log);
   auto stopping_options = o;
