@@ -134,7 +134,7 @@ void guarded(spdlog::logger& log, std::string_view what, F&& f) noexcept {
 
 class engine : public std::enable_shared_from_this<engine> {
  public:
-  engine(rabbitmq_task_options options, broker_address address, std::string role)
+  engine(rabbitmq_task_options options, broker_address address, const std::string& role)
       : options_(std::move(options)),
         names_(options_.connection.prefix),
         address_(std::move(address)),
@@ -675,7 +675,7 @@ class dispatcher_engine final : public engine {
       if (incoming_.size() + held_ >= options_.buffer_bound) {
         overflow_.push_back(lease_key{h.task.id, h.task.attempt});
       } else {
-        incoming_.push_back({std::move(h), steady::now()});
+        incoming_.emplace_back(std::move(h), steady::now());
       }
     }
     wake();

@@ -292,16 +292,18 @@ class raw_connection {
   /// Deletes the queues and exchanges of `prefix` a case made (best effort).
   void clean(const std::string& prefix, const std::vector<std::string>& capabilities) {
     for (const auto& q : {prefix + "dead", prefix + "outcomes"}) delete_queue(q);
-    for (const auto& c : capabilities) delete_queue(prefix + "task." + c);
+    const std::string queues = prefix + "task.";
+    for (const auto& c : capabilities) delete_queue(queues + c);
     for (const auto& x : {prefix + "dead", prefix + "tasks", prefix + "control"}) {
       (void)amqp_exchange_delete(state_, 1, amqp_cstring_bytes(x.c_str()), 0);
     }
   }
 
- private:
   void delete_queue(const std::string& q) {
     (void)amqp_queue_delete(state_, 1, amqp_cstring_bytes(q.c_str()), 0, 0);
   }
+
+ private:
   amqp_connection_state_t state_ = nullptr;
 };
 
@@ -705,7 +707,7 @@ TEST_CASE("rabbitmq tasks: broker restart: hand-offs buffered, bounded, and deli
   auto small_options = o;
   small_options.connection.connection_name = prefix + "small";
   small_options.buffer_bound = 3;
-  small_options.buffer_deadline = 1500ms;
+  small_options.buffer_deadline = 3s;
   dispatch_log small_log;
   auto small = make_dispatcher(small_options, small_log);
   auto stopping_options = o;
@@ -718,6 +720,7 @@ TEST_CASE("rabbitmq tasks: broker restart: hand-offs buffered, bounded, and deli
   start_source(*source, box, 64);
 
   std::vector<aise::task_handoff> before;
+  before.reserve(200);
   for (int i = 0; i < 200; ++i) before.push_back(handoff("t-" + std::to_string(i)));
   dispatcher->handoff(std::move(before));
 
@@ -758,4 +761,77 @@ TEST_CASE("rabbitmq tasks: broker restart: hand-offs buffered, bounded, and deli
   CHECK(log.undeliverable_count() == 0);
   CHECK(dispatcher->stats().reconnects >= 1);
   CHECK(eventually([&] { return source->report(out).ok(); }));
+}
+
+TEST_CASE("rabbitmq tasks: a task queue deleted under the dispatcher is declared again") {
+  const auto prefix = fresh_prefix();
+  cleanup done{prefix};
+  const auto o = task_options(prefix);
+  dispatch_log log;
+  auto dispatcher = make_dispatcher(o, log);
+  dispatcher->handoff({handoff("t-1")});
+  REQUIRE(eventually([&] { return dispatcher->stats().confirmed == 1; }));
+  {
+    raw_connection raw;
+    REQUIRE(raw.get(prefix + "task.work").has_value());  // consumed by hand
+  }
+  {
+    raw_connection raw;
+    raw.delete_queue(prefix + "task.work");
+  }
+  // No queue: the mandatory hand-off comes back (basic.return); the
+  // dispatcher declares the queue again and publishes it again.
+  dispatcher->handoff({handoff("t-2")});
+  // A capability that cannot name a queue is reported at once.
+  dispatcher->handoff({handoff("t-3", std::string(300, 'x'))});
+  REQUIRE(eventually([&] { return log.undeliverable_count() == 1; }));
+  {
+    std::lock_guard lock(log.mutex);
+    CHECK(log.undeliverable[0].first == aise::lease_key{"t-3", 1});
+  }
+  source_box box;
+  auto source = make_source(o);
+  start_source(*source, box);
+  auto got = box.take();
+  REQUIRE(got.has_value());
+  CHECK(got->first.task.id == "t-2");
+  got->second->ack();
+  CHECK(dispatcher->stats().republished >= 1);
+}
+
+TEST_CASE("rabbitmq tasks: stop from inside the delivery callback ends the calls") {
+  const auto prefix = fresh_prefix();
+  cleanup done{prefix};
+  const auto o = task_options(prefix);
+  dispatch_log log;
+  auto dispatcher = make_dispatcher(o, log);
+  dispatcher->handoff({handoff("t-1"), handoff("t-2"), handoff("t-3")});
+  REQUIRE(eventually([&] { return dispatcher->stats().confirmed == 3; }));
+
+  auto source = make_source(o);
+  std::weak_ptr<aise::rabbitmq_task_source> weak = source;
+  std::atomic<int> calls{0};
+  aise::source_callbacks c;
+  auto holder = std::make_shared<std::shared_ptr<aise::rabbitmq_task_source>>(source);
+  c.delivery = [&calls, holder](const aise::task_handoff&, std::unique_ptr<aise::task_delivery> d) {
+    calls.fetch_add(1);
+    (*holder)->stop();  // from the source's own thread
+    holder->reset();    // and the test's last reference goes later: no join on itself
+    d->ack();           // after stop: does nothing, the delivery goes back
+  };
+  REQUIRE(source->start({"work"}, 10, c).ok());
+  REQUIRE(eventually([&] { return calls.load() >= 1; }));
+  source.reset();
+  CHECK(eventually([&] { return weak.expired(); }));
+  CHECK(calls.load() == 1);
+
+  source_box box;
+  auto again = make_source(o);
+  start_source(*again, box);
+  REQUIRE(box.wait_distinct(3));
+  for (int i = 0; i < 3; ++i) {
+    auto got = box.take();
+    REQUIRE(got.has_value());
+    got->second->ack();
+  }
 }
