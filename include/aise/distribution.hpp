@@ -102,6 +102,13 @@ class AISE_CORE_EXPORT task_dispatcher {
   /// Tells the worker running `key` (if any) to stop it: best effort; the
   /// lease, revoked before this is called, is what makes it final.
   virtual void cancel(lease_key key) = 0;
+  /// A handed-over task failed for good (its last attempt failed with no
+  /// attempt left, or was lost): keeps `last` (the final attempt's
+  /// hand-off) where operators look for poison work, with `reason` —
+  /// RabbitMQ: the dead-letter queue, header `aise-dead-reason`. Best
+  /// effort, must not block; the task's failure is in the store regardless.
+  /// Default: nothing.
+  virtual void dead_letter(task_handoff last, std::string reason) { (void)last, (void)reason; }
   /// Stops: hand-offs still buffered are reported undeliverable; no
   /// callback runs after this returns. Idempotent.
   virtual void stop() = 0;

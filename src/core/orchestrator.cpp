@@ -1866,6 +1866,17 @@ bool orchestrator_impl::finish_attempt(ops& o, task_entry& e, std::optional<nloh
     e.retry_timer = schedule_engine(
         delay, [id, n = e.t.attempt](orchestrator_impl& self) { self.on_retry_due(id, n); });
   } else {
+    if (e.remote_run) {
+      // Handed over and failed for good: the dispatcher keeps the last
+      // hand-off with the reason (RabbitMQ: the dead-letter queue).
+      o.after.push_back([weak = weak_from_this(),
+                         h = task_handoff{e.remote_run->task, *e.remote_run->dep_results},
+                         why = fmt::format("failed after attempt {} of {}: {}", e.t.attempt,
+                                           e.t.max_attempts, failure->describe())]() mutable {
+        if (auto self = weak.lock())
+          self->options.dispatcher->dead_letter(std::move(h), std::move(why));
+      });
+    }
     task_update u = base_update(e, task_state::failed);
     u.error = failure;
     u.attempt_row = row;

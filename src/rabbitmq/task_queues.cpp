@@ -688,6 +688,17 @@ class dispatcher_engine final : public engine {
     wake();
   }
 
+  void keep_dead(task_handoff last, std::string reason) {
+    std::lock_guard lock(mutex_);
+    if (dead_letters_.size() >= cancel_bound) {
+      log_->error("rabbitmq: dead letter of task {} dropped: {} wait already", last.task.id,
+                  dead_letters_.size());
+      return;
+    }
+    dead_letters_.emplace_back(std::move(last), std::move(reason));
+    wake();
+  }
+
  private:
   struct entry {
     lease_key key;
@@ -730,6 +741,8 @@ class dispatcher_engine final : public engine {
     std::deque<lease_key> cancels;
     {
       std::lock_guard lock(mutex_);
+      for (auto& d : dead_letters_) dead_waiting_.push_back(std::move(d));
+      dead_letters_.clear();
       incoming.swap(incoming_);
       overflow.swap(overflow_);
       cancels.swap(cancels_);
@@ -775,6 +788,28 @@ class dispatcher_engine final : public engine {
   }
 
   void work() override {
+    // Dead letters of tasks that failed for good: persistent, confirmed;
+    // one lost with the connection is published again.
+    while (conn_ && !dead_waiting_.empty()) {
+      auto [h, reason] = std::move(dead_waiting_.front());
+      dead_waiting_.pop_front();
+      const std::string capability = h.task.capability.empty() ? h.task.kind : h.task.capability;
+      publication p;
+      p.exchange = names_.dead;
+      p.routing_key = capability;
+      p.body = to_json(h).dump();
+      p.headers = {{dead_reason_header, reason}, {dead_capability_header, capability}};
+      p.done = [this, h = std::move(h), reason](publish_status st) mutable {
+        if (st == publish_status::confirmed) {
+          counters_.dead_lettered.fetch_add(1);
+        } else if (st == publish_status::lost) {
+          dead_waiting_.emplace_back(std::move(h), std::move(reason));
+        } else {
+          log_->error("rabbitmq: the broker refused the dead letter of task {}", h.task.id);
+        }
+      };
+      publish(std::move(p));
+    }
     while (conn_ && in_flight() < options_.publish_window &&
            !(retry_.empty() && waiting_.empty())) {
       auto& from = retry_.empty() ? waiting_ : retry_;
@@ -912,6 +947,8 @@ class dispatcher_engine final : public engine {
   std::deque<std::pair<task_handoff, steady::time_point>> incoming_;
   std::vector<lease_key> overflow_;
   std::deque<lease_key> cancels_;
+  std::deque<std::pair<task_handoff, std::string>> dead_letters_;  // mutex_
+  std::deque<std::pair<task_handoff, std::string>> dead_waiting_;  // the thread's
   std::size_t held_ = 0;  ///< Hand-offs the thread holds (waiting, in flight).
   // The thread only:
   std::deque<entry_ptr> waiting_;  ///< Not yet published.
@@ -1275,6 +1312,9 @@ class rabbitmq_dispatcher_impl final : public rabbitmq_task_dispatcher {
   }
   void handoff(std::vector<task_handoff> batch) override { e_->handoff(std::move(batch)); }
   void cancel(lease_key key) override { e_->cancel(std::move(key)); }
+  void dead_letter(task_handoff last, std::string reason) override {
+    e_->keep_dead(std::move(last), std::move(reason));
+  }
   void stop() override { e_->stop(); }
   [[nodiscard]] rabbitmq_task_stats stats() const override { return e_->stats(); }
 

@@ -289,6 +289,67 @@ std::optional<std::chrono::milliseconds> raw_consumer_timed_out(const std::strin
   return closed;
 }
 
+/// A raw rabbitmq-c connection for what libaise never does on purpose:
+/// publishing garbage into a task queue, reading the dead-letter queue.
+class raw_broker {
+ public:
+  explicit raw_broker(const std::string& url) {
+    amqp_connection_info info{};
+    std::vector<char> buffer(url.begin(), url.end());
+    buffer.push_back('\0');
+    REQUIRE(amqp_parse_url(buffer.data(), &info) == AMQP_STATUS_OK);
+    conn_ = amqp_new_connection();
+    amqp_socket_t* socket = amqp_tcp_socket_new(conn_);
+    REQUIRE(amqp_socket_open(socket, info.host, info.port) == AMQP_STATUS_OK);
+    REQUIRE(amqp_login(conn_, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user,
+                       info.password)
+                .reply_type == AMQP_RESPONSE_NORMAL);
+    amqp_channel_open(conn_, 1);
+    REQUIRE(amqp_get_rpc_reply(conn_).reply_type == AMQP_RESPONSE_NORMAL);
+  }
+  ~raw_broker() { amqp_destroy_connection(conn_); }
+  raw_broker(const raw_broker&) = delete;
+  raw_broker& operator=(const raw_broker&) = delete;
+
+  void publish(const std::string& exchange, const std::string& key, const std::string& body) {
+    amqp_basic_properties_t props{};
+    props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.delivery_mode = 2;
+    REQUIRE(amqp_basic_publish(conn_, 1, amqp_cstring_bytes(exchange.c_str()),
+                               amqp_cstring_bytes(key.c_str()), 1, 0, &props,
+                               amqp_cstring_bytes(body.c_str())) == AMQP_STATUS_OK);
+  }
+
+  struct got {
+    std::string body;
+    std::map<std::string, std::string> headers;
+  };
+  /// basic.get with ack; nullopt when the queue is empty.
+  std::optional<got> get(const std::string& queue) {
+    amqp_rpc_reply_t reply = amqp_basic_get(conn_, 1, amqp_cstring_bytes(queue.c_str()), 1);
+    REQUIRE(reply.reply_type == AMQP_RESPONSE_NORMAL);
+    if (reply.reply.id == AMQP_BASIC_GET_EMPTY_METHOD) return std::nullopt;
+    amqp_message_t message{};
+    REQUIRE(amqp_read_message(conn_, 1, &message, 0).reply_type == AMQP_RESPONSE_NORMAL);
+    got g;
+    g.body.assign(static_cast<const char*>(message.body.bytes), message.body.len);
+    if ((message.properties._flags & AMQP_BASIC_HEADERS_FLAG) != 0) {
+      const amqp_table_t& t = message.properties.headers;
+      for (int i = 0; i < t.num_entries; ++i) {
+        const amqp_table_entry_t& e = t.entries[i];
+        if (e.value.kind != AMQP_FIELD_KIND_UTF8 && e.value.kind != AMQP_FIELD_KIND_BYTES) continue;
+        g.headers[std::string(static_cast<const char*>(e.key.bytes), e.key.len)] = std::string(
+            static_cast<const char*>(e.value.value.bytes.bytes), e.value.value.bytes.len);
+      }
+    }
+    amqp_destroy_message(&message);
+    return g;
+  }
+
+ private:
+  amqp_connection_state_t conn_ = nullptr;
+};
+
 }  // namespace
 
 TEST_CASE("distributed: 3 workers and 5000 tasks with one worker SIGKILLed mid-run") {
@@ -375,5 +436,40 @@ TEST_CASE("distributed: a task longer than the consumer timeout completes in one
   CHECK(t->state == aise::task_state::succeeded);
   CHECK(t->attempt == 1);
   CHECK((*t->result)["slept_ms"] == 7000);
+  CHECK(w.terminate() == 0);
+}
+
+TEST_CASE("distributed: poison work ends in the dead-letter queue with its reason") {
+  scheduler s("poison", {"fail"});
+  worker_process w(s.db_url, s.amqp, s.prefix, "poison-1", "fail:1");
+  // A task that fails every attempt: failed for good, then dead-lettered.
+  aise::task_spec spec;
+  spec.kind = "fail";
+  spec.max_attempts = 2;
+  spec.payload = {{"message", "this input always breaks the tool"}};
+  auto id = s.orch->submit(spec);
+  REQUIRE(id);
+  auto t = s.orch->wait(*id, 60s);
+  REQUIRE(t);
+  CHECK(t->state == aise::task_state::failed);
+  CHECK(t->attempt == 2);
+  // A message no worker can decode, published straight into the task queue.
+  raw_broker raw(s.amqp);
+  raw.publish(s.prefix + "tasks", "fail", "{not json");
+  std::map<std::string, std::string> reasons;  // by body kind
+  aise::test::notifier sig;
+  const auto give_up = std::chrono::steady_clock::now() + 30s;
+  while (reasons.size() < 2 && std::chrono::steady_clock::now() < give_up) {
+    if (auto g = raw.get(s.prefix + "dead")) {
+      reasons[g->body == "{not json" ? "garbage" : "task"] = g->headers["aise-dead-reason"];
+    } else {
+      std::this_thread::sleep_for(50ms);
+    }
+  }
+  REQUIRE(reasons.size() == 2);
+  INFO("reasons: task '" << reasons["task"] << "', garbage '" << reasons["garbage"] << "'");
+  CHECK(reasons["task"].find("failed after attempt 2 of 2") != std::string::npos);
+  CHECK(reasons["task"].find("this input always breaks the tool") != std::string::npos);
+  CHECK(!reasons["garbage"].empty());
   CHECK(w.terminate() == 0);
 }

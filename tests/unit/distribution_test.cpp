@@ -8,14 +8,14 @@
 #include <aise/worker.hpp>
 
 #include <atomic>
-#include <cstdlib>
-#include <string_view>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <doctest/doctest.h>
 #include <map>
 #include <mutex>
 #include <set>
+#include <string_view>
 #include <thread>
 
 #include "test_util.hpp"
@@ -56,6 +56,10 @@ class carrier : public std::enable_shared_from_this<carrier> {
         for (auto& s : c_->sources_) targets.push_back(s.cancel);
       }
       for (auto& t : targets) t(key);
+    }
+    void dead_letter(task_handoff last, std::string reason) override {
+      std::lock_guard lock(c_->mutex_);
+      c_->dead_.emplace_back(last.task.id, std::move(reason));
     }
     void stop() override {
       std::lock_guard lock(c_->mutex_);
@@ -154,6 +158,10 @@ class carrier : public std::enable_shared_from_this<carrier> {
     std::lock_guard lock(mutex_);
     drop_reports_ = on;
   }
+  std::vector<std::pair<std::string, std::string>> dead_letters() {
+    std::lock_guard lock(mutex_);
+    return dead_;
+  }
   std::size_t handoffs() {
     std::lock_guard lock(mutex_);
     return handoffs_;
@@ -167,6 +175,7 @@ class carrier : public std::enable_shared_from_this<carrier> {
   std::condition_variable cv_;
   std::deque<std::string> queue_;
   std::vector<entry> sources_;
+  std::vector<std::pair<std::string, std::string>> dead_;
   dispatch_callbacks orch_cb_;
   std::size_t handoffs_ = 0;
   bool duplicate_ = false;
@@ -395,6 +404,26 @@ TEST_CASE("distribution: a remote task gets its dependency results and failures 
   CHECK((*attempts)[0].outcome == task_state::failed);
   CHECK((*attempts)[0].error->message() == "asked to fail");
   CHECK((*attempts)[1].outcome == task_state::succeeded);
+  CHECK(f.net->dead_letters().empty());
+
+  // Failing every attempt: failed for good, and dead-lettered with the reason.
+  task_spec poison;
+  poison.id = "poison";
+  poison.kind = "remote";
+  poison.max_attempts = 2;
+  poison.payload = {{"fail_attempts", 99}};
+  REQUIRE(orch.submit(poison));
+  auto failed = orch.wait("poison", 10s);
+  REQUIRE(failed);
+  CHECK(failed->state == task_state::failed);
+  CHECK(failed->attempt == 2);
+  test::notifier sig;
+  CHECK(sig.wait([&] { return f.net->dead_letters().size() == 1; }));
+  const auto dead = f.net->dead_letters();
+  REQUIRE(dead.size() == 1);
+  CHECK(dead[0].first == "poison");
+  CHECK(dead[0].second.find("failed after attempt 2 of 2") != std::string::npos);
+  CHECK(dead[0].second.find("asked to fail") != std::string::npos);
   w.stop(1s);
 }
 
