@@ -56,7 +56,10 @@ struct AISE_CORE_EXPORT agent_record {
   std::string project = "default";
   std::string kind;
   std::vector<std::string> capabilities;
-  std::string status;  ///< "starting", "running", "restarting", "stopped", "failed".
+  /// "starting", "running", "restarting", "stopped", "failed"; "remote" for
+  /// an agent of an aise::worker process (alive while `last_heartbeat` is
+  /// recent; an orchestrator's recover() never spawns those).
+  std::string status;
   int restarts = 0;
   time_point last_heartbeat{};
   time_point created_at{};

@@ -35,6 +35,11 @@
 /// `unavailable`, retryable) and is spawned again after a backoff (100 ms
 /// doubling to 5 s).
 ///
+/// Status: the worker writes an agent record per agent (status "remote",
+/// `last_heartbeat` = now) at start and with every heartbeat, and "stopped"
+/// when it stops; `store::list_agents` shows workers' agents beside the
+/// orchestrator's.
+///
 /// Not yet for handed-over attempts: `task_context::spawn` and `when_all`
 /// (subtasks) return / fail with `unavailable` naming this limitation.
 ///

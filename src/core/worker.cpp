@@ -108,6 +108,7 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
       if (started_) return error(errc::already_exists, "the worker already started");
       if (slots_.empty()) return error(errc::invalid_argument, "the worker has no agents");
       started_ = true;
+      started_at_ = rt_.clock().now();
       for (const auto& s : slots_) total_slots += s.concurrency;
     }
     std::weak_ptr<worker_impl> weak = weak_from_this();
@@ -135,6 +136,7 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
       return error(errc::unavailable, fmt::format("worker {}: the task source did not start: {}",
                                                   options_.id, r.error().message()));
     }
+    report_agents(false);
     schedule_heartbeat();
     return {};
   }
@@ -188,6 +190,12 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
     }
     for (const auto& n : names) (void)rt_.stop(n);
     pool_.join();
+    bool started = false;
+    {
+      std::lock_guard lock(mutex_);
+      started = started_;
+    }
+    if (started) report_agents(true);
   }
 
   worker_stats stats() const {
@@ -279,6 +287,7 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
     std::shared_ptr<agent> instance;  // null while (re)starting
     std::size_t running = 0;
     int failures = 0;  // in a row, for the restart backoff
+    int restarts = 0;
     std::uint64_t restart_timer = 0;
   };
   struct active {
@@ -393,6 +402,7 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
     std::lock_guard lock(mutex_);
     slot& s = slots_[index];
     s.failures = ex.failed ? s.failures + 1 : 0;
+    ++s.restarts;
     auto delay = restart_initial * (1LL << std::min(s.failures, 6));
     delay = std::min<std::chrono::milliseconds>(delay, restart_max);
     std::weak_ptr<worker_impl> weak = weak_from_this();
@@ -655,6 +665,35 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
     });
   }
 
+  // Agent records with the heartbeat: status "remote" (alive in a worker
+  // process; an orchestrator's recover() never spawns those) or "stopped".
+  void report_agents(bool stopped) {
+    std::vector<agent_record> records;
+    const time_point now = rt_.clock().now();
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& s : slots_) {
+        agent_record r;
+        r.id = s.name;
+        r.project = options_.project;
+        r.kind = s.kind;
+        r.capabilities = s.capabilities;
+        r.status = stopped ? "stopped" : "remote";
+        r.restarts = s.restarts;
+        r.last_heartbeat = now;
+        r.created_at = started_at_;
+        records.push_back(std::move(r));
+      }
+    }
+    for (auto& r : records) {
+      if (auto put = options_.store->put_agent(std::move(r)); !put) {
+        rt_.logger().warn("worker {}: agent record not written: {}", options_.id,
+                          put.error().describe());
+        return;
+      }
+    }
+  }
+
   void heartbeat() {
     std::vector<lease_key> keys;
     {
@@ -663,6 +702,7 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
       keys.reserve(runs_.size());
       for (const auto& [k, r] : runs_) keys.push_back(lease_key{r.task_id, r.attempt});
     }
+    report_agents(false);
     if (!keys.empty()) {
       auto lost =
           options_.store->renew_leases(options_.id, keys, rt_.clock().now(), options_.lease_ttl);
@@ -693,6 +733,7 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
   std::uint64_t heartbeat_timer_ = 0;
   bool started_ = false;
   bool stopping_ = false;
+  time_point started_at_{};
 };
 
 }  // namespace aise::detail

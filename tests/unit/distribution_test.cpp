@@ -371,7 +371,17 @@ TEST_CASE("distribution: tasks of a served capability run on a worker, results c
   }
   CHECK(w.stats().succeeded == 40);
   CHECK(w.stats().leased == 40);
+  // The worker's agents are recorded, alive ("remote"), then "stopped".
+  auto agents = f.db->list_agents("");
+  REQUIRE(agents);
+  REQUIRE(agents->size() == 2);
+  CHECK((*agents)[0].id == "w1.remote-1");
+  CHECK((*agents)[0].status == "remote");
+  CHECK((*agents)[0].capabilities == std::vector<std::string>{"remote"});
   w.stop(1s);
+  agents = f.db->list_agents("");
+  REQUIRE(agents);
+  CHECK((*agents)[1].status == "stopped");
 }
 
 TEST_CASE("distribution: a remote task gets its dependency results and failures retry") {
