@@ -361,6 +361,24 @@ class AISE_CORE_EXPORT store {
   /// the call: the caller reads `state` to know who won.
   virtual result<task_lease> end_lease(const lease_key& key, lease_state to, time_point now,
                                        bool only_if_expired);
+  /// Many `acquire_lease` calls in ONE transaction (one commit): a worker
+  /// takes the leases of a burst of deliveries together. One result per
+  /// key, in order, each as `acquire_lease` would answer; a failure of the
+  /// store itself (`unavailable`) fails every key. The default calls
+  /// `acquire_lease` per key.
+  virtual std::vector<result<task_lease>> acquire_leases(const std::vector<lease_key>& keys,
+                                                         std::string_view worker, time_point now,
+                                                         duration ttl);
+  /// One outcome to record: the lease and the outcome JSON.
+  struct lease_outcome {
+    lease_key key;
+    nlohmann::json outcome;
+  };
+  /// Many `finish_lease` calls in ONE transaction, one result per item in
+  /// order (as `finish_lease` would answer); a store failure fails all.
+  /// The default calls `finish_lease` per item.
+  virtual std::vector<result<task_lease>> finish_leases(const std::vector<lease_outcome>& items,
+                                                        std::string_view worker, time_point now);
   /// Every lease row of the given tasks (all attempts), ordered by task id
   /// then attempt. Unknown ids are skipped. At most 1,000 ids per call
   /// (`invalid_argument` beyond).

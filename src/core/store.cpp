@@ -56,6 +56,23 @@ result<task_lease> store::end_lease(const lease_key&, lease_state, time_point, b
   return no_leases();
 }
 
+std::vector<result<task_lease>> store::acquire_leases(const std::vector<lease_key>& keys,
+                                                      std::string_view worker, time_point now,
+                                                      duration ttl) {
+  std::vector<result<task_lease>> out;
+  out.reserve(keys.size());
+  for (const auto& k : keys) out.push_back(acquire_lease(k, worker, now, ttl));
+  return out;
+}
+
+std::vector<result<task_lease>> store::finish_leases(const std::vector<lease_outcome>& items,
+                                                     std::string_view worker, time_point now) {
+  std::vector<result<task_lease>> out;
+  out.reserve(items.size());
+  for (const auto& i : items) out.push_back(finish_lease(i.key, worker, i.outcome, now));
+  return out;
+}
+
 result<std::vector<task_lease>> store::get_leases(const std::vector<std::string>&) {
   return no_leases();
 }

@@ -438,18 +438,94 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
       acquiring_keys_.insert(k);
       ++acquiring_;
     }
-    boost::asio::post(pool_,
-                      [self = shared_from_this(), h = std::move(h), d = std::move(d)]() mutable {
-                        self->acquire(std::move(h), std::move(d), std::chrono::milliseconds(100));
-                      });
+    enqueue_acquire(pending_acquire{std::move(h), std::move(d), std::chrono::milliseconds(100)});
   }
 
-  void acquire(task_handoff h, std::shared_ptr<task_delivery> d,
-               std::chrono::milliseconds backoff) {
+  // ---- the lease writer ----
+  // Lease writes are batched: deliveries and outcomes that arrive while a
+  // batch is being written wait for the next one, so under load a single
+  // transaction (one commit) takes or finishes many leases
+  // (store::acquire_leases / finish_leases). One batch is written at a time.
+  struct pending_acquire {
+    task_handoff h;
+    std::shared_ptr<task_delivery> d;
+    std::chrono::milliseconds backoff;
+  };
+  static constexpr std::size_t max_batch = 512;
+
+  void enqueue_acquire(pending_acquire a) {
+    {
+      std::lock_guard lock(mutex_);
+      acquire_queue_.push_back(std::move(a));
+    }
+    kick_writer();
+  }
+
+  void enqueue_finish(task_outcome out) {
+    {
+      std::lock_guard lock(mutex_);
+      finish_queue_.push_back(std::move(out));
+    }
+    kick_writer();
+  }
+
+  void kick_writer() {
+    {
+      std::lock_guard lock(mutex_);
+      if (writing_ || (acquire_queue_.empty() && finish_queue_.empty())) return;
+      writing_ = true;
+    }
+    boost::asio::post(pool_, [self = shared_from_this()] { self->write_batches(); });
+  }
+
+  void write_batches() {
+    for (;;) {
+      std::vector<pending_acquire> acquires;
+      std::vector<task_outcome> finishes;
+      {
+        std::lock_guard lock(mutex_);
+        const std::size_t na = std::min(acquire_queue_.size(), max_batch);
+        acquires.assign(
+            std::make_move_iterator(acquire_queue_.begin()),
+            std::make_move_iterator(acquire_queue_.begin() + static_cast<std::ptrdiff_t>(na)));
+        acquire_queue_.erase(acquire_queue_.begin(),
+                             acquire_queue_.begin() + static_cast<std::ptrdiff_t>(na));
+        const std::size_t nf = std::min(finish_queue_.size(), max_batch);
+        finishes.assign(
+            std::make_move_iterator(finish_queue_.begin()),
+            std::make_move_iterator(finish_queue_.begin() + static_cast<std::ptrdiff_t>(nf)));
+        finish_queue_.erase(finish_queue_.begin(),
+                            finish_queue_.begin() + static_cast<std::ptrdiff_t>(nf));
+        if (acquires.empty() && finishes.empty()) {
+          writing_ = false;
+          return;
+        }
+      }
+      if (!finishes.empty()) finish_batch(std::move(finishes));
+      if (!acquires.empty()) acquire_batch(std::move(acquires));
+    }
+  }
+
+  void acquire_batch(std::vector<pending_acquire> batch) {
+    std::vector<lease_key> keys;
+    keys.reserve(batch.size());
+    for (const auto& a : batch) keys.push_back(lease_key{a.h.task.id, a.h.task.attempt});
+    auto leases =
+        options_.store->acquire_leases(keys, options_.id, rt_.clock().now(), options_.lease_ttl);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      result<task_lease> lease = i < leases.size()
+                                     ? std::move(leases[i])
+                                     : result<task_lease>(error(errc::internal, "no result"));
+      acquired(std::move(batch[i]), std::move(lease));
+    }
+  }
+
+  void acquired(pending_acquire a, result<task_lease> lease) {
+    task_handoff& h = a.h;
+    std::shared_ptr<task_delivery>& d = a.d;
+    const std::chrono::milliseconds backoff = a.backoff;
     const lease_key key{h.task.id, h.task.attempt};
     const std::string k = key_string(key.task_id, key.attempt);
-    auto lease =
-        options_.store->acquire_lease(key, options_.id, rt_.clock().now(), options_.lease_ttl);
     if (!lease && lease.error().code() == errc::unavailable) {
       bool stop = false;
       {
@@ -465,16 +541,11 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
                         options_.id, key.task_id, key.attempt, lease.error().message(),
                         backoff.count());
       std::weak_ptr<worker_impl> weak = weak_from_this();
-      rt_.schedule(backoff, [weak, h = std::move(h), d = std::move(d), backoff]() mutable {
-        auto self = weak.lock();
-        if (!self) return;
-        boost::asio::post(
-            self->pool_, [weak, h = std::move(h), d = std::move(d), backoff]() mutable {
-              if (auto again = weak.lock()) {
-                again->acquire(std::move(h), std::move(d),
-                               std::min<std::chrono::milliseconds>(backoff * 2, restart_max));
-              }
-            });
+      rt_.schedule(backoff, [weak, a = std::move(a)]() mutable {
+        if (auto self = weak.lock()) {
+          a.backoff = std::min<std::chrono::milliseconds>(a.backoff * 2, restart_max);
+          self->enqueue_acquire(std::move(a));
+        }
       });
       return;
     }
@@ -573,25 +644,32 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
     post_all(std::move(to_post));
   }
 
-  // Records an outcome in the lease, then reports it; a store that is away
-  // is tried again every second (the lease is renewed meanwhile).
-  void record(task_outcome out) {
-    boost::asio::post(pool_, [self = shared_from_this(), out = std::move(out)]() mutable {
-      self->record_now(std::move(out));
-    });
+  // Records an outcome in the lease (batched), then reports it; a store
+  // that is away is tried again every second (the lease is renewed
+  // meanwhile).
+  void record(task_outcome out) { enqueue_finish(std::move(out)); }
+
+  void finish_batch(std::vector<task_outcome> batch) {
+    std::vector<store::lease_outcome> items;
+    items.reserve(batch.size());
+    for (const auto& out : batch) {
+      items.push_back(store::lease_outcome{lease_key{out.task_id, out.attempt}, to_json(out)});
+    }
+    auto results = options_.store->finish_leases(items, options_.id, rt_.clock().now());
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      result<task_lease> done = i < results.size()
+                                    ? std::move(results[i])
+                                    : result<task_lease>(error(errc::internal, "no result"));
+      finished(std::move(batch[i]), std::move(done));
+    }
   }
 
-  void record_now(task_outcome out) {
+  void finished(task_outcome out, result<task_lease> done) {
     const lease_key key{out.task_id, out.attempt};
-    auto done = options_.store->finish_lease(key, options_.id, to_json(out), rt_.clock().now());
     if (!done && done.error().code() == errc::unavailable) {
       std::weak_ptr<worker_impl> weak = weak_from_this();
       rt_.schedule(std::chrono::seconds(1), [weak, out = std::move(out)]() mutable {
-        auto self = weak.lock();
-        if (!self) return;
-        boost::asio::post(self->pool_, [weak, out = std::move(out)]() mutable {
-          if (auto again = weak.lock()) again->record_now(std::move(out));
-        });
+        if (auto self = weak.lock()) self->enqueue_finish(std::move(out));
       });
       return;
     }
@@ -606,14 +684,18 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
           ++stats_.failed;
         }
       }
-      if (auto r = options_.source->report(out); !r) {
-        rt_.logger().warn(
-            "worker {}: outcome of {} attempt {} recorded, not reported ({}); the "
-            "orchestrator's lease sweep applies it",
-            options_.id, key.task_id, key.attempt, r.error().message());
-        std::lock_guard lock(mutex_);
-        ++stats_.report_failures;
-      }
+      // Reported from the pool, so that the writer goes on with the next
+      // batch while confirms are awaited.
+      boost::asio::post(pool_, [self = shared_from_this(), out = std::move(out)] {
+        if (auto r = self->options_.source->report(out); !r) {
+          self->rt_.logger().warn(
+              "worker {}: outcome of {} attempt {} recorded, not reported ({}); the "
+              "orchestrator's lease sweep applies it",
+              self->options_.id, out.task_id, out.attempt, r.error().message());
+          std::lock_guard lock(self->mutex_);
+          ++self->stats_.report_failures;
+        }
+      });
     } else {
       rt_.logger().info("worker {}: outcome of {} attempt {} does not count: {}", options_.id,
                         key.task_id, key.attempt, done.error().message());
@@ -727,6 +809,9 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
   std::unordered_map<std::string, active> runs_;   // leased, by "task#attempt"
   std::deque<std::shared_ptr<task_run>> waiting_;  // leased, no free agent yet
   std::set<std::string> acquiring_keys_;
+  std::deque<pending_acquire> acquire_queue_;  // the lease writer's input
+  std::deque<task_outcome> finish_queue_;
+  bool writing_ = false;  // a write_batches is running
   std::size_t acquiring_ = 0;
   worker_stats stats_;
   std::size_t exit_listener_ = 0;

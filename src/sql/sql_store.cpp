@@ -950,59 +950,99 @@ class sql_store final : public store {
 
   result<task_lease> acquire_lease(const lease_key& key, std::string_view worker, time_point now,
                                    duration ttl) override {
-    if (auto e = check_lease_key("acquire_lease", key)) return *e;
-    if (worker.empty()) return error(errc::invalid_argument, "acquire_lease: empty worker");
-    if (ttl <= duration::zero())
-      return error(errc::invalid_argument, "acquire_lease: the ttl must be positive");
+    if (auto e = check_acquire("acquire_lease", key, worker, ttl)) return *e;
     const std::string who(worker);
-    const long long acquired = to_ns(now);
-    const long long expires = to_ns(now + ttl);
     return run<task_lease>("acquire_lease", [&](connection& c) -> result<task_lease> {
       detail::transaction tx(c, kind());
-      // On PostgreSQL the task row stays share-locked until commit: a
-      // change of the task waits, so the check holds while the lease is taken.
-      std::string state;
-      int attempt = 0;
-      c.session << std::string("SELECT state, attempt FROM tasks WHERE id = :id") +
-                       (kind() == dialect::postgresql ? " FOR SHARE" : ""),
-          soci::use(key.task_id), soci::into(state), soci::into(attempt);
-      if (!c.session.got_data())
-        return error(errc::not_found,
-                     "acquire_lease: task " + in_quotes(key.task_id) + " not found");
-      if (state != to_string(task_state::running) || attempt != key.attempt)
-        return error(errc::conflict, "acquire_lease: task " + in_quotes(key.task_id) + " is " +
-                                         state + " at attempt " + std::to_string(attempt) +
-                                         ", not running attempt " + std::to_string(key.attempt));
-      const int number = key.attempt;
-      const int held = static_cast<int>(lease_state::held);
-      soci::statement take =
-          (c.session.prepare << "INSERT INTO task_leases (task_id, attempt, worker, state, "
-                                "acquired_at, expires_at) VALUES (:t, :a, :w, :s, :n, :e) "
-                                "ON CONFLICT (task_id, attempt) DO NOTHING",
-           soci::use(key.task_id), soci::use(number), soci::use(who), soci::use(held),
-           soci::use(acquired), soci::use(expires));
-      take.execute(true);
-      if (take.get_affected_rows() != 1) {
-        // Delivered again to its holder: a renewal. Anything else lost.
-        soci::statement renew =
-            (c.session.prepare << "UPDATE task_leases SET expires_at = :e WHERE task_id = :t AND "
-                                  "attempt = :a AND state = :s AND worker = :w",
-             soci::use(expires), soci::use(key.task_id), soci::use(number), soci::use(held),
-             soci::use(who));
-        renew.execute(true);
-        if (renew.get_affected_rows() != 1) {
-          auto l = select_lease(c, key);
-          return error(errc::conflict,
-                       "acquire_lease: " +
-                           (l ? describe_lease(*l) : "the lease " + lease_name(key) + " is taken"));
-        }
-      }
-      auto l = select_lease(c, key);
-      if (!l)
-        return error(errc::internal, "acquire_lease: the lease " + lease_name(key) + " vanished");
-      tx.commit();
-      return std::move(*l);
+      auto l = acquire_in(c, key, who, to_ns(now), to_ns(now + ttl));
+      if (l) tx.commit();
+      return l;
     });
+  }
+
+  std::vector<result<task_lease>> acquire_leases(const std::vector<lease_key>& keys,
+                                                 std::string_view worker, time_point now,
+                                                 duration ttl) override {
+    std::vector<result<task_lease>> out(keys.size(), error(errc::internal, "not reached"));
+    std::vector<std::size_t> todo;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if (auto e = check_acquire("acquire_leases", keys[i], worker, ttl)) {
+        out[i] = *e;
+      } else {
+        todo.push_back(i);
+      }
+    }
+    if (todo.empty()) return out;
+    // Task rows are share-locked in id order, as every batch here does.
+    std::sort(todo.begin(), todo.end(),
+              [&](std::size_t a, std::size_t b) { return keys[a].task_id < keys[b].task_id; });
+    const std::string who(worker);
+    auto all = run<bool>("acquire_leases", [&](connection& c) -> result<bool> {
+      detail::transaction tx(c, kind());
+      for (std::size_t i : todo) out[i] = acquire_in(c, keys[i], who, to_ns(now), to_ns(now + ttl));
+      tx.commit();
+      return true;
+    });
+    if (!all) {
+      for (std::size_t i : todo) out[i] = all.error();
+    }
+    return out;
+  }
+
+  static std::optional<aise::error> check_acquire(std::string_view op, const lease_key& key,
+                                                  std::string_view worker, duration ttl) {
+    if (auto e = check_lease_key(op, key)) return e;
+    if (worker.empty()) return error(errc::invalid_argument, std::string(op) + ": empty worker");
+    if (ttl <= duration::zero())
+      return error(errc::invalid_argument, std::string(op) + ": the ttl must be positive");
+    return std::nullopt;
+  }
+
+  // The body of acquire_lease inside the caller's transaction; writes
+  // nothing when it returns an error.
+  result<task_lease> acquire_in(connection& c, const lease_key& key, const std::string& who,
+                                long long acquired, long long expires) {
+    // On PostgreSQL the task row stays share-locked until commit: a
+    // change of the task waits, so the check holds while the lease is taken.
+    std::string state;
+    int attempt = 0;
+    c.session << std::string("SELECT state, attempt FROM tasks WHERE id = :id") +
+                     (kind() == dialect::postgresql ? " FOR SHARE" : ""),
+        soci::use(key.task_id), soci::into(state), soci::into(attempt);
+    if (!c.session.got_data())
+      return error(errc::not_found, "acquire_lease: task " + in_quotes(key.task_id) + " not found");
+    if (state != to_string(task_state::running) || attempt != key.attempt)
+      return error(errc::conflict, "acquire_lease: task " + in_quotes(key.task_id) + " is " +
+                                       state + " at attempt " + std::to_string(attempt) +
+                                       ", not running attempt " + std::to_string(key.attempt));
+    const int number = key.attempt;
+    const int held = static_cast<int>(lease_state::held);
+    soci::statement take =
+        (c.session.prepare << "INSERT INTO task_leases (task_id, attempt, worker, state, "
+                              "acquired_at, expires_at) VALUES (:t, :a, :w, :s, :n, :e) "
+                              "ON CONFLICT (task_id, attempt) DO NOTHING",
+         soci::use(key.task_id), soci::use(number), soci::use(who), soci::use(held),
+         soci::use(acquired), soci::use(expires));
+    take.execute(true);
+    if (take.get_affected_rows() != 1) {
+      // Delivered again to its holder: a renewal. Anything else lost.
+      soci::statement renew =
+          (c.session.prepare << "UPDATE task_leases SET expires_at = :e WHERE task_id = :t AND "
+                                "attempt = :a AND state = :s AND worker = :w",
+           soci::use(expires), soci::use(key.task_id), soci::use(number), soci::use(held),
+           soci::use(who));
+      renew.execute(true);
+      if (renew.get_affected_rows() != 1) {
+        auto l = select_lease(c, key);
+        return error(errc::conflict,
+                     "acquire_lease: " +
+                         (l ? describe_lease(*l) : "the lease " + lease_name(key) + " is taken"));
+      }
+    }
+    auto l = select_lease(c, key);
+    if (!l)
+      return error(errc::internal, "acquire_lease: the lease " + lease_name(key) + " vanished");
+    return std::move(*l);
   }
 
   result<std::vector<lease_key>> renew_leases(std::string_view worker,
@@ -1099,7 +1139,6 @@ class sql_store final : public store {
     if (auto e = check_lease_key("finish_lease", key)) return *e;
     if (worker.empty()) return error(errc::invalid_argument, "finish_lease: empty worker");
     const std::string who(worker);
-    const long long ended = to_ns(now);
     std::string text;
     try {
       text = dump(outcome);
@@ -1108,24 +1147,62 @@ class sql_store final : public store {
     }
     return run<task_lease>("finish_lease", [&](connection& c) -> result<task_lease> {
       detail::transaction tx(c, kind());
-      const int number = key.attempt;
-      const int held = static_cast<int>(lease_state::held);
-      const int done = static_cast<int>(lease_state::done);
-      soci::statement st =
-          (c.session.prepare << "UPDATE task_leases SET state = :d, ended_at = :n, outcome = :o "
-                                "WHERE task_id = :t AND attempt = :a AND state = :s AND "
-                                "worker = :w",
-           soci::use(done), soci::use(ended), soci::use(text), soci::use(key.task_id),
-           soci::use(number), soci::use(held), soci::use(who));
-      st.execute(true);
-      const bool won = st.get_affected_rows() == 1;
-      auto l = select_lease(c, key);
-      if (!l) return error(errc::not_found, "finish_lease: no lease " + lease_name(key));
-      if (!won && (l->worker != who || l->state != lease_state::done))
-        return error(errc::conflict, "finish_lease: " + describe_lease(*l));
-      tx.commit();  // when !won: a repeat of the holder's finish, nothing written
-      return std::move(*l);
+      auto l = finish_in(c, key, who, text, to_ns(now));
+      if (l) tx.commit();  // a repeat of the holder's finish writes nothing
+      return l;
     });
+  }
+
+  std::vector<result<task_lease>> finish_leases(const std::vector<lease_outcome>& items,
+                                                std::string_view worker, time_point now) override {
+    std::vector<result<task_lease>> out(items.size(), error(errc::internal, "not reached"));
+    std::vector<std::pair<std::size_t, std::string>> todo;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      if (auto e = check_lease_key("finish_leases", items[i].key)) {
+        out[i] = *e;
+      } else if (worker.empty()) {
+        out[i] = error(errc::invalid_argument, "finish_leases: empty worker");
+      } else {
+        try {
+          todo.emplace_back(i, dump(items[i].outcome));
+        } catch (...) {
+          out[i] = detail::to_error("finish_leases", nullptr, kind());
+        }
+      }
+    }
+    if (todo.empty()) return out;
+    const std::string who(worker);
+    auto all = run<bool>("finish_leases", [&](connection& c) -> result<bool> {
+      detail::transaction tx(c, kind());
+      for (const auto& [i, text] : todo) out[i] = finish_in(c, items[i].key, who, text, to_ns(now));
+      tx.commit();
+      return true;
+    });
+    if (!all) {
+      for (const auto& [i, text] : todo) out[i] = all.error();
+    }
+    return out;
+  }
+
+  // The body of finish_lease inside the caller's transaction.
+  result<task_lease> finish_in(connection& c, const lease_key& key, const std::string& who,
+                               const std::string& text, long long ended) {
+    const int number = key.attempt;
+    const int held = static_cast<int>(lease_state::held);
+    const int done = static_cast<int>(lease_state::done);
+    soci::statement st =
+        (c.session.prepare << "UPDATE task_leases SET state = :d, ended_at = :n, outcome = :o "
+                              "WHERE task_id = :t AND attempt = :a AND state = :s AND "
+                              "worker = :w",
+         soci::use(done), soci::use(ended), soci::use(text), soci::use(key.task_id),
+         soci::use(number), soci::use(held), soci::use(who));
+    st.execute(true);
+    const bool won = st.get_affected_rows() == 1;
+    auto l = select_lease(c, key);
+    if (!l) return error(errc::not_found, "finish_lease: no lease " + lease_name(key));
+    if (!won && (l->worker != who || l->state != lease_state::done))
+      return error(errc::conflict, "finish_lease: " + describe_lease(*l));
+    return std::move(*l);
   }
 
   result<task_lease> end_lease(const lease_key& key, lease_state to, time_point now,

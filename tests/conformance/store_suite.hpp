@@ -1746,6 +1746,62 @@ inline void leases_acquire_and_renew(const store_factory& make) {
   CHECK(must(s->get_leases({"t-1"})).at(0).expires_at == at(160));
 }
 
+inline void leases_in_batches(const store_factory& make) {
+  using namespace std::chrono_literals;
+  auto s = fresh(make);
+  insert_running(*s, "b-1", 1);
+  insert_running(*s, "b-2", 1);
+  insert_running(*s, "b-3", 2);
+  must(s->acquire_lease(key_of("b-2", 1), "other", at(100), 30s));
+  // One result per key, in order, each as acquire_lease would answer.
+  auto got = s->acquire_leases({key_of("b-3", 2), key_of("nope", 1), key_of("b-2", 1),
+                                key_of("b-1", 1), key_of("b-3", 1), key_of("", 1)},
+                               "w1", at(100), 30s);
+  REQUIRE(got.size() == 6);
+  REQUIRE(got[0].ok());
+  CHECK(got[0]->task_id == "b-3");
+  CHECK(got[0]->attempt == 2);
+  CHECK(got[0]->worker == "w1");
+  CHECK(got[0]->expires_at == at(130));
+  expect_error(got[1], errc::not_found);
+  expect_error(got[2], errc::conflict);  // held by another worker
+  REQUIRE(got[3].ok());
+  CHECK(got[3]->task_id == "b-1");
+  expect_error(got[4], errc::conflict);  // not that attempt
+  expect_error(got[5], errc::invalid_argument);
+  CHECK(s->acquire_leases({}, "w1", at(100), 30s).empty());
+  // Taken again by the same worker: renewed, as with acquire_lease.
+  auto again = s->acquire_leases({key_of("b-1", 1)}, "w1", at(110), 30s);
+  REQUIRE(again.size() == 1);
+  REQUIRE(again[0].ok());
+  CHECK(again[0]->expires_at == at(140));
+
+  must(s->end_lease(key_of("b-3", 2), lease_state::revoked, at(111), false));
+  auto done = s->finish_leases({{key_of("b-1", 1), nlohmann::json{{"n", 1}}},
+                                {key_of("b-3", 2), nlohmann::json{{"n", 3}}},
+                                {key_of("b-2", 1), nlohmann::json{{"n", 2}}},
+                                {key_of("nope", 1), nlohmann::json{{"n", 0}}}},
+                               "w1", at(120));
+  REQUIRE(done.size() == 4);
+  REQUIRE(done[0].ok());
+  CHECK(done[0]->state == lease_state::done);
+  CHECK(done[0]->outcome == nlohmann::json{{"n", 1}});
+  expect_error(done[1], errc::conflict);   // revoked first
+  expect_error(done[2], errc::conflict);   // another worker's
+  expect_error(done[3], errc::not_found);  // no such lease
+  // Finishing again is idempotent and keeps the first outcome.
+  auto repeat = s->finish_leases({{key_of("b-1", 1), nlohmann::json{{"n", 9}}}}, "w1", at(130));
+  REQUIRE(repeat.size() == 1);
+  REQUIRE(repeat[0].ok());
+  CHECK(repeat[0]->outcome == nlohmann::json{{"n", 1}});
+  auto stored = must(s->get_leases({"b-1", "b-2", "b-3"}));
+  REQUIRE(stored.size() == 3);
+  CHECK(stored[0].state == lease_state::done);
+  CHECK(stored[1].state == lease_state::held);
+  CHECK(stored[1].worker == "other");
+  CHECK(stored[2].state == lease_state::revoked);
+}
+
 inline void leases_finish_and_end(const store_factory& make) {
   using namespace std::chrono_literals;
   auto s = fresh(make);
@@ -2116,6 +2172,9 @@ inline void json_round_trip(const store_factory& make) {
   }                                                                                                \
   TEST_CASE(label " store: leases acquire and renew") {                                            \
     ::aise::conformance::store_suite::leases_acquire_and_renew(&aise_store_conformance_make_##id); \
+  }                                                                                                \
+  TEST_CASE(label " store: leases in batches") {                                                   \
+    ::aise::conformance::store_suite::leases_in_batches(&aise_store_conformance_make_##id);        \
   }                                                                                                \
   TEST_CASE(label " store: leases finish and end") {                                               \
     ::aise::conformance::store_suite::leases_finish_and_end(&aise_store_conformance_make_##id);    \
