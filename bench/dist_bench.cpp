@@ -34,8 +34,10 @@
 // but this process, its workers and the infrastructure (--infra-pids: the
 // postmaster and RabbitMQ's beam.smp, with their direct children), in % of
 // all cores; infra_cpu_pct and workers_cpu_pct are reported beside it.
-// commits_per_task: the database's xact_commit delta (pg_stat_database)
-// over the measured tasks.
+// commits_per_task: the database's xact_commit delta (pg_stat_database: every
+// transaction, read-only ones included) over the measured tasks;
+// wal_syncs_per_task: the cluster's WAL fsyncs (pg_stat_wal.wal_sync), the
+// durable commits that reached the disk (concurrent commits share one).
 
 #include <aise/orchestrator.hpp>
 #include <aise/rabbitmq.hpp>
@@ -507,14 +509,15 @@ int main(int argc, char** argv) {
         R"({{"system":"libaise","variant":"{}","workers":{},"slots_per_worker":{},"agents":"{}",)"
         R"("tasks":{},"warmup":{},"batch":{},"seconds":{:.3f},"tasks_per_s":{:.1f},)"
         R"("submit_per_s":{:.1f},"p50_ms":{:.2f},"p99_ms":{:.2f},"max_ms":{:.2f},"retried":{},)"
-        R"("commits_per_task":{:.2f},"other_cpu_pct":{:.1f},"orchestrator_cpu_pct":{:.1f},)"
+        R"("commits_per_task":{:.2f},"wal_syncs_per_task":{:.2f},"other_cpu_pct":{:.1f},"orchestrator_cpu_pct":{:.1f},)"
         R"("workers_cpu_pct":{:.1f},"infra_cpu_pct":{:.1f}}})",
         c.label, c.workers, slots_of(c.agents), c.agents, c.tasks, c.warmup, c.batch, seconds,
         static_cast<double>(c.tasks) / seconds,
         static_cast<double>(c.tasks) / std::chrono::duration<double>(t_submitted - t0).count(),
         percentile(latency, 0.50), percentile(latency, 0.99), latency.back(), retried,
-        static_cast<double>(commits1 - commits0) / static_cast<double>(c.tasks), pct(others),
-        pct(own), pct(worker_cpu), pct(infra));
+        static_cast<double>(commits1 - commits0) / static_cast<double>(c.tasks),
+        static_cast<double>(syncs1 - syncs0) / static_cast<double>(c.tasks), pct(others), pct(own),
+        pct(worker_cpu), pct(infra));
 
     for (auto& w : workers) w->terminate();
     orch.unsubscribe(key);

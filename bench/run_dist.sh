@@ -155,6 +155,7 @@ for (variant, workers), runs in sorted(ours.items()):
         "tasks_per_s": {"min": min(tps), "median": med(tps), "max": max(tps)},
         "p50_ms": med([r["p50_ms"] for r in runs]), "p99_ms": med([r["p99_ms"] for r in runs]),
         "commits_per_task": med([r["commits_per_task"] for r in runs]),
+        "wal_syncs_per_task": med([r.get("wal_syncs_per_task", 0) for r in runs]),
         "other_cpu_pct_max": max(r["other_cpu_pct"] for r in runs), "runs": len(runs)}
     if workers in celery:
         summary[key]["over_celery"] = round(statistics.median(tps) / statistics.median(celery[workers]), 2)
