@@ -453,6 +453,7 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     const long long commits0 =
         stats.scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()");
+    const long long syncs0 = stats.scalar("SELECT wal_sync FROM pg_stat_wal");
 
     const auto cpu0 = take_cpu(c.infra, worker_pids);
     const auto t0 = clock_type::now();
@@ -477,6 +478,7 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     const long long commits1 =
         stats.scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()");
+    const long long syncs1 = stats.scalar("SELECT wal_sync FROM pg_stat_wal");
 
     // Exactly once, all succeeded.
     const long long tasks = stats.scalar("SELECT count(*) FROM tasks");
