@@ -98,6 +98,8 @@ class pg_connection {
  public:
   explicit pg_connection(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
     if (PQstatus(conn_) != CONNECTION_OK) fail(std::string("PostgreSQL: ") + PQerrorMessage(conn_));
+    PQsetNoticeProcessor(
+        conn_, [](void*, const char*) {}, nullptr);  // "does not exist, skipping"
   }
   ~pg_connection() { PQfinish(conn_); }
   pg_connection(const pg_connection&) = delete;
