@@ -82,9 +82,14 @@ struct AISE_CORE_EXPORT worker_options {
   duration lease_ttl = std::chrono::seconds(30);
   /// How often held leases are renewed; must be below lease_ttl / 2.
   duration heartbeat_interval = std::chrono::seconds(10);
-  /// Threads doing the worker's store writes (acquire, finish, renew).
-  std::size_t store_threads = 4;
-  /// Unacknowledged deliveries at a time; 0: the agents' total slots.
+  /// Threads doing the worker's store work and reports: one writes lease
+  /// batches (acquire, finish), the others renew leases, save snapshots and
+  /// report outcomes (each report waits for the broker's confirm).
+  std::size_t store_threads = 8;
+  /// Unacknowledged deliveries at a time; 0: twice the agents' total slots.
+  /// Deliveries beyond the free slots are leased at once and wait in the
+  /// worker (their leases renewed), so a slot never waits for the broker;
+  /// a worker that dies holds them until their leases expire.
   std::size_t prefetch = 0;
   /// Project of the agents the worker spawns (their events and records).
   std::string project = "default";

@@ -131,7 +131,7 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
         self->abort(key, "cancelled by the orchestrator", /*count_lost=*/false);
       }
     };
-    const std::size_t prefetch = options_.prefetch != 0 ? options_.prefetch : total_slots;
+    const std::size_t prefetch = options_.prefetch != 0 ? options_.prefetch : 2 * total_slots;
     if (auto r = options_.source->start(capabilities(), prefetch, std::move(cb)); !r) {
       return error(errc::unavailable, fmt::format("worker {}: the task source did not start: {}",
                                                   options_.id, r.error().message()));

@@ -51,7 +51,8 @@ void usage(std::FILE* out) {
       "  --lease-ttl-ms <n>  lease lifetime without a heartbeat (default 30000)\n"
       "  --heartbeat-ms <n>  lease renewal period, below ttl/2 (default 10000)\n"
       "  --grace-ms <n>      on SIGTERM, how long running attempts may finish (default 30000)\n"
-      "  --prefetch <n>      unacknowledged deliveries (default: total agent slots)\n"
+      "  --prefetch <n>      unacknowledged deliveries (default: twice the agent slots)\n"
+      "  --store-threads <n> threads writing leases and reporting outcomes (default 8)\n"
       "  --help, --version\n",
       out);
 }
@@ -143,6 +144,7 @@ int main(int argc, char** argv) {
   long long heartbeat_ms = 10000;
   long long grace_ms = 30000;
   long long prefetch = 0;
+  long long store_threads = 8;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -178,6 +180,8 @@ int main(int argc, char** argv) {
         grace_ms = std::stoll(value);
       } else if (arg == "--prefetch") {
         prefetch = std::stoll(value);
+      } else if (arg == "--store-threads") {
+        store_threads = std::stoll(value);
       } else {
         fmt::print(stderr, "aise-worker: unknown option '{}'\n", arg);
         usage(stderr);
@@ -199,9 +203,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (ttl_ms <= 0 || heartbeat_ms <= 0 || heartbeat_ms * 2 >= ttl_ms || grace_ms < 0 ||
-      prefetch < 0) {
-    std::fputs("aise-worker: need 0 < --heartbeat-ms < --lease-ttl-ms / 2, --grace-ms >= 0\n",
-               stderr);
+      prefetch < 0 || store_threads < 1 || store_threads > 256) {
+    std::fputs(
+        "aise-worker: need 0 < --heartbeat-ms < --lease-ttl-ms / 2, --grace-ms >= 0, "
+        "--prefetch >= 0, 1 <= --store-threads <= 256\n",
+        stderr);
     return 2;
   }
 
@@ -210,7 +216,7 @@ int main(int argc, char** argv) {
 
   aise::sql::store_options so;
   so.url = db;
-  so.pool_size = 6;
+  so.pool_size = static_cast<std::size_t>(store_threads) + 2;
   auto store = aise::sql::open_store(so);
   if (!store) {
     fmt::print(stderr, "aise-worker: database: {}\n", store.error().message());
@@ -234,6 +240,7 @@ int main(int argc, char** argv) {
   wo.lease_ttl = std::chrono::milliseconds(ttl_ms);
   wo.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   wo.prefetch = static_cast<std::size_t>(prefetch);
+  wo.store_threads = static_cast<std::size_t>(store_threads);
   aise::worker w(rt, wo);
   const std::string worker_id = w.id();
   const std::map<std::string, aise::agent_factory> builtin = {
