@@ -37,6 +37,8 @@
 #include <unistd.h>
 #include <vector>
 
+#include "../unit/postgres_url.hpp"
+#include "../unit/raw_amqp.hpp"
 #include "../unit/test_util.hpp"
 
 extern char** environ;
@@ -58,27 +60,13 @@ int services(const std::string& args) {
   return std::system(command.c_str());  // NOLINT(cert-env33-c): a test helper
 }
 
-/// libpq's key=value form of a URL (what SOCI's connect string takes).
-std::string conninfo(const std::string& url) {
-  char* message = nullptr;
-  PQconninfoOption* parsed = PQconninfoParse(url.c_str(), &message);
-  REQUIRE_MESSAGE(parsed != nullptr, (message != nullptr ? message : "bad URL"));
-  std::string out;
-  for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
-    if (o->val == nullptr || *o->val == '\0') continue;
-    out += std::string(out.empty() ? "" : " ") + o->keyword + "=" + o->val;
-  }
-  PQconninfoFree(parsed);
-  return out;
-}
-
 /// A database of its own on the test PostgreSQL; returns its URL.
 std::string fresh_database() {
   static std::atomic<int> counter{0};
   const std::string admin = env_or_skip("AISE_TEST_POSTGRES_URL");
   const std::string name = fmt::format("aise_dist_{}_{}", ::getpid(), counter.fetch_add(1));
   {
-    soci::session db(soci::postgresql, conninfo(admin));
+    soci::session db(soci::postgresql, aise::test::conninfo(admin));
     db << "DROP DATABASE IF EXISTS " + name;
     db << "CREATE DATABASE " + name;
   }
@@ -232,7 +220,7 @@ struct tally {
 
 tally count_in_database(const std::string& url) {
   tally t;
-  soci::session db(soci::postgresql, conninfo(url));
+  soci::session db(soci::postgresql, aise::test::conninfo(url));
   db << "SELECT count(*) FROM tasks", soci::into(t.tasks);
   db << "SELECT count(*) FROM tasks WHERE state = 'succeeded'", soci::into(t.succeeded);
   db << "SELECT count(*) FROM tasks WHERE attempt > 1", soci::into(t.retried);
@@ -288,67 +276,6 @@ std::optional<std::chrono::milliseconds> raw_consumer_timed_out(const std::strin
   amqp_destroy_connection(conn);
   return closed;
 }
-
-/// A raw rabbitmq-c connection for what libaise never does on purpose:
-/// publishing garbage into a task queue, reading the dead-letter queue.
-class raw_broker {
- public:
-  explicit raw_broker(const std::string& url) {
-    amqp_connection_info info{};
-    std::vector<char> buffer(url.begin(), url.end());
-    buffer.push_back('\0');
-    REQUIRE(amqp_parse_url(buffer.data(), &info) == AMQP_STATUS_OK);
-    conn_ = amqp_new_connection();
-    amqp_socket_t* socket = amqp_tcp_socket_new(conn_);
-    REQUIRE(amqp_socket_open(socket, info.host, info.port) == AMQP_STATUS_OK);
-    REQUIRE(amqp_login(conn_, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user,
-                       info.password)
-                .reply_type == AMQP_RESPONSE_NORMAL);
-    amqp_channel_open(conn_, 1);
-    REQUIRE(amqp_get_rpc_reply(conn_).reply_type == AMQP_RESPONSE_NORMAL);
-  }
-  ~raw_broker() { amqp_destroy_connection(conn_); }
-  raw_broker(const raw_broker&) = delete;
-  raw_broker& operator=(const raw_broker&) = delete;
-
-  void publish(const std::string& exchange, const std::string& key, const std::string& body) {
-    amqp_basic_properties_t props{};
-    props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
-    props.delivery_mode = 2;
-    REQUIRE(amqp_basic_publish(conn_, 1, amqp_cstring_bytes(exchange.c_str()),
-                               amqp_cstring_bytes(key.c_str()), 1, 0, &props,
-                               amqp_cstring_bytes(body.c_str())) == AMQP_STATUS_OK);
-  }
-
-  struct got {
-    std::string body;
-    std::map<std::string, std::string> headers;
-  };
-  /// basic.get with ack; nullopt when the queue is empty.
-  std::optional<got> get(const std::string& queue) {
-    amqp_rpc_reply_t reply = amqp_basic_get(conn_, 1, amqp_cstring_bytes(queue.c_str()), 1);
-    REQUIRE(reply.reply_type == AMQP_RESPONSE_NORMAL);
-    if (reply.reply.id == AMQP_BASIC_GET_EMPTY_METHOD) return std::nullopt;
-    amqp_message_t message{};
-    REQUIRE(amqp_read_message(conn_, 1, &message, 0).reply_type == AMQP_RESPONSE_NORMAL);
-    got g;
-    g.body.assign(static_cast<const char*>(message.body.bytes), message.body.len);
-    if ((message.properties._flags & AMQP_BASIC_HEADERS_FLAG) != 0) {
-      const amqp_table_t& t = message.properties.headers;
-      for (int i = 0; i < t.num_entries; ++i) {
-        const amqp_table_entry_t& e = t.entries[i];
-        if (e.value.kind != AMQP_FIELD_KIND_UTF8 && e.value.kind != AMQP_FIELD_KIND_BYTES) continue;
-        g.headers[std::string(static_cast<const char*>(e.key.bytes), e.key.len)] = std::string(
-            static_cast<const char*>(e.value.value.bytes.bytes), e.value.value.bytes.len);
-      }
-    }
-    amqp_destroy_message(&message);
-    return g;
-  }
-
- private:
-  amqp_connection_state_t conn_ = nullptr;
-};
 
 }  // namespace
 
@@ -454,16 +381,14 @@ TEST_CASE("distributed: poison work ends in the dead-letter queue with its reaso
   CHECK(t->state == aise::task_state::failed);
   CHECK(t->attempt == 2);
   // A message no worker can decode, published straight into the task queue.
-  raw_broker raw(s.amqp);
+  aise::test::raw_connection raw(s.amqp);
   raw.publish(s.prefix + "tasks", "fail", "{not json");
   std::map<std::string, std::string> reasons;  // by body kind
   aise::test::notifier sig;
   const auto give_up = std::chrono::steady_clock::now() + 30s;
   while (reasons.size() < 2 && std::chrono::steady_clock::now() < give_up) {
-    if (auto g = raw.get(s.prefix + "dead")) {
+    if (auto g = raw.wait_get(s.prefix + "dead")) {
       reasons[g->body == "{not json" ? "garbage" : "task"] = g->headers["aise-dead-reason"];
-    } else {
-      std::this_thread::sleep_for(50ms);
     }
   }
   REQUIRE(reasons.size() == 2);

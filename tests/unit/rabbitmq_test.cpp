@@ -11,8 +11,6 @@
 #include <aise/rabbitmq.hpp>
 #include <aise/transport.hpp>
 
-#include <amqp.h>
-#include <amqp_tcp_socket.h>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -28,6 +26,7 @@
 #include <vector>
 
 #include "conformance/transport_suite.hpp"
+#include "raw_amqp.hpp"
 
 namespace {
 
@@ -111,50 +110,6 @@ int services(const std::string& args) {
   return std::system(command.c_str());  // NOLINT(cert-env33-c): a test helper
 }
 
-/// A raw rabbitmq-c connection for what the transport never does on purpose.
-class raw_connection {
- public:
-  raw_connection() {
-    std::string url = broker_url();
-    amqp_connection_info info{};
-    std::vector<char> buffer(url.begin(), url.end());
-    buffer.push_back('\0');
-    REQUIRE(amqp_parse_url(buffer.data(), &info) == AMQP_STATUS_OK);
-    state_ = amqp_new_connection();
-    amqp_socket_t* socket = amqp_tcp_socket_new(state_);
-    REQUIRE(socket != nullptr);
-    REQUIRE(amqp_socket_open(socket, info.host, info.port) == AMQP_STATUS_OK);
-    REQUIRE(amqp_login(state_, info.vhost, 0, AMQP_DEFAULT_FRAME_SIZE, 0, AMQP_SASL_METHOD_PLAIN,
-                       info.user, info.password)
-                .reply_type == AMQP_RESPONSE_NORMAL);
-    REQUIRE(amqp_channel_open(state_, 1) != nullptr);
-  }
-  ~raw_connection() {
-    (void)amqp_channel_close(state_, 1, AMQP_REPLY_SUCCESS);
-    (void)amqp_connection_close(state_, AMQP_REPLY_SUCCESS);
-    amqp_destroy_connection(state_);
-  }
-  raw_connection(const raw_connection&) = delete;
-  raw_connection& operator=(const raw_connection&) = delete;
-
-  void publish(const std::string& exchange, const std::string& key, const std::string& body) {
-    REQUIRE(amqp_basic_publish(state_, 1, amqp_cstring_bytes(exchange.c_str()),
-                               amqp_cstring_bytes(key.c_str()), 0, 0, nullptr,
-                               amqp_cstring_bytes(body.c_str())) == AMQP_STATUS_OK);
-  }
-
-  /// Ready messages in `queue` (passive declare).
-  std::uint32_t ready_messages(const std::string& queue) {
-    auto* ok = amqp_queue_declare(state_, 1, amqp_cstring_bytes(queue.c_str()), 1, 0, 0, 0,
-                                  amqp_empty_table);
-    REQUIRE(ok != nullptr);
-    return ok->message_count;
-  }
-
- private:
-  amqp_connection_state_t state_ = nullptr;
-};
-
 }  // namespace
 
 AISE_TRANSPORT_CONFORMANCE_SUITE(rabbitmq, "rabbitmq", make_test_transport);
@@ -212,7 +167,7 @@ TEST_CASE("rabbitmq: an undecodable message is rejected and counted and consumin
   auto bound = t->bind(address, box->sink());
   REQUIRE_MESSAGE(bound.ok(), describe_result(bound));
 
-  raw_connection raw;
+  aise::test::raw_connection raw(broker_url());
   raw.publish(o.prefix + "direct", address, "this is not JSON");
   raw.publish(o.prefix + "direct", address, R"({"json": "but not a message"})");
   auto r = t->send(seq_message(address, 7));

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "conformance/store_suite.hpp"
+#include "postgres_url.hpp"
 
 namespace {
 
@@ -26,20 +27,6 @@ std::string admin_url() {
                   "AISE_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh, "
                   "which starts PostgreSQL (or: eval \"$(scripts/services.sh start postgres)\")");
   return url;
-}
-
-/// libpq's key=value form of a URL (what SOCI's connect string takes).
-std::string conninfo(const std::string& url) {
-  char* message = nullptr;
-  PQconninfoOption* parsed = PQconninfoParse(url.c_str(), &message);
-  REQUIRE_MESSAGE(parsed != nullptr, (message != nullptr ? message : "bad URL"));
-  std::string out;
-  for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
-    if (o->val == nullptr || *o->val == '\0') continue;
-    out += std::string(out.empty() ? "" : " ") + o->keyword + "=" + o->val;
-  }
-  PQconninfoFree(parsed);
-  return out;
 }
 
 struct opened {
@@ -55,7 +42,7 @@ opened open_fresh(std::size_t pool_size = 4) {
   const std::string name =
       "aise_t_" + std::to_string(::getpid()) + "_" + std::to_string(counter.fetch_add(1));
   {
-    soci::session db(soci::postgresql, conninfo(admin));
+    soci::session db(soci::postgresql, aise::test::conninfo(admin));
     db << "DROP DATABASE IF EXISTS " + name;
     db << "CREATE DATABASE " + name;
   }
@@ -90,7 +77,7 @@ TEST_CASE("postgresql store: a lost connection fails the call in progress and is
   REQUIRE(s->create_project(p).ok());
   {
     // What a server restart or a dropped network does to the store's connection.
-    soci::session admin(soci::postgresql, conninfo(admin_url()));
+    soci::session admin(soci::postgresql, aise::test::conninfo(admin_url()));
     int killed = 0;
     admin << "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '" +
                  database + "'",
