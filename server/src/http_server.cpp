@@ -94,7 +94,8 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   // response.
   void stop() {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
-      if (!self->busy_) self->stream_.socket().cancel();
+      beast::error_code ec;
+      if (!self->busy_) self->stream_.socket().cancel(ec);
     });
   }
 
@@ -237,7 +238,9 @@ result<void> http_server::impl::start() {
     return fail(errc::unavailable, "cannot listen on " + options_.host + ":" +
                                        std::to_string(options_.port) + ": " + ec.message());
   }
-  port_ = acceptor_.local_endpoint().port();
+  auto local = acceptor_.local_endpoint(ec);
+  if (ec) return fail(errc::unavailable, "cannot read the bound address: " + ec.message());
+  port_ = local.port();
   accept();
   for (std::size_t i = 0; i < options_.io_threads; ++i) {
     threads_.emplace_back([this] { ioc_.run(); });
