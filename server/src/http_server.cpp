@@ -113,6 +113,31 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     parser_->body_limit(server_.options_.body_limit);
     parser_->header_limit(static_cast<std::uint32_t>(server_.options_.header_limit));
     stream_.expires_after(server_.options_.read_timeout);
+    http::async_read_header(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
+  }
+
+  // A client that sent `Expect: 100-continue` waits for a 100 before it
+  // sends the body (curl does so for bodies over 1 KiB); a body over the
+  // limit was refused already, by its Content-Length.
+  void on_header(beast::error_code ec) {
+    if (ec) return on_read(ec);
+    if (beast::iequals(parser_->get()[http::field::expect], "100-continue") &&
+        !parser_->is_done()) {
+      auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_,
+                                                                     parser_->get().version());
+      http::async_write(stream_, *cont,
+                        [self = shared_from_this(), cont](beast::error_code ec, std::size_t) {
+                          if (ec) return self->close();
+                          self->read_body();
+                        });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
     http::async_read(
         stream_, buffer_, *parser_,
         [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });

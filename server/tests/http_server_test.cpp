@@ -7,6 +7,8 @@
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -202,4 +204,26 @@ TEST_CASE("http: a client that stalls mid-request is disconnected") {
   CHECK(ec);
   client again(f.server.port());
   CHECK(again.call(http::verb::get, "/healthz").result_int() == 200);
+}
+
+TEST_CASE("http: Expect: 100-continue gets a 100 before the body is sent") {
+  server_fixture f;
+  client c(f.server.port());
+  std::string body = R"({"id": "c", "name": "continued"})";
+  std::string head =
+      "POST /api/v1/projects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Expect: 100-continue\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n";
+  net::write(c.socket, net::buffer(head));
+  net::streambuf interim;
+  net::read_until(c.socket, interim, "\r\n\r\n");
+  std::string first(net::buffers_begin(interim.data()), net::buffers_end(interim.data()));
+  CHECK(first.rfind("HTTP/1.1 100", 0) == 0);
+  interim.consume(first.find("\r\n\r\n") + 4);
+  net::write(c.socket, net::buffer(body));
+  // Anything read past the 100 belongs to the final response.
+  c.buffer.commit(net::buffer_copy(c.buffer.prepare(interim.size()), interim.data()));
+  auto res = c.receive();
+  CHECK(res.result_int() == 201);
+  CHECK(json::parse(res.body())["name"] == "continued");
 }
