@@ -116,6 +116,9 @@ TEST_CASE("api: health, readiness, unknown routes and methods") {
   CHECK(f.error_code(404, "GET", "/api/v1/projects/") == "not_found");
   CHECK(f.error_code(400, "GET", "no-slash") == "bad_request");
   CHECK(f.error_code(400, "GET", "/api/v1/projects/%zz") == "bad_request");
+  // An id that is not UTF-8 is echoed (replaced), never a 500.
+  CHECK(f.error_code(404, "GET", "/api/v1/projects/%FF%FE") == "not_found");
+  CHECK(f.error_code(400, "POST", "/api/v1/projects", "{\"name\": \"\xff\"}") == "bad_json");
 
   auto res = f.call("DELETE", "/api/v1/projects");
   CHECK(res.status == 405);
