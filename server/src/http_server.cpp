@@ -4,6 +4,7 @@
 
 #include <array>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
@@ -54,6 +55,9 @@ class http_server::impl {
   http_handler handler_;
   http_server_options options_;
   net::io_context ioc_;
+  // Keeps the io threads running while a handler works on the pool and no
+  // socket operation is pending (after stop, the acceptor no longer counts).
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work_;
   net::thread_pool pool_;
   tcp::acceptor acceptor_;
   std::vector<std::thread> threads_;
@@ -90,12 +94,13 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); });
   }
 
-  // Posted by `stop`: an idle connection closes now, a busy one after its
-  // response.
+  // Posted by `stop`: an idle connection closes now; one with a request in
+  // progress (being received, handled or answered) after its response.
   void stop() {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+      bool receiving = self->parser_ && self->parser_->got_some();
       beast::error_code ec;
-      if (!self->busy_) self->stream_.socket().cancel(ec);
+      if (!self->busy_ && !receiving) self->stream_.socket().cancel(ec);
     });
   }
 
@@ -267,6 +272,7 @@ result<void> http_server::impl::start() {
   if (ec) return fail(errc::unavailable, "cannot read the bound address: " + ec.message());
   port_ = local.port();
   accept();
+  work_.emplace(ioc_.get_executor());
   for (std::size_t i = 0; i < options_.io_threads; ++i) {
     threads_.emplace_back([this] { ioc_.run(); });
   }
@@ -342,6 +348,7 @@ void http_server::impl::join() {
   if (joined_) return;
   joined_ = true;
   pool_.join();  // handlers still running finish and post their (now unused) responses
+  work_.reset();
   ioc_.stop();
   for (auto& t : threads_) t.join();
 }

@@ -227,3 +227,27 @@ TEST_CASE("http: Expect: 100-continue gets a 100 before the body is sent") {
   CHECK(res.result_int() == 201);
   CHECK(json::parse(res.body())["name"] == "continued");
 }
+
+TEST_CASE("http: stop lets a request whose body is still arriving finish") {
+  server_fixture f;
+  client c(f.server.port());
+  std::string body = R"({"id": "late", "name": "arriving"})";
+  std::string head =
+      "POST /api/v1/projects HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n";
+  net::write(c.socket, net::buffer(head));
+  net::streambuf interim;
+  net::read_until(c.socket, interim, "\r\n\r\n");  // the 100: the server has the headers
+  std::string first(net::buffers_begin(interim.data()), net::buffers_end(interim.data()));
+  REQUIRE(first.rfind("HTTP/1.1 100", 0) == 0);
+  interim.consume(first.find("\r\n\r\n") + 4);
+
+  f.server.stop();
+  net::write(c.socket, net::buffer(body));
+  c.buffer.commit(net::buffer_copy(c.buffer.prepare(interim.size()), interim.data()));
+  auto res = c.receive();
+  CHECK(res.result_int() == 201);
+  CHECK_FALSE(res.keep_alive());
+  c.socket.close();
+  CHECK(f.server.wait(std::chrono::seconds(30)));
+}
