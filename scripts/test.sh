@@ -5,8 +5,8 @@
 #   2. release  build the release variant; start a private PostgreSQL and a
 #               private RabbitMQ (scripts/services.sh); run every CTest test
 #               (all labels)
-#   3. tsan     build with ThreadSanitizer; start RabbitMQ; run the unit and
-#               rabbitmq tests
+#   3. tsan     build with ThreadSanitizer; start RabbitMQ; run the unit,
+#               rabbitmq and server tests
 #   4. asan     build with ASan+UBSan; the same
 #   5. format   clang-format --dry-run --Werror over the C++ sources
 #
@@ -77,18 +77,19 @@ phase_release() {
   run_ctest release
 }
 
-# The sanitizer builds run the unit tests and the RabbitMQ tests (threads of
-# its own: worth ThreadSanitizer's and AddressSanitizer's eyes).
+# The sanitizer builds run the unit tests, the RabbitMQ tests and the
+# aise-server tests (threads of their own: worth ThreadSanitizer's and
+# AddressSanitizer's eyes).
 phase_tsan() {
   aise_build tsan
   start_services rabbitmq
-  run_ctest tsan -L '^(unit|rabbitmq)$'
+  run_ctest tsan -L '^(unit|rabbitmq|server)$'
 }
 
 phase_asan() {
   aise_build asan
   start_services rabbitmq
-  run_ctest asan -L '^(unit|rabbitmq)$'
+  run_ctest asan -L '^(unit|rabbitmq|server)$'
 }
 
 phase_format() {
