@@ -177,7 +177,12 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
       std::unique_lock lock(mutex_);
       cv_.wait_for(lock, std::chrono::seconds(5), [this] { return runs_.empty(); });
     }
-    rt_.remove_exit_listener(exit_listener_);
+    bool started = false;
+    {
+      std::lock_guard lock(mutex_);
+      started = started_;
+    }
+    if (started) rt_.remove_exit_listener(exit_listener_);
     std::vector<std::string> names;
     {
       std::lock_guard lock(mutex_);
@@ -190,11 +195,6 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
     }
     for (const auto& n : names) (void)rt_.stop(n);
     pool_.join();
-    bool started = false;
-    {
-      std::lock_guard lock(mutex_);
-      started = started_;
-    }
     if (started) report_agents(true);
   }
 
@@ -550,6 +550,24 @@ class worker_impl : public run_owner, public std::enable_shared_from_this<worker
       return;
     }
     d->ack();  // the lease is durable (or the store refused it for good)
+    if (lease) {
+      bool stop = false;
+      {
+        std::lock_guard lock(mutex_);
+        stop = stopping_;
+      }
+      if (stop) {
+        // Taken while the worker was stopping: given back at once, so
+        // another worker runs it without waiting for the lease to expire.
+        auto ended = options_.store->end_lease(key, lease_state::lost, rt_.clock().now(), false);
+        std::lock_guard lock(mutex_);
+        if (ended && ended->state == lease_state::lost) ++stats_.released;
+        --acquiring_;
+        acquiring_keys_.erase(k);
+        cv_.notify_all();
+        return;
+      }
+    }
     if (!lease) {
       std::lock_guard lock(mutex_);
       ++stats_.duplicates;
