@@ -117,6 +117,19 @@ std::string shorten(const std::string& s) {
   return s.size() <= 80 ? s : s.substr(0, 77) + "...";
 }
 
+/// Decodes a message body: JSON, then `parse` (task_handoff_from_json,
+/// task_outcome_from_json); `invalid_argument` saying why otherwise.
+template <class T>
+result<T> decode_body(const std::string& body, result<T> (*parse)(const nlohmann::json&)) {
+  try {
+    const auto j = nlohmann::json::parse(body, nullptr, false);
+    if (j.is_discarded()) return error(errc::invalid_argument, "the body is not JSON");
+    return parse(j);
+  } catch (const std::exception& e) {
+    return error(errc::invalid_argument, e.what());
+  }
+}
+
 template <class F>
 void guarded(spdlog::logger& log, std::string_view what, F&& f) noexcept {
   try {
@@ -898,15 +911,7 @@ class dispatcher_engine final : public engine {
   void on_delivery(amqp_channel_t channel, const std::string& /*consumer_tag*/, std::uint64_t tag,
                    std::string body) override {
     if (channel != consume_channel) return;
-    result<task_outcome> decoded = error(errc::invalid_argument, "not decoded");
-    try {
-      const auto j = nlohmann::json::parse(body, nullptr, false);
-      decoded = j.is_discarded()
-                    ? result<task_outcome>(error(errc::invalid_argument, "the body is not JSON"))
-                    : task_outcome_from_json(j);
-    } catch (const std::exception& e) {
-      decoded = error(errc::invalid_argument, e.what());
-    }
+    result<task_outcome> decoded = decode_body(body, &task_outcome_from_json);
     if (!decoded) {
       log_->error("rabbitmq: an undecodable outcome ({} bytes) goes to '{}': {}", body.size(),
                   names_.dead, decoded.error().message());
@@ -1172,15 +1177,7 @@ class source_engine final : public engine {
     if (channel != consume_channel) return;
     const auto it = consumer_capabilities_.find(consumer_tag);
     const std::string capability = it != consumer_capabilities_.end() ? it->second : "";
-    result<task_handoff> decoded = error(errc::invalid_argument, "not decoded");
-    try {
-      const auto j = nlohmann::json::parse(body, nullptr, false);
-      decoded = j.is_discarded()
-                    ? result<task_handoff>(error(errc::invalid_argument, "the body is not JSON"))
-                    : task_handoff_from_json(j);
-    } catch (const std::exception& e) {
-      decoded = error(errc::invalid_argument, e.what());
-    }
+    result<task_handoff> decoded = decode_body(body, &task_handoff_from_json);
     if (!decoded) {
       log_->error("rabbitmq: an undecodable hand-off ({} bytes) on '{}' goes to '{}': {}",
                   body.size(), names_.task_queue(capability), names_.dead,
