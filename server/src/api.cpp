@@ -86,6 +86,8 @@ struct call {
   const request& req;
   orchestrator& orch;
   const api_options& options;
+  artifact_store* artifacts;        // null: none configured
+  upload_start* upload;             // set by begin_upload: the body is streamed into a sink
   std::vector<std::string> params;  // the {…} segments of the route, in order
   std::multimap<std::string, std::string, std::less<>> query;
 
@@ -431,16 +433,358 @@ response list_agents(const call& c) {
   return json_response(200, {{"items", std::move(items)}});
 }
 
+// The latest snapshot of an agent as {version, taken_at, state}, or null.
+json snapshot_json(const call& c, const std::string& name) {
+  auto snap = c.db().load_snapshot(name);
+  if (!snap) {
+    if (snap.error().code() == errc::not_found) return nullptr;
+    reject_with(snap.error());
+  }
+  return {{"version", snap->version},
+          {"taken_at", format_time(snap->taken_at)},
+          {"state", snap->state}};
+}
+
 response get_agent(const call& c) {
   const auto& name = c.params[0];
   auto stored = c.db().get_agent(name);
   if (!stored && stored.error().code() != errc::not_found) reject_with(stored.error());
   std::optional<agent_record> record;
   if (stored) record = stored.value();
-  if (auto live = c.orch.agent_info(name))
-    return json_response(200, agent_status_json(*live, record));
-  if (record) return json_response(200, agent_record_json(*record));
+  json snapshot = snapshot_json(c, name);
+  if (auto live = c.orch.agent_info(name)) {
+    json j = agent_status_json(*live, record);
+    j["snapshot"] = std::move(snapshot);
+    return json_response(200, j);
+  }
+  if (record) {
+    json j = agent_record_json(*record);
+    j["snapshot"] = std::move(snapshot);
+    return json_response(200, j);
+  }
   reject_with(404, "not_found", "no agent '" + name + "'", {{"agent", name}});
+}
+
+// POST /api/v1/agents {"kind", "name"?, "project"?, "concurrency"?}
+response spawn_agent(const call& c) {
+  json body = body_object(c, false);
+  agent_spawn spec;
+  auto kind = string_field(body, "kind", c.options.max_id_length);
+  if (!kind || kind->empty()) {
+    reject_with(400, "invalid_argument", "field 'kind' is required", {{"field", "kind"}});
+  }
+  spec.kind = std::move(*kind);
+  if (auto name = string_field(body, "name", c.options.max_id_length)) {
+    check_id(c, *name, "name");
+    spec.name = std::move(*name);
+  }
+  if (auto project_id = string_field(body, "project", c.options.max_id_length)) {
+    check_id(c, *project_id, "project");
+    (void)existing_project(c, *project_id);
+    spec.project = std::move(*project_id);
+  }
+  if (auto it = body.find("concurrency"); it != body.end() && !it->is_null()) {
+    if (!it->is_number_unsigned() || it->get<std::uint64_t>() > 1024) {
+      reject_with(400, "invalid_argument", "field 'concurrency' must be an integer from 0 to 1024",
+                  {{"field", "concurrency"}});
+    }
+    spec.concurrency = it->get<std::size_t>();
+  }
+  auto known = c.orch.kinds();
+  if (std::find(known.begin(), known.end(), spec.kind) == known.end()) {
+    reject_with(400, "invalid_argument", "no agent kind '" + spec.kind + "'",
+                {{"field", "kind"}, {"kinds", known}});
+  }
+  std::string name = take(c.orch.spawn(std::move(spec)));
+  auto res = json_response(201, agent_status_json(take(c.orch.agent_info(name)), std::nullopt));
+  res.headers.emplace_back("Location", "/api/v1/agents/" + name);
+  return res;
+}
+
+response stop_agent(const call& c) {
+  take(c.orch.stop_agent(c.params[0]));
+  return json_response(200, agent_status_json(take(c.orch.agent_info(c.params[0])), std::nullopt));
+}
+
+response restart_agent(const call& c) {
+  take(c.orch.restart_agent(c.params[0]));
+  return json_response(200, agent_status_json(take(c.orch.agent_info(c.params[0])), std::nullopt));
+}
+
+// ---- artifacts ----
+
+artifact_store& artifacts_of(const call& c) {
+  if (c.artifacts == nullptr) {
+    reject_with(503, "unavailable", "this server has no artifact store configured");
+  }
+  return *c.artifacts;
+}
+
+json artifact_json(const artifact_meta& a) {
+  return {{"id", a.id},
+          {"project", a.project},
+          {"task", a.task.empty() ? json(nullptr) : json(a.task)},
+          {"name", a.name},
+          {"media_type", a.media_type},
+          {"size", a.size},
+          {"sha256", a.sha256},
+          {"version", a.version},
+          {"created_at", format_time(a.created_at)}};
+}
+
+// A library error of an artifact write: over the size limit is the
+// client's 413, the rest as everywhere.
+response artifact_write_error(const aise::error& e) {
+  if (e.code() == errc::limit_exceeded) {
+    return error_response(413, "payload_too_large", e.message());
+  }
+  return error_response(e);
+}
+
+response artifact_created(const artifact_meta& meta) {
+  auto res = json_response(201, artifact_json(meta));
+  res.headers.emplace_back("Location", "/api/v1/artifacts/" + meta.id);
+  return res;
+}
+
+// Streams an upload into an artifact writer; committing makes it visible.
+class artifact_sink final : public body_sink {
+ public:
+  explicit artifact_sink(artifact_writer writer) : writer_(std::move(writer)) {}
+  result<void> write(std::string_view piece) override { return writer_.write(piece); }
+  response finish() override {
+    auto meta = writer_.commit();
+    if (!meta) return artifact_write_error(meta.error());
+    return artifact_created(*meta);
+  }
+
+ private:
+  artifact_writer writer_;
+};
+
+// A media type as given in Content-Type: printable ASCII, bounded.
+std::string media_type_of(const call& c) {
+  auto given = c.req.header("content-type");
+  if (!given || given->empty()) return "application/octet-stream";
+  if (given->size() > 255 ||
+      !std::all_of(given->begin(), given->end(), [](char ch) { return ch >= 0x20 && ch < 0x7f; })) {
+    reject_with(400, "invalid_argument",
+                "header 'Content-Type' must be at most 255 printable ASCII characters",
+                {{"header", "Content-Type"}});
+  }
+  return std::string(*given);
+}
+
+// PUT /api/v1/projects/{id}/artifacts/{name}[?task=T]: a new version of
+// `name`; the body is the content (streamed by the HTTP server).
+response upload_artifact(const call& c) {
+  artifact_store& store = artifacts_of(c);
+  const std::string& name = c.params[1];
+  if (name.size() > c.options.max_name_length) {
+    reject_with(
+        400, "invalid_argument",
+        "an artifact name is at most " + std::to_string(c.options.max_name_length) + " bytes",
+        {{"field", "name"}});
+  }
+  project p = existing_project(c, c.params[0]);
+  if (p.archived) {
+    reject_with(409, "conflict", "project " + p.id + " is archived", {{"project", p.id}});
+  }
+  artifact_spec spec;
+  spec.project = p.id;
+  spec.name = name;
+  spec.media_type = media_type_of(c);
+  if (auto task_id = c.query_value("task")) {
+    check_id(c, *task_id, "task");
+    task t = take(c.db().get_task(*task_id));
+    if (t.project != p.id) {
+      reject_with(400, "invalid_argument",
+                  "task " + t.id + " belongs to project " + t.project + ", not " + p.id,
+                  {{"parameter", "task"}});
+    }
+    spec.task = std::move(*task_id);
+  }
+  if (auto length = c.req.header("content-length"); length && store.options().max_size != 0) {
+    std::uint64_t n = 0;
+    auto [end, ec] = std::from_chars(length->data(), length->data() + length->size(), n);
+    if (ec == std::errc{} && end == length->data() + length->size() &&
+        n > store.options().max_size) {
+      reject_with(
+          413, "payload_too_large",
+          "the artifact is larger than " + std::to_string(store.options().max_size) + " bytes",
+          {{"limit", store.options().max_size}});
+    }
+  }
+  artifact_writer writer = take(store.create(std::move(spec)));
+  if (c.upload != nullptr) {
+    c.upload->sink = std::make_unique<artifact_sink>(std::move(writer));
+    return {};
+  }
+  if (auto written = writer.write(c.req.body); !written)
+    return artifact_write_error(written.error());
+  auto meta = writer.commit();
+  if (!meta) return artifact_write_error(meta.error());
+  return artifact_created(*meta);
+}
+
+response list_artifacts(const call& c) {
+  artifact_store& store = artifacts_of(c);
+  project p = existing_project(c, c.params[0]);
+  auto limit = page_limit(c);
+  auto cursor = c.query_value("cursor").value_or("");
+  auto all = take(store.list(p.id));  // ordered by name
+  json items = json::array();
+  std::string next;
+  for (const auto& a : all) {
+    if (!cursor.empty() && a.name <= cursor) continue;
+    if (items.size() == limit) {
+      next = items.back()["name"].get<std::string>();
+      break;
+    }
+    items.push_back(artifact_json(a));
+  }
+  return json_response(200, {{"items", std::move(items)}, {"next", next_or_null(next)}});
+}
+
+response artifact_versions(const call& c) {
+  artifact_store& store = artifacts_of(c);
+  project p = existing_project(c, c.params[0]);
+  auto versions = take(store.versions(p.id, c.params[1]));
+  if (versions.empty()) {
+    reject_with(404, "not_found", "no artifact named '" + c.params[1] + "' in project " + p.id,
+                {{"project", p.id}, {"name", c.params[1]}});
+  }
+  json items = json::array();
+  for (const auto& a : versions) items.push_back(artifact_json(a));
+  return json_response(200, {{"items", std::move(items)}, {"next", nullptr}});
+}
+
+response get_artifact(const call& c) {
+  return json_response(200, artifact_json(take(artifacts_of(c).info(c.params[0]))));
+}
+
+class artifact_source final : public body_source {
+ public:
+  explicit artifact_source(artifact_reader reader) : reader_(std::move(reader)) {}
+  result<std::size_t> read(char* buffer, std::size_t capacity) override {
+    return reader_.read(buffer, capacity);
+  }
+
+ private:
+  artifact_reader reader_;
+};
+
+// A Range header's one byte range over `size` bytes, as [first, last].
+// nullopt: serve the whole content (no Range, a unit other than bytes, a
+// syntax error or several ranges: RFC 9110 lets a server ignore those);
+// `unsatisfiable` set: 416.
+struct byte_range {
+  std::uint64_t first = 0;
+  std::uint64_t last = 0;
+  bool unsatisfiable = false;
+};
+
+std::optional<std::uint64_t> parse_u64(std::string_view s) {
+  std::uint64_t n = 0;
+  if (s.empty()) return std::nullopt;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  if (ec != std::errc{} || end != s.data() + s.size()) return std::nullopt;
+  return n;
+}
+
+std::optional<byte_range> parse_range(std::string_view header, std::uint64_t size) {
+  constexpr std::string_view unit = "bytes=";
+  if (header.substr(0, unit.size()) != unit) return std::nullopt;
+  std::string_view spec = header.substr(unit.size());
+  while (!spec.empty() && spec.front() == ' ') spec.remove_prefix(1);
+  while (!spec.empty() && spec.back() == ' ') spec.remove_suffix(1);
+  if (spec.find(',') != std::string_view::npos) return std::nullopt;
+  auto dash = spec.find('-');
+  if (dash == std::string_view::npos) return std::nullopt;
+  auto first_text = spec.substr(0, dash);
+  auto last_text = spec.substr(dash + 1);
+  byte_range r;
+  if (first_text.empty()) {  // "-N": the last N bytes
+    auto n = parse_u64(last_text);
+    if (!n) return std::nullopt;
+    if (*n == 0 || size == 0) return byte_range{0, 0, true};
+    r.first = *n >= size ? 0 : size - *n;
+    r.last = size - 1;
+    return r;
+  }
+  auto first = parse_u64(first_text);
+  if (!first) return std::nullopt;
+  std::optional<std::uint64_t> last;
+  if (!last_text.empty()) {
+    last = parse_u64(last_text);
+    if (!last || *last < *first) return std::nullopt;
+  }
+  if (*first >= size) return byte_range{0, 0, true};
+  r.first = *first;
+  r.last = last ? std::min(*last, size - 1) : size - 1;
+  return r;
+}
+
+// RFC 5987 form of a file name for Content-Disposition: every byte but
+// unreserved ASCII percent-encoded, so no name can break the header.
+std::string disposition_for(std::string_view name) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  std::string out = "attachment; filename*=UTF-8''";
+  for (unsigned char ch : name) {
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+        ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+      out.push_back(static_cast<char>(ch));
+    } else {
+      out.push_back('%');
+      out.push_back(hex[ch >> 4]);
+      out.push_back(hex[ch & 15]);
+    }
+  }
+  return out;
+}
+
+// GET /api/v1/artifacts/{id}/content: the bytes, streamed; one byte range
+// with Range (206), If-Range and If-None-Match against the ETag (the digest).
+response download_artifact(const call& c) {
+  artifact_store& store = artifacts_of(c);
+  artifact_meta meta = take(store.info(c.params[0]));
+  std::string etag = "\"" + meta.sha256 + "\"";
+  if (auto inm = c.req.header("if-none-match");
+      inm && (*inm == etag || *inm == "*" || inm->find(etag) != std::string_view::npos)) {
+    response res{304, "", {{"ETag", etag}}};
+    return res;
+  }
+  std::optional<byte_range> range;
+  if (auto header = c.req.header("range")) {
+    auto if_range = c.req.header("if-range");
+    if (!if_range || *if_range == etag) range = parse_range(*header, meta.size);
+  }
+  if (range && range->unsatisfiable) {
+    auto res = error_response(
+        416, "range_not_satisfiable",
+        "the range is outside the artifact's " + std::to_string(meta.size) + " bytes",
+        {{"size", meta.size}});
+    res.headers.emplace_back("Content-Range", "bytes */" + std::to_string(meta.size));
+    return res;
+  }
+  std::uint64_t offset = range ? range->first : 0;
+  std::uint64_t length = range ? range->last - range->first + 1 : meta.size;
+  artifact_reader reader = take(store.open(meta.id, offset, length));
+  response res;
+  res.status = range ? 206 : 200;
+  res.content_type = meta.media_type;
+  res.stream_size = reader.size();
+  res.stream = std::make_shared<artifact_source>(std::move(reader));
+  res.headers.emplace_back("Accept-Ranges", "bytes");
+  res.headers.emplace_back("ETag", etag);
+  res.headers.emplace_back("Content-Disposition", disposition_for(meta.name));
+  res.headers.emplace_back("X-Content-Type-Options", "nosniff");
+  if (range) {
+    res.headers.emplace_back("Content-Range", "bytes " + std::to_string(range->first) + "-" +
+                                                  std::to_string(range->last) + "/" +
+                                                  std::to_string(meta.size));
+  }
+  return res;
 }
 
 // ---- routing ----
@@ -451,6 +795,7 @@ struct route {
   std::string_view method;
   std::vector<std::string_view> pattern;  // "{}" matches one non-empty segment
   handler fn;
+  bool streams = false;  // the body is streamed (see api::streams_body)
 };
 
 const std::vector<route>& routes() {
@@ -473,6 +818,14 @@ const std::vector<route>& routes() {
       {"GET", {"api", "v1", "agent-kinds"}, agent_kinds},
       {"GET", {"api", "v1", "agents"}, list_agents},
       {"GET", {"api", "v1", "agents", "{}"}, get_agent},
+      {"POST", {"api", "v1", "agents"}, spawn_agent},
+      {"POST", {"api", "v1", "agents", "{}", "stop"}, stop_agent},
+      {"POST", {"api", "v1", "agents", "{}", "restart"}, restart_agent},
+      {"PUT", {"api", "v1", "projects", "{}", "artifacts", "{}"}, upload_artifact, true},
+      {"GET", {"api", "v1", "projects", "{}", "artifacts"}, list_artifacts},
+      {"GET", {"api", "v1", "projects", "{}", "artifacts", "{}", "versions"}, artifact_versions},
+      {"GET", {"api", "v1", "artifacts", "{}"}, get_artifact},
+      {"GET", {"api", "v1", "artifacts", "{}", "content"}, download_artifact},
   };
   return table;
 }
@@ -492,24 +845,32 @@ bool match(const route& r, const std::vector<std::string>& segments,
   return true;
 }
 
-response dispatch(const request& req, orchestrator& orch, const api_options& options) {
+// The path's segments, percent-decoded; nullopt on a bad escape.
+std::optional<std::vector<std::string>> split_path(std::string_view path) {
+  std::vector<std::string> segments;
+  for (std::string_view rest = path.substr(1);;) {
+    auto slash = rest.find('/');
+    auto decoded = percent_decode(rest.substr(0, slash), false);
+    if (!decoded) return std::nullopt;
+    segments.push_back(std::move(*decoded));
+    if (slash == std::string_view::npos) break;
+    rest = rest.substr(slash + 1);
+  }
+  return segments;
+}
+
+response dispatch(const request& req, orchestrator& orch, const api_options& options,
+                  artifact_store* artifacts, upload_start* upload) {
   std::string_view target = req.target;
   auto qmark = target.find('?');
   std::string_view path = target.substr(0, qmark);
   if (path.empty() || path.front() != '/') {
     return error_response(400, "bad_request", "the request target must be an absolute path");
   }
-  std::vector<std::string> segments;
-  for (std::string_view rest = path.substr(1);;) {
-    auto slash = rest.find('/');
-    auto decoded = percent_decode(rest.substr(0, slash), false);
-    if (!decoded) return error_response(400, "bad_request", "bad percent-escape in the path");
-    segments.push_back(std::move(*decoded));
-    if (slash == std::string_view::npos) break;
-    rest = rest.substr(slash + 1);
-  }
+  auto segments = split_path(path);
+  if (!segments) return error_response(400, "bad_request", "bad percent-escape in the path");
 
-  call c{req, orch, options, {}, {}};
+  call c{req, orch, options, artifacts, upload, {}, {}};
   if (qmark != std::string_view::npos) {
     std::string_view query = target.substr(qmark + 1);
     while (!query.empty()) {
@@ -531,7 +892,7 @@ response dispatch(const request& req, orchestrator& orch, const api_options& opt
 
   std::string allowed;
   for (const auto& r : routes()) {
-    if (!match(r, segments, c.params)) continue;
+    if (!match(r, *segments, c.params)) continue;
     if (r.method == req.method) return r.fn(c);
     if (!allowed.empty()) allowed += ", ";
     allowed += r.method;
@@ -545,6 +906,26 @@ response dispatch(const request& req, orchestrator& orch, const api_options& opt
   }
   return error_response(404, "not_found", "no route " + std::string(path),
                         {{"path", std::string(path)}});
+}
+
+// Runs `fn` (which dispatches), turning what it throws into a response.
+template <class F>
+response guarded(F&& fn) noexcept {
+  try {
+    try {
+      return fn();
+    } catch (client_error& e) {
+      return std::move(e.res);
+    } catch (const std::exception& e) {
+      return error_response(500, "internal", std::string("internal error: ") + e.what());
+    } catch (...) {
+      return error_response(500, "internal", "internal error");
+    }
+  } catch (...) {
+    // Building the error response itself failed (out of memory).
+    return response{
+        500, R"({"error":{"code":"internal","message":"internal error","details":null}})", {}};
+  }
 }
 
 }  // namespace
@@ -587,24 +968,46 @@ response error_response(const aise::error& e) {
   return error_response(http_status(e.code()), to_string(e.code()), e.message());
 }
 
-api::api(orchestrator& orch, api_options options) : orch_(orch), options_(options) {}
+std::optional<std::string_view> request::header(std::string_view name) const noexcept {
+  for (const auto& [key, value] : headers) {
+    if (key == name) return std::string_view(value);
+  }
+  return std::nullopt;
+}
+
+api::api(orchestrator& orch, api_options options, std::shared_ptr<artifact_store> artifacts)
+    : orch_(orch), options_(options), artifacts_(std::move(artifacts)) {}
 
 response api::handle(const request& req) const noexcept {
+  return guarded([&] { return dispatch(req, orch_, options_, artifacts_.get(), nullptr); });
+}
+
+bool api::streams_body(const request& head) const noexcept {
   try {
-    try {
-      return dispatch(req, orch_, options_);
-    } catch (client_error& e) {
-      return std::move(e.res);
-    } catch (const std::exception& e) {
-      return error_response(500, "internal", std::string("internal error: ") + e.what());
-    } catch (...) {
-      return error_response(500, "internal", "internal error");
+    std::string_view target = head.target;
+    std::string_view path = target.substr(0, target.find('?'));
+    if (path.empty() || path.front() != '/') return false;
+    auto segments = split_path(path);
+    if (!segments) return false;
+    std::vector<std::string> params;
+    for (const auto& r : routes()) {
+      if (r.streams && r.method == head.method && match(r, *segments, params)) return true;
     }
+    return false;
   } catch (...) {
-    // Building the error response itself failed (out of memory).
-    return response{
-        500, R"({"error":{"code":"internal","message":"internal error","details":null}})", {}};
+    return false;
   }
+}
+
+upload_start api::begin_upload(const request& head) const noexcept {
+  upload_start start;
+  start.refused =
+      guarded([&] { return dispatch(head, orch_, options_, artifacts_.get(), &start); });
+  if (start.sink == nullptr && start.refused.status < 400) {
+    // Not a streamed route after all (a race with nothing: routes are fixed).
+    start.refused = error_response(500, "internal", "the route does not stream its body");
+  }
+  return start;
 }
 
 }  // namespace aise::server

@@ -14,11 +14,15 @@
 ///   its database); run `handle` off latency-sensitive executor threads.
 /// - Unknown JSON fields in request bodies are ignored (like the library's
 ///   `task_spec_from_json`); known fields with a wrong type are a 400.
+#include <aise/artifacts.hpp>
 #include <aise/error.hpp>
 #include <aise/orchestrator.hpp>
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -31,13 +35,54 @@ struct request {
   std::string method;  ///< Upper case: "GET", "POST", "PATCH", ...
   std::string target;  ///< Path plus optional query, e.g. "/api/v1/projects?limit=10".
   std::string body;    ///< The raw body (JSON for the routes that take one).
+  /// Request headers, names in lower case, in arrival order.
+  std::vector<std::pair<std::string, std::string>> headers;
+
+  /// The first header called `name` (give it in lower case), if any.
+  [[nodiscard]] std::optional<std::string_view> header(std::string_view name) const noexcept;
 };
 
-/// An HTTP response; the body is JSON (Content-Type application/json).
+/// A response body produced piece by piece (artifact downloads), so that
+/// nothing holds a whole artifact in memory. Called from one handler thread
+/// at a time; destroyed when the response is done or the connection drops.
+class body_source {
+ public:
+  virtual ~body_source() = default;
+  /// Fills up to `capacity` bytes; returns how many, 0 only at the end.
+  /// An error ends the response early (the connection is closed, so the
+  /// client sees a body shorter than its Content-Length).
+  virtual result<std::size_t> read(char* buffer, std::size_t capacity) = 0;
+};
+
+/// A request body consumed piece by piece (artifact uploads). Called from
+/// one handler thread at a time. Destroying it before `finish` discards
+/// what was written (the upload was cut off or refused).
+class body_sink {
+ public:
+  virtual ~body_sink() = default;
+  /// Takes the next piece. An error ends the upload: its response is sent
+  /// and the connection closed.
+  virtual result<void> write(std::string_view piece) = 0;
+  /// After the last piece: commits and returns the response.
+  virtual struct response finish() = 0;
+};
+
+/// An HTTP response. The body is `body` (JSON unless `content_type` says
+/// otherwise) or, when `stream` is set, `stream_size` bytes read from it.
 struct response {
   int status = 200;
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;  ///< Extra headers (e.g. Allow).
+  std::string content_type = "application/json";
+  std::shared_ptr<body_source> stream;  ///< Replaces `body` when set.
+  std::uint64_t stream_size = 0;        ///< Exact number of bytes `stream` gives.
+};
+
+/// What `api::begin_upload` decided: stream the body into `sink`, or (no
+/// sink) answer `refused` at once without reading the body.
+struct upload_start {
+  std::unique_ptr<body_sink> sink;
+  response refused;
 };
 
 /// Limits and defaults of the API.
@@ -45,6 +90,7 @@ struct api_options {
   std::size_t default_page_size = 50;  ///< `limit` when a listing does not say.
   std::size_t max_page_size = 1000;    ///< Larger `limit` values are a 400.
   std::size_t max_id_length = 128;     ///< Longer ids in bodies are a 400.
+  std::size_t max_name_length = 1024;  ///< Longer artifact names are a 400.
 };
 
 /// The HTTP status for a library error code. The one place where `errc`
@@ -62,15 +108,30 @@ response error_response(const aise::error& e);
 /// The routes under /api/v1 plus /healthz and /readyz.
 class api {
  public:
-  /// Serves `orch` and its store; `orch` must outlive the api.
-  explicit api(orchestrator& orch, api_options options = {});
+  /// Serves `orch` and its store, and `artifacts` (without one the
+  /// artifact routes answer 503); `orch` must outlive the api.
+  explicit api(orchestrator& orch, api_options options = {},
+               std::shared_ptr<artifact_store> artifacts = nullptr);
 
-  /// Answers one request. Never throws.
+  /// Answers one request. Never throws. An upload given whole in
+  /// `req.body` is stored like a streamed one.
   [[nodiscard]] response handle(const request& req) const noexcept;
+
+  /// True when `head` (method and target; headers and body not needed)
+  /// names a route whose body is streamed (artifact uploads). Cheap: no
+  /// store call; safe on socket threads.
+  [[nodiscard]] bool streams_body(const request& head) const noexcept;
+
+  /// Starts a streamed upload from the request line and headers: checks
+  /// everything that can be checked before the body (route, ids, the
+  /// project, Content-Length against the artifact size limit) and returns
+  /// a sink for the body, or the refusal. Never throws; blocks on the store.
+  [[nodiscard]] upload_start begin_upload(const request& head) const noexcept;
 
  private:
   orchestrator& orch_;
   api_options options_;
+  std::shared_ptr<artifact_store> artifacts_;
 };
 
 }  // namespace aise::server

@@ -1,6 +1,10 @@
 #include "config.hpp"
 
+#include <cerrno>
 #include <charconv>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string_view>
 
 namespace aise::server {
@@ -59,6 +63,12 @@ result<void> set_data_dir(config& c, const std::string& v) {
   return {};
 }
 
+result<void> set_artifact_dir(config& c, const std::string& v) {
+  if (v.empty()) return fail(errc::invalid_argument, "the artifact directory is empty");
+  c.artifact_dir = v;
+  return {};
+}
+
 const std::vector<setting>& settings() {
   static const std::vector<setting> table = {
       {"--listen", "AISE_LISTEN", "HOST:PORT to listen on (default 127.0.0.1:8080; port 0: any)",
@@ -83,6 +93,11 @@ const std::vector<setting>& settings() {
        set_number<std::size_t, &config::handler_threads, 1, 256>},
       {"--db-pool", "AISE_DB_POOL", "SQL connections (default 4)",
        set_number<std::size_t, &config::db_pool, 1, 256>},
+      {"--artifact-dir", "AISE_ARTIFACT_DIR",
+       "directory of the artifact store (default DATA_DIR/artifacts)", set_artifact_dir},
+      {"--artifact-limit", "AISE_ARTIFACT_LIMIT",
+       "largest artifact upload in bytes (default 1073741824; 0: no limit)",
+       set_number<std::uint64_t, &config::artifact_limit, 0, std::uint64_t{1} << 50>},
   };
   return table;
 }
@@ -94,9 +109,89 @@ std::string config::database_url() const {
   return "sqlite:" + data_dir + "/aise.db";
 }
 
-result<config> parse_config(const std::vector<std::string>& args,
-                            const std::function<std::optional<std::string>(const char*)>& getenv) {
+std::string config::artifact_root() const {
+  if (!artifact_dir.empty()) return artifact_dir;
+  return data_dir + "/artifacts";
+}
+
+result<std::string> read_config_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return fail(errc::invalid_argument,
+                "cannot read config file '" + path + "': " + std::strerror(errno));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+namespace {
+
+const setting* find_setting(std::string_view flag) {
+  for (const auto& s : settings()) {
+    if (flag == s.flag) return &s;
+  }
+  return nullptr;
+}
+
+std::string_view trim(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t' || v.front() == '\r')) {
+    v.remove_prefix(1);
+  }
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t' || v.back() == '\r')) {
+    v.remove_suffix(1);
+  }
+  return v;
+}
+
+// `key = value` lines; keys are the flags without their dashes; `#` starts
+// a comment line; a value may be in double quotes.
+result<void> apply_config_file(config& c, const std::string& path, const std::string& text) {
+  std::istringstream lines(text);
+  std::string line;
+  for (int number = 1; std::getline(lines, line); ++number) {
+    auto where = [&] { return "config file '" + path + "' line " + std::to_string(number) + ": "; };
+    auto content = trim(line);
+    if (content.empty() || content.front() == '#') continue;
+    auto eq = content.find('=');
+    if (eq == std::string_view::npos) {
+      return fail(errc::invalid_argument, where() + "expected key = value");
+    }
+    std::string key(trim(content.substr(0, eq)));
+    auto value = trim(content.substr(eq + 1));
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
+      value = value.substr(1, value.size() - 2);
+    }
+    const setting* s = key == "config" ? nullptr : find_setting("--" + key);
+    if (s == nullptr) return fail(errc::invalid_argument, where() + "unknown key '" + key + "'");
+    if (auto r = s->apply(c, std::string(value)); !r) {
+      return fail(errc::invalid_argument, where() + key + ": " + r.error().message());
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+result<config> parse_config(
+    const std::vector<std::string>& args,
+    const std::function<std::optional<std::string>(const char*)>& getenv,
+    const std::function<result<std::string>(const std::string&)>& read_file) {
   config c;
+  // The file first (flags and variables override it); where it is comes
+  // from --config or AISE_CONFIG.
+  std::optional<std::string> file = getenv("AISE_CONFIG");
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--config" && i + 1 < args.size()) file = args[i + 1];
+    if (args[i].rfind("--config=", 0) == 0) file = args[i].substr(9);
+  }
+  if (file) {
+    if (file->empty()) return fail(errc::invalid_argument, "--config: the file name is empty");
+    auto text = read_file(*file);
+    if (!text) return text.error();
+    if (auto r = apply_config_file(c, *file, *text); !r) return r.error();
+    c.config_file = *file;
+  }
   for (const auto& s : settings()) {
     if (auto v = getenv(s.env)) {
       if (auto r = s.apply(c, *v); !r) {
@@ -116,10 +211,12 @@ result<config> parse_config(const std::vector<std::string>& args,
     }
     auto eq = arg.find('=');
     std::string name = arg.substr(0, eq);
-    const setting* found = nullptr;
-    for (const auto& s : settings()) {
-      if (name == s.flag) found = &s;
+    if (name == "--config") {  // read above
+      if (eq == std::string::npos) ++i;
+      if (i >= args.size()) return fail(errc::invalid_argument, "--config needs a value");
+      continue;
     }
+    const setting* found = find_setting(name);
     if (!found) return fail(errc::invalid_argument, "unknown option '" + name + "' (see --help)");
     std::string value;
     if (eq != std::string::npos) {
@@ -146,6 +243,9 @@ std::string usage() {
     text += "  " + std::string(s.flag) + " VALUE  [" + s.env + "]\n      " + s.help + "\n";
   }
   text +=
+      "  --config FILE  [AISE_CONFIG]\n"
+      "      read settings from FILE first: `key = value` lines, keys are the flags\n"
+      "      without their dashes (listen = 0.0.0.0:8080); flags and variables win\n"
       "  --help      this text\n"
       "  --version   the version\n";
   return text;

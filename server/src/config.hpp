@@ -26,18 +26,30 @@ struct config {
   std::size_t io_threads = 1;                 ///< Threads running the sockets.
   std::size_t handler_threads = 4;            ///< Threads running the (blocking) handlers.
   std::size_t db_pool = 4;                    ///< SQL connections.
+  std::string artifact_dir;                   ///< Artifact store root; empty: <data_dir>/artifacts.
+  std::uint64_t artifact_limit = std::uint64_t{1} << 30;  ///< Largest upload; 0 = none.
+  std::string config_file;                                ///< The config file read, if any.
   bool help = false;
   bool version = false;
 
   /// The database URL to open: `db`, or the SQLite file under `data_dir`.
   [[nodiscard]] std::string database_url() const;
+  /// The artifact store's root: `artifact_dir`, or `<data_dir>/artifacts`.
+  [[nodiscard]] std::string artifact_root() const;
 };
 
-/// Reads the environment variables (through `getenv`, injectable for tests)
-/// and then the flags `args` (without the program name). `invalid_argument`
-/// naming the flag or variable on a malformed or unknown one.
-result<config> parse_config(const std::vector<std::string>& args,
-                            const std::function<std::optional<std::string>(const char*)>& getenv);
+/// Reads a whole file (the default `read_file` of `parse_config`).
+result<std::string> read_config_file(const std::string& path);
+
+/// Reads the config file named by `--config` or `AISE_CONFIG` (through
+/// `read_file`), then the environment variables (through `getenv`; both
+/// injectable for tests), then the flags `args` (without the program name):
+/// later sources win. `invalid_argument` naming the flag, variable or file
+/// line on a malformed or unknown setting, or an unreadable file.
+result<config> parse_config(
+    const std::vector<std::string>& args,
+    const std::function<std::optional<std::string>(const char*)>& getenv,
+    const std::function<result<std::string>(const std::string&)>& read_file = read_config_file);
 
 /// The `--help` text.
 std::string usage();

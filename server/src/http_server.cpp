@@ -2,6 +2,7 @@
 
 #include <aise/version.hpp>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -11,7 +12,9 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <cctype>
 #include <condition_variable>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -98,7 +101,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   // progress (being received, handled or answered) after its response.
   void stop() {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
-      bool receiving = self->parser_ && self->parser_->got_some();
+      bool receiving = self->receiving_ || (self->head_ && self->head_->got_some());
       beast::error_code ec;
       if (!self->busy_ && !receiving) self->stream_.socket().cancel(ec);
     });
@@ -114,32 +117,166 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
  private:
   void read() {
     if (server_.stopping()) return close();
-    parser_.emplace();
-    parser_->body_limit(server_.options_.body_limit);
-    parser_->header_limit(static_cast<std::uint32_t>(server_.options_.header_limit));
+    receiving_ = false;
+    parser_.reset();
+    head_.emplace();
+    // Checked per route in on_header. (Not `boost::none`: Beast 1.81
+    // compares a Content-Length against that as if it were the lowest limit.)
+    head_->body_limit(std::numeric_limits<std::uint64_t>::max());
+    head_->header_limit(static_cast<std::uint32_t>(server_.options_.header_limit));
     stream_.expires_after(server_.options_.read_timeout);
     http::async_read_header(
-        stream_, buffer_, *parser_,
+        stream_, buffer_, *head_,
         [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
   }
 
-  // A client that sent `Expect: 100-continue` waits for a 100 before it
-  // sends the body (curl does so for bodies over 1 KiB); a body over the
-  // limit was refused already, by its Content-Length.
+  // The request line and headers as the API sees them (no body yet).
+  request head_request() const {
+    const auto& h = head_->get();
+    request r;
+    r.method = std::string(h.method_string());
+    r.target = std::string(h.target());
+    r.headers.reserve(static_cast<std::size_t>(std::distance(h.begin(), h.end())));
+    for (const auto& field : h) {
+      std::string name(field.name_string());
+      for (auto& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      r.headers.emplace_back(std::move(name), std::string(field.value()));
+    }
+    return r;
+  }
+
+  [[nodiscard]] bool expects_continue() const {
+    return beast::iequals(head_->get()[http::field::expect], "100-continue") && !head_->is_done();
+  }
+
+  // Sends `100 Continue`, then `next`. A client that sent `Expect:
+  // 100-continue` waits for it before it sends the body (curl does so for
+  // bodies over 1 KiB).
+  template <class Next>
+  void send_continue(Next next) {
+    auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_,
+                                                                   head_->get().version());
+    http::async_write(
+        stream_, *cont,
+        [self = shared_from_this(), cont, next](beast::error_code ec, std::size_t) mutable {
+          if (ec) return self->close();
+          next();
+        });
+  }
+
+  // After the headers: a streamed upload, or a body read whole (refused
+  // at once, by its Content-Length, when over the limit).
   void on_header(beast::error_code ec) {
     if (ec) return on_read(ec);
+    receiving_ = true;
+    keep_alive_ = head_->get().keep_alive();
+    version_ = head_->get().version();
+    const auto& hooks = server_.options_.uploads;
+    if (hooks.streams_body && hooks.begin_upload) {
+      request probe;
+      probe.method = std::string(head_->get().method_string());
+      probe.target = std::string(head_->get().target());
+      if (hooks.streams_body(probe)) {
+        auto length = head_->content_length();
+        if (length && hooks.upload_limit != 0 && *length > hooks.upload_limit) {
+          return upload_too_large();
+        }
+        return begin_upload(head_request());
+      }
+    }
+    auto length = head_->content_length();
+    if (length && *length > server_.options_.body_limit) return on_read(http::error::body_limit);
+    parser_.emplace(std::move(*head_));
+    head_.reset();
+    parser_->body_limit(server_.options_.body_limit);
     if (beast::iequals(parser_->get()[http::field::expect], "100-continue") &&
         !parser_->is_done()) {
-      auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_,
-                                                                     parser_->get().version());
-      http::async_write(stream_, *cont,
-                        [self = shared_from_this(), cont](beast::error_code ec, std::size_t) {
-                          if (ec) return self->close();
-                          self->read_body();
-                        });
-      return;
+      return send_continue([self = shared_from_this()] { self->read_body(); });
     }
     read_body();
+  }
+
+  // ---- streamed uploads ----
+
+  void begin_upload(request head) {
+    busy_ = true;
+    net::post(server_.pool_, [self = shared_from_this(), head = std::move(head)] {
+      auto start =
+          std::make_shared<upload_start>(self->server_.options_.uploads.begin_upload(head));
+      net::post(self->stream_.get_executor(), [self, start] {
+        if (!start->sink) return self->reply_and_close(std::move(start->refused));
+        self->sink_ = std::move(start->sink);
+        bool wants_continue = self->expects_continue();
+        self->upload_.emplace(std::move(*self->head_));
+        self->head_.reset();
+        auto limit = self->server_.options_.uploads.upload_limit;
+        self->upload_->body_limit(limit == 0 ? std::numeric_limits<std::uint64_t>::max() : limit);
+        self->piece_.resize(self->server_.options_.stream_piece);
+        if (wants_continue) return self->send_continue([self] { self->read_piece(); });
+        self->read_piece();
+      });
+    });
+  }
+
+  void read_piece() {
+    upload_->get().body().data = piece_.data();
+    upload_->get().body().size = piece_.size();
+    if (upload_->is_done()) return on_piece({});  // an empty body
+    stream_.expires_after(server_.options_.read_timeout);
+    http::async_read(
+        stream_, buffer_, *upload_,
+        [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_piece(ec); });
+  }
+
+  void on_piece(beast::error_code ec) {
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) {
+      drop_sink();
+      if (ec == http::error::body_limit) return upload_too_large();
+      if (ec.category() == http::make_error_code(http::error::bad_method).category() &&
+          ec != http::error::end_of_stream && ec != http::error::partial_message) {
+        return reply_and_close(
+            error_response(400, "bad_request", "malformed HTTP request: " + ec.message()));
+      }
+      return close();  // cut off, timed out or stopped: the upload is discarded
+    }
+    std::size_t n = piece_.size() - upload_->get().body().size;
+    bool done = upload_->is_done();
+    net::post(server_.pool_, [self = shared_from_this(), n, done] {
+      std::optional<response> res;
+      if (auto written = self->sink_->write(std::string_view(self->piece_.data(), n)); !written) {
+        const auto& e = written.error();
+        res = e.code() == errc::limit_exceeded
+                  ? error_response(413, "payload_too_large", e.message())
+                  : error_response(e);
+      } else if (done) {
+        res = self->sink_->finish();
+      }
+      if (res) self->sink_.reset();  // on a handler thread: aborting removes a file
+      net::post(self->stream_.get_executor(), [self, done, res = std::move(res)]() mutable {
+        if (res && !done) return self->reply_and_close(std::move(*res));
+        if (res) {
+          self->upload_.reset();
+          self->receiving_ = false;
+          return self->write(std::move(*res), false);
+        }
+        self->read_piece();
+      });
+    });
+  }
+
+  void upload_too_large() {
+    auto limit = server_.options_.uploads.upload_limit;
+    reply_and_close(error_response(413, "payload_too_large",
+                                   "the upload is larger than " + std::to_string(limit) + " bytes",
+                                   {{"limit", limit}}));
+  }
+
+  // Discards an unfinished upload off the socket thread (aborting removes
+  // its temporary file).
+  void drop_sink() {
+    if (!sink_) return;
+    net::post(server_.pool_, [sink = std::shared_ptr<body_sink>(std::move(sink_))] {});
   }
 
   void read_body() {
@@ -175,6 +312,12 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     r.method = std::string(req.method_string());
     r.target = std::string(req.target());
     r.body = std::move(req.body());
+    for (const auto& field : req) {
+      std::string name(field.name_string());
+      for (auto& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      r.headers.emplace_back(std::move(name), std::string(field.value()));
+    }
+    receiving_ = false;
     busy_ = true;
     net::post(server_.pool_, [self = shared_from_this(), r = std::move(r)] {
       response res;
@@ -195,14 +338,17 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   }
 
   void write(response res, bool close_after) {
+    close_after = close_after || !keep_alive_ || server_.stopping();
+    if (res.stream) return write_stream(std::move(res), close_after);
     auto out = std::make_shared<http::response<http::string_body>>();
     out->version(version_);
     out->result(static_cast<unsigned>(res.status));
     out->set(http::field::server, "aise-server/" AISE_VERSION_STRING);
-    out->set(http::field::content_type, "application/json");
+    if (!res.body.empty() || res.status != 304) {
+      out->set(http::field::content_type, res.content_type);
+    }
     for (auto& [name, value] : res.headers) out->set(name, value);
     out->body() = std::move(res.body);
-    close_after = close_after || !keep_alive_ || server_.stopping();
     out->keep_alive(!close_after);
     out->prepare_payload();
     stream_.expires_after(server_.options_.read_timeout);
@@ -213,6 +359,79 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
           if (ec || close_after) return self->close();
           self->read();
         });
+  }
+
+  // ---- streamed responses ----
+
+  struct download {
+    http::response<http::buffer_body> message;
+    std::optional<http::response_serializer<http::buffer_body>> serializer;
+    std::shared_ptr<body_source> source;
+    std::vector<char> buffer;
+    std::uint64_t remaining = 0;
+    bool close_after = false;
+  };
+
+  void write_stream(response res, bool close_after) {
+    auto d = std::make_shared<download>();
+    d->message.version(version_);
+    d->message.result(static_cast<unsigned>(res.status));
+    d->message.set(http::field::server, "aise-server/" AISE_VERSION_STRING);
+    d->message.set(http::field::content_type, res.content_type);
+    for (auto& [name, value] : res.headers) d->message.set(name, value);
+    d->message.content_length(res.stream_size);
+    d->message.keep_alive(!close_after);
+    d->message.body().data = nullptr;
+    d->message.body().more = true;
+    d->source = std::move(res.stream);
+    d->remaining = res.stream_size;
+    d->close_after = close_after;
+    d->buffer.resize(static_cast<std::size_t>(std::min<std::uint64_t>(
+        server_.options_.stream_piece, std::max<std::uint64_t>(1, d->remaining))));
+    d->serializer.emplace(d->message);
+    stream_.expires_after(server_.options_.read_timeout);
+    http::async_write_header(stream_, *d->serializer,
+                             [self = shared_from_this(), d](beast::error_code ec, std::size_t) {
+                               if (ec) return self->abort_stream(d);
+                               self->next_chunk(d);
+                             });
+  }
+
+  void next_chunk(const std::shared_ptr<download>& d) {
+    net::post(server_.pool_, [self = shared_from_this(), d] {
+      std::size_t want =
+          static_cast<std::size_t>(std::min<std::uint64_t>(d->buffer.size(), d->remaining));
+      result<std::size_t> got =
+          want == 0 ? result<std::size_t>(std::size_t{0}) : d->source->read(d->buffer.data(), want);
+      net::post(self->stream_.get_executor(), [self, d, got = std::move(got), want]() {
+        if (!got || (*got == 0 && want > 0) || *got > want) return self->abort_stream(d);
+        d->remaining -= *got;
+        auto& body = d->message.body();
+        body.data = *got == 0 ? nullptr : d->buffer.data();
+        body.size = *got;
+        body.more = d->remaining > 0;
+        self->stream_.expires_after(self->server_.options_.read_timeout);
+        http::async_write(self->stream_, *d->serializer,
+                          [self, d](beast::error_code ec, std::size_t) {
+                            if (ec == http::error::need_buffer) ec = {};
+                            if (ec) return self->abort_stream(d);
+                            if (!d->serializer->is_done()) return self->next_chunk(d);
+                            self->busy_ = false;
+                            if (d->close_after) return self->close();
+                            self->read();
+                          });
+      });
+    });
+  }
+
+  // The source failed or the client went away mid-body: the response
+  // cannot be completed, so the connection goes (the client sees a body
+  // shorter than its Content-Length).
+  void abort_stream(const std::shared_ptr<download>& d) {
+    busy_ = false;
+    net::post(server_.pool_, [source = std::move(d->source)] {});  // closed off the socket thread
+    beast::error_code ec;
+    stream_.socket().close(ec);
   }
 
   // Half-closes, then reads (and drops) what the client still sends for a
@@ -247,7 +466,12 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   beast::tcp_stream stream_;
   std::uint64_t id_;
   beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::empty_body>> head_;
   std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<http::request_parser<http::buffer_body>> upload_;
+  std::unique_ptr<body_sink> sink_;
+  std::vector<char> piece_;
+  bool receiving_ = false;  // headers read, body not yet complete
   bool busy_ = false;
   bool keep_alive_ = true;
   unsigned version_ = 11;

@@ -7,11 +7,12 @@
 /// never stall the sockets. No Beast type shows here.
 ///
 /// Bounds: a request's headers (`header_limit`, else 431) and body
-/// (`body_limit`, else 413) are limited; reading one request, the idle
-/// keep-alive wait included, must finish within `read_timeout` (else the
-/// connection is closed), and so must writing a response. A request the
-/// parser refuses (a malformed request line, bad headers) gets a 400 and the
-/// connection is closed; the server goes on serving the others.
+/// (`body_limit`, else 413; streamed uploads: `uploads.upload_limit`) are
+/// limited; a response with a `stream` is sent piece by piece (its source
+/// is read on a handler thread; an error from it closes the connection); reading one request, the
+/// idle keep-alive wait included, must finish within `read_timeout` (else the connection is
+/// closed), and so must writing a response. A request the parser refuses (a malformed request line,
+/// bad headers) gets a 400 and the connection is closed; the server goes on serving the others.
 ///
 /// Stopping (`stop`): the listener stops accepting, idle connections are
 /// closed, a request in progress is answered (with `Connection: close`) and
@@ -33,6 +34,19 @@ namespace aise::server {
 /// Answers one request; called on a handler thread; must not throw.
 using http_handler = std::function<response(const request&)>;
 
+/// Streamed request bodies (artifact uploads). `streams_body` is asked on a
+/// socket thread, from the request line and headers alone, and must be
+/// cheap; when it says yes, `begin_upload` runs on a handler thread and
+/// either gives a sink, which then receives the body piece by piece (on
+/// handler threads, one piece at a time; at most `upload_limit` bytes, else
+/// a 413), or a refusal, which is sent without reading the body (the
+/// connection is then closed). Both must not throw.
+struct upload_hooks {
+  std::function<bool(const request& head)> streams_body;
+  std::function<upload_start(const request& head)> begin_upload;
+  std::uint64_t upload_limit = 0;  ///< Bytes of a streamed body; 0 = no limit.
+};
+
 /// Options of the HTTP server.
 struct http_server_options {
   std::string host = "127.0.0.1";
@@ -42,6 +56,8 @@ struct http_server_options {
   std::chrono::seconds read_timeout{30};  ///< Per request read (idle wait included) and write.
   std::size_t io_threads = 1;             ///< Threads running the sockets.
   std::size_t handler_threads = 4;        ///< Threads running `http_handler`.
+  upload_hooks uploads;                   ///< Unset: every body is read whole (`body_limit`).
+  std::size_t stream_piece = 64 * 1024;   ///< Bytes per piece of a streamed body (both ways).
 };
 
 /// The server. Non-copyable; destroying it stops it (with no grace period).

@@ -3,6 +3,7 @@
 // Wiring only: configuration, the store, a runtime and an orchestrator on
 // it (recovering what a previous run left), the API and the HTTP server;
 // then it waits for SIGTERM or SIGINT and stops gracefully.
+#include <aise/artifacts.hpp>
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 #include <aise/sql.hpp>
@@ -52,7 +53,17 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     rt.logger().info("recovered {} unfinished tasks ({} lost attempts), {} agents",
                      recovered->tasks, recovered->lost_attempts, recovered->agents);
 
-    aise::server::api api(orch);
+    aise::artifact_store_options artifact_options;
+    artifact_options.root = cfg.artifact_root();
+    artifact_options.metadata = *store;
+    artifact_options.max_size = cfg.artifact_limit;
+    auto artifacts = aise::open_artifact_store(artifact_options);
+    if (!artifacts) {
+      rt.logger().error("cannot open the artifact store: {}", artifacts.error().describe());
+      return 1;
+    }
+
+    aise::server::api api(orch, {}, *artifacts);
     aise::server::http_server_options http_options;
     http_options.host = cfg.host;
     http_options.port = cfg.port;
@@ -60,6 +71,13 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     http_options.read_timeout = cfg.read_timeout;
     http_options.io_threads = cfg.io_threads;
     http_options.handler_threads = cfg.handler_threads;
+    http_options.uploads.upload_limit = cfg.artifact_limit;
+    http_options.uploads.streams_body = [&api](const aise::server::request& head) {
+      return api.streams_body(head);
+    };
+    http_options.uploads.begin_upload = [&api](const aise::server::request& head) {
+      return api.begin_upload(head);
+    };
     aise::server::http_server server(
         [&api](const aise::server::request& req) { return api.handle(req); }, http_options);
     if (auto started = server.start(); !started) {
