@@ -260,6 +260,15 @@ class AISE_CORE_EXPORT orchestrator {
   result<std::vector<std::string>> submit_all(std::vector<task_spec> specs);
   /// Cancels a non-terminal task (and, by policy, its dependents).
   result<void> cancel(std::string_view id, std::string reason = "cancelled by request");
+  /// Runs a failed or cancelled task again, as a new task: a copy of its
+  /// spec (kind, payload, capability, priority, dependencies, attempts,
+  /// timeout, approval) with a new id and no deadline. The original keeps
+  /// its state and history; tasks that depended on it are not moved over
+  /// (they were cancelled or failed with it). A copy whose dependency
+  /// failed is cancelled again by its policy: retry that dependency first.
+  /// Returns the new id; `not_found` for an unknown id,
+  /// `illegal_transition` for a task that is not failed or cancelled.
+  result<std::string> retry(std::string_view id);
   /// Approves a task awaiting approval: it is queued.
   result<void> approve(std::string_view id, std::string by = {});
   /// Rejects a task awaiting approval: it is cancelled with `rejected`.

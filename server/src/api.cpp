@@ -376,6 +376,17 @@ response cancel_task(const call& c) {
   return json_response(200, task_json(take(c.orch.get(c.params[0]))));
 }
 
+// POST /api/v1/tasks/{id}/retry: a failed or cancelled task runs again as a
+// new task (orchestrator::retry); 201 with the new task and `retry_of`.
+response retry_task(const call& c) {
+  auto id = take(c.orch.retry(c.params[0]));
+  json j = task_json(take(c.orch.get(id)));
+  j["retry_of"] = c.params[0];
+  auto res = json_response(201, j);
+  res.headers.emplace_back("Location", "/api/v1/tasks/" + id);
+  return res;
+}
+
 response approve_task(const call& c) {
   json body = body_object(c, true);
   auto by = string_field(body, "by", 200).value_or("");
@@ -812,6 +823,7 @@ const std::vector<route>& routes() {
       {"GET", {"api", "v1", "projects", "{}", "events"}, project_events},
       {"GET", {"api", "v1", "tasks", "{}"}, get_task},
       {"POST", {"api", "v1", "tasks", "{}", "cancel"}, cancel_task},
+      {"POST", {"api", "v1", "tasks", "{}", "retry"}, retry_task},
       {"POST", {"api", "v1", "tasks", "{}", "approve"}, approve_task},
       {"POST", {"api", "v1", "tasks", "{}", "reject"}, reject_task},
       {"GET", {"api", "v1", "tasks", "{}", "attempts"}, task_attempts},

@@ -270,6 +270,15 @@ TEST_CASE("api: tasks") {
     CHECK(f.error_code(400, "POST", "/api/v1/tasks/" + other + "/cancel", "{") == "bad_json");
     CHECK(f.error_code(400, "POST", "/api/v1/tasks/" + other + "/cancel", R"({"reason": 1})") ==
           "invalid_argument");
+
+    // retry: the cancelled task runs again as a new task; the original stays.
+    auto retried = f.expect(201, "POST", "/api/v1/tasks/" + id + "/retry");
+    CHECK(retried["retry_of"] == id);
+    CHECK(retried["id"] != id);
+    CHECK(retried["kind"] == "build");
+    CHECK(f.expect(200, "GET", "/api/v1/tasks/" + id)["status"] == "cancelled");
+    CHECK(f.error_code(409, "POST", "/api/v1/tasks/" + other + "/retry") == "illegal_transition");
+    CHECK(f.error_code(404, "POST", "/api/v1/tasks/t-nope/retry") == "not_found");
   }
   SUBCASE("approve and reject") {
     auto a = f.make_task("p", {{"kind", "deploy"}, {"requires_approval", true}});

@@ -2475,6 +2475,19 @@ result<void> orchestrator::approve(std::string_view id, std::string by) {
 result<void> orchestrator::reject(std::string_view id, std::string by, std::string reason) {
   return impl_->reject(id, std::move(by), std::move(reason));
 }
+result<std::string> orchestrator::retry(std::string_view id) {
+  auto t = impl_->get(id);
+  if (!t) return t.error();
+  if (t->state != task_state::failed && t->state != task_state::cancelled) {
+    return error(errc::illegal_transition,
+                 "task " + t->id + " is " + std::string(to_string(t->state)) +
+                     ": only a failed or cancelled task can be retried");
+  }
+  task_spec spec = static_cast<const task_spec&>(*t);
+  spec.id.clear();
+  spec.deadline.reset();  // an absolute deadline that made it fail would fail the copy at once
+  return submit(std::move(spec));
+}
 result<recovery_report> orchestrator::recover() {
   return impl_->recover();
 }

@@ -237,6 +237,45 @@ TEST_CASE("orchestrator: a failed dependency cancels or fails its dependents by 
   CHECK(f.wait(*id).state == task_state::cancelled);
 }
 
+TEST_CASE("orchestrator: retry runs a failed or cancelled task again as a new task") {
+  fixture f;
+  f.spawn(2);
+  auto rejected = spec("add", {{"n", 41}});
+  rejected.id = "rejected";
+  rejected.requires_approval = true;
+  rejected.priority = 3;
+  REQUIRE(f.orch.submit(rejected).ok());
+  REQUIRE(f.events.wait_for("task.awaiting_approval", "rejected"));
+  REQUIRE(f.orch.reject("rejected", "reviewer", "not now").ok());
+  CHECK(f.wait("rejected").state == task_state::cancelled);
+
+  auto copy = f.orch.retry("rejected");
+  REQUIRE(copy.ok());
+  CHECK(*copy != "rejected");
+  auto t = f.orch.get(*copy);
+  REQUIRE(t.ok());
+  CHECK(t->payload == nlohmann::json{{"n", 41}});
+  CHECK(t->priority == 3);
+  CHECK(t->requires_approval);
+  REQUIRE(f.events.wait_for("task.awaiting_approval", *copy));
+  REQUIRE(f.orch.approve(*copy, "reviewer").ok());
+  auto done = f.wait(*copy);
+  CHECK(done.state == task_state::succeeded);
+  CHECK(done.result == nlohmann::json(41));
+  CHECK(f.wait("rejected").state == task_state::cancelled);  // the original is untouched
+
+  auto failing = f.orch.submit(spec("fail"));
+  REQUIRE(failing.ok());
+  CHECK(f.wait(*failing).state == task_state::failed);
+  auto again = f.orch.retry(*failing);
+  REQUIRE(again.ok());
+  CHECK(f.wait(*again).state == task_state::failed);
+  CHECK(f.wait(*again).attempt == 1);
+
+  CHECK(f.orch.retry(*copy).error().code() == aise::errc::illegal_transition);  // succeeded
+  CHECK(f.orch.retry("no-such-task").error().code() == aise::errc::not_found);
+}
+
 TEST_CASE("orchestrator: routing picks the least-loaded capable agent within its limit") {
   fixture f;
   auto w1 = f.spawn(2, "w1");
