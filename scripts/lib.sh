@@ -11,6 +11,7 @@
 #   release  RelWithDebInfo, warnings are errors; tests, examples, bench
 #   tsan     Debug + ThreadSanitizer; tests only (examples and bench off)
 #   asan     Debug + AddressSanitizer/UndefinedBehaviorSanitizer; tests only
+#   fuzz     clang + libFuzzer; the fuzz targets only (server/fuzz)
 #
 # Builds use ccache (found by CMake) keyed relative to the repository root,
 # so fresh clones in other directories reuse the same cache.
@@ -35,8 +36,13 @@ aise_variant_cmake_args() {
       -DAISE_BUILD_EXAMPLES=OFF -DAISE_BUILD_BENCH=OFF -DAISE_WITH_TORCH=OFF) ;;
     asan) AISE_VARIANT_ARGS=(-DCMAKE_BUILD_TYPE=Debug -DAISE_SANITIZE=address
       -DAISE_BUILD_EXAMPLES=OFF -DAISE_BUILD_BENCH=OFF -DAISE_WITH_TORCH=OFF) ;;
+    # libFuzzer targets: clang, only what the fuzzers need.
+    fuzz) AISE_VARIANT_ARGS=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DAISE_FUZZ=ON
+      -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DAISE_BUILD_TESTS=OFF
+      -DAISE_BUILD_EXAMPLES=OFF -DAISE_BUILD_BENCH=OFF -DAISE_WITH_TORCH=OFF -DAISE_WITH_LLM=OFF
+      -DAISE_WITH_RABBITMQ=OFF -DAISE_INSTALL=OFF) ;;
     *)
-      aise_log "unknown build variant '$1' (release, tsan, asan)"
+      aise_log "unknown build variant '$1' (release, tsan, asan, fuzz)"
       return 2
       ;;
   esac

@@ -8,7 +8,8 @@
 #   3. tsan     build with ThreadSanitizer; start RabbitMQ; run the unit,
 #               rabbitmq and server tests
 #   4. asan     build with ASan+UBSan; the same
-#   5. format   clang-format --dry-run --Werror over the C++ sources
+#   5. fuzz     clang + libFuzzer over aise-server's request handling, 60 s
+#   6. format   clang-format --dry-run --Werror over the C++ sources
 #
 # Every phase runs even when an earlier one failed (except after a failed
 # setup); the exit status is non-zero if any failed. Timings go to stderr,
@@ -22,7 +23,7 @@ cd "$AISE_ROOT"
 # Folders whose *.hpp/*.cpp must be clang-formatted (missing ones are skipped).
 FORMAT_DIRS=(include src tests examples bench server bindings)
 
-AISE_TEST_PHASES=${AISE_TEST_PHASES:-setup release tsan asan format}
+AISE_TEST_PHASES=${AISE_TEST_PHASES:-setup release tsan asan fuzz format}
 read -r -a phases <<<"$AISE_TEST_PHASES"
 
 work=$(mktemp -d)
@@ -90,6 +91,22 @@ phase_asan() {
   aise_build asan
   start_services rabbitmq
   run_ctest asan -L '^(unit|rabbitmq|server)$'
+}
+
+# libFuzzer over aise-server's request handling (server/fuzz) for a bounded
+# time (AISE_FUZZ_SECONDS, default 60), starting from the checked-in seeds;
+# a crash, a 500 or a malformed answer fails the phase and leaves the input
+# in build/fuzz/crashes.
+phase_fuzz() {
+  aise_configure fuzz
+  aise_compile fuzz aise_api_fuzz
+  local dir
+  dir="$(aise_build_dir fuzz)"
+  rm -rf "$dir/corpus" && mkdir -p "$dir/corpus" "$dir/crashes"
+  cp server/fuzz/corpus/* "$dir/corpus/"
+  "$dir/server/fuzz/aise_api_fuzz" -max_total_time="${AISE_FUZZ_SECONDS:-60}" -max_len=4096 \
+    -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$dir/crashes/" \
+    "$dir/corpus" 2>&1 | tail -n 25
 }
 
 phase_format() {

@@ -69,6 +69,17 @@ result<void> set_artifact_dir(config& c, const std::string& v) {
   return {};
 }
 
+result<void> set_demo(config& c, const std::string& v) {
+  if (v == "1" || v == "true" || v == "yes" || v == "on") {
+    c.demo = true;
+  } else if (v == "0" || v == "false" || v == "no" || v == "off" || v.empty()) {
+    c.demo = false;
+  } else {
+    return fail(errc::invalid_argument, "'" + v + "' is not true or false");
+  }
+  return {};
+}
+
 const std::vector<setting>& settings() {
   static const std::vector<setting> table = {
       {"--listen", "AISE_LISTEN", "HOST:PORT to listen on (default 127.0.0.1:8080; port 0: any)",
@@ -98,6 +109,8 @@ const std::vector<setting>& settings() {
       {"--artifact-limit", "AISE_ARTIFACT_LIMIT",
        "largest artifact upload in bytes (default 1073741824; 0: no limit)",
        set_number<std::uint64_t, &config::artifact_limit, 0, std::uint64_t{1} << 50>},
+      {"--demo", "AISE_DEMO",
+       "true: run the demo team on a sample project (the flag alone means true)", set_demo},
   };
   return table;
 }
@@ -207,6 +220,10 @@ result<config> parse_config(
     }
     if (arg == "--version") {
       c.version = true;
+      continue;
+    }
+    if (arg == "--demo") {  // a switch; --demo=false also works
+      c.demo = true;
       continue;
     }
     auto eq = arg.find('=');

@@ -18,6 +18,7 @@
 
 #include "api.hpp"
 #include "config.hpp"
+#include "demo.hpp"
 #include "http_server.hpp"
 
 namespace {
@@ -45,6 +46,12 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     aise::orchestrator_options orch_options;
     orch_options.store = *store;
     aise::orchestrator orch(rt, orch_options);
+    if (cfg.demo) {
+      if (auto kinds = aise::server::demo::register_kinds(orch); !kinds) {
+        rt.logger().error("demo: {}", kinds.error().describe());
+        return 1;
+      }
+    }
     auto recovered = orch.recover();
     if (!recovered) {
       rt.logger().error("recovery failed: {}", recovered.error().describe());
@@ -86,6 +93,22 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     }
     rt.logger().info("aise-server {} listening on http://{}:{} (store: {})", AISE_VERSION_STRING,
                      cfg.host, server.port(), (*store)->backend());
+    if (cfg.demo) {
+      auto demo =
+          aise::server::demo::start(orch, std::filesystem::path(cfg.data_dir) / "demo-work");
+      if (!demo) {
+        rt.logger().error("demo: {}", demo.error().describe());
+      } else {
+        std::string base = fmt::format("http://{}:{}", cfg.host, server.port());
+        rt.logger().info(
+            "demo: {} the sample project '{}' (merge: {}); follow it at "
+            "{}/api/v1/projects/{}/tasks; "
+            "approve the merge with: curl -X POST {}/api/v1/tasks/{}/approve",
+            demo->submitted ? "submitted" : "resumed", aise::server::demo::project_id,
+            demo->merge_state, base, aise::server::demo::project_id, base,
+            aise::server::demo::merge_id);
+      }
+    }
 
     int sig = 0;
     sigwait(&signals, &sig);

@@ -30,9 +30,11 @@ std::uint16_t free_port() {
   return a.local_endpoint().port();
 }
 
-pid_t start_server(std::uint16_t port, const std::string& data_dir) {
+pid_t start_server(std::uint16_t port, const std::string& data_dir,
+                   std::vector<std::string> extra = {}) {
   std::vector<std::string> args = {AISE_SERVER_EXE, "--listen", "127.0.0.1:" + std::to_string(port),
                                    "--data-dir", data_dir};
+  args.insert(args.end(), extra.begin(), extra.end());
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -120,6 +122,71 @@ TEST_CASE("process: aise-server serves, exits 0 on SIGTERM, and keeps its state"
   CHECK(items[0]["kind"] == "later");
   CHECK(items[0]["status"] == "queued");  // recovered: still waiting for an agent
   CHECK(stop_server(second) == 0);
+
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+namespace {
+
+// The status of task `id`, or "" when it cannot be read.
+std::string task_status(std::uint16_t port, const std::string& id) {
+  auto res = call(port, http::verb::get, "/api/v1/tasks/" + id);
+  if (!res || res->result_int() != 200) return {};
+  return nlohmann::json::parse(res->body())["status"].get<std::string>();
+}
+
+bool wait_for_status(std::uint16_t port, const std::string& id, const std::string& status) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (task_status(port, id) == status) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("process: --demo runs the team on the sample project, waits for approval, resumes") {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("aise_server_demo_" +
+              std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  const std::string data_dir = (dir / "data").string();
+
+  auto port = free_port();
+  pid_t first = start_server(port, data_dir, {"--demo"});
+  REQUIRE(wait_until_serving(port));
+  REQUIRE(wait_for_status(port, "demo-merge", "awaiting_approval"));
+  CHECK(task_status(port, "demo-plan") == "succeeded");
+  auto agents = call(port, http::verb::get, "/api/v1/agents?project=demo");
+  REQUIRE(agents);
+  CHECK(nlohmann::json::parse(agents->body())["items"].size() == 5);
+  CHECK(stop_server(first) == 0);
+
+  // A restart finds the merge still waiting; approving it merges.
+  port = free_port();
+  pid_t second = start_server(port, data_dir, {"--demo"});
+  REQUIRE(wait_until_serving(port));
+  CHECK(task_status(port, "demo-merge") == "awaiting_approval");
+  auto approved = call(port, http::verb::post, "/api/v1/tasks/demo-merge/approve");
+  REQUIRE(approved);
+  CHECK(approved->result_int() == 200);
+  REQUIRE(wait_for_status(port, "demo-merge", "succeeded"));
+  CHECK(std::filesystem::exists(dir / "data" / "demo-work" / "main" / "fib.cpp"));
+  auto tasks = call(port, http::verb::get, "/api/v1/projects/demo/tasks");
+  REQUIRE(tasks);
+  auto count = nlohmann::json::parse(tasks->body())["items"].size();
+  CHECK(stop_server(second) == 0);
+
+  // A third run submits nothing again.
+  port = free_port();
+  pid_t third = start_server(port, data_dir, {"--demo"});
+  REQUIRE(wait_until_serving(port));
+  auto again = call(port, http::verb::get, "/api/v1/projects/demo/tasks");
+  REQUIRE(again);
+  CHECK(nlohmann::json::parse(again->body())["items"].size() == count);
+  CHECK(task_status(port, "demo-merge") == "succeeded");
+  CHECK(stop_server(third) == 0);
 
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);

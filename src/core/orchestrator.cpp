@@ -678,9 +678,11 @@ result<std::vector<std::string>> orchestrator_impl::submit_all(std::vector<task_
     t.state = ready ? task_state::queued : task_state::pending;
     t.created_at = now;
     t.updated_at = now;
-    drafts.emplace_back(t.project, event_type_of(task_state::pending), t.id, now, nullptr);
+    drafts.push_back(event_draft{t.project, std::string(event_type_of(task_state::pending)), t.id,
+                                 now, nullptr});
     if (ready)
-      drafts.emplace_back(t.project, event_type_of(task_state::queued), t.id, now, nullptr);
+      drafts.push_back(event_draft{t.project, std::string(event_type_of(task_state::queued)), t.id,
+                                   now, nullptr});
   }
   // Listeners get copies of the drafts; the store gets the drafts themselves.
   std::vector<event> announced;
@@ -1354,7 +1356,8 @@ bool orchestrator_impl::start_attempt(ops& o, task_entry& e, agent_entry& a) {
   const bool from_pending = e.t.state == task_state::pending;
   task_update u = base_update(e, task_state::running);
   if (from_pending) {
-    u.via_event.emplace(e.t.project, event_type_of(task_state::queued), e.t.id, u.at, nullptr);
+    u.via_event = event_draft{e.t.project, std::string(event_type_of(task_state::queued)), e.t.id,
+                              u.at, nullptr};
   }
   u.attempt = e.t.attempt + 1;
   u.agent = a.name;
@@ -1467,7 +1470,8 @@ bool orchestrator_impl::start_remote(ops& o, task_entry& e) {
   const std::string queue_name = "queue:" + capability_of(e.t);
   task_update u = base_update(e, task_state::running);
   if (from_pending) {
-    u.via_event.emplace(e.t.project, event_type_of(task_state::queued), e.t.id, u.at, nullptr);
+    u.via_event = event_draft{e.t.project, std::string(event_type_of(task_state::queued)), e.t.id,
+                              u.at, nullptr};
   }
   u.attempt = e.t.attempt + 1;
   u.agent = queue_name;
@@ -2479,9 +2483,9 @@ result<std::string> orchestrator::retry(std::string_view id) {
   auto t = impl_->get(id);
   if (!t) return t.error();
   if (t->state != task_state::failed && t->state != task_state::cancelled) {
-    return error(errc::illegal_transition,
-                 "task " + t->id + " is " + std::string(to_string(t->state)) +
-                     ": only a failed or cancelled task can be retried");
+    return error(errc::illegal_transition, "task " + t->id + " is " +
+                                               std::string(to_string(t->state)) +
+                                               ": only a failed or cancelled task can be retried");
   }
   task_spec spec = static_cast<const task_spec&>(*t);
   spec.id.clear();

@@ -340,7 +340,7 @@ class memory_store final : public store {
         for (event_draft& d : events) {
           event_log& log = log_of(d.project);
           const std::uint64_t sequence = log.next();
-          log.events.emplace_back(std::move(d), sequence);
+          log.events.push_back(event{std::move(d), sequence});
           out.push_back(sequence);  // capacity reserved: cannot throw
           pushed.push_back(&log);
         }
@@ -880,10 +880,10 @@ class memory_store final : public store {
     const bool finishes = is_terminal(u.state) && !row.listed_finished;
     if (finishes) reserve_finished(1);
     event_log& log = log_of(u.event.project);
-    if (u.via_event) log.events.emplace_back(std::move(*u.via_event), log.next());
+    if (u.via_event) log.events.push_back(event{std::move(*u.via_event), log.next()});
     const std::uint64_t sequence = log.next();
     try {
-      log.events.emplace_back(std::move(u.event), sequence);
+      log.events.push_back(event{std::move(u.event), sequence});
     } catch (...) {
       if (u.via_event) log.events.pop_back();  // all or nothing
       throw;
