@@ -11,6 +11,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -18,6 +19,8 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "ws_session.hpp"
 
 namespace aise::server {
 
@@ -51,6 +54,8 @@ class http_server::impl {
   std::map<std::uint64_t, std::weak_ptr<session>> sessions_;
   std::uint64_t next_session_ = 0;
   bool stopping_ = false;
+  // Before the io_context: WebSocket sessions it destroys unregister here.
+  std::unique_ptr<ws_hub> hub_;
 
   http_handler handler_;
   http_server_options options_;
@@ -87,17 +92,18 @@ class http_server::impl {
 class http_server::impl::session : public std::enable_shared_from_this<session> {
  public:
   session(impl& server, tcp::socket socket, std::uint64_t id)
-      : server_(server), stream_(std::move(socket)), id_(id) {}
+      : server_(server), stream_(std::move(socket)), id_(id), executor_(stream_.get_executor()) {}
   ~session() { server_.unregister(id_); }
 
   void run() {
-    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); });
+    net::dispatch(executor_, [self = shared_from_this()] { self->read(); });
   }
 
   // Posted by `stop`: an idle connection closes now; one with a request in
   // progress (being received, handled or answered) after its response.
   void stop() {
-    net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+    net::dispatch(executor_, [self = shared_from_this()] {
+      if (self->handed_off_) return;
       bool receiving = self->parser_ && self->parser_->got_some();
       beast::error_code ec;
       if (!self->busy_ && !receiving) self->stream_.socket().cancel(ec);
@@ -105,7 +111,8 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   }
 
   void force_close() {
-    net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+    net::dispatch(executor_, [self = shared_from_this()] {
+      if (self->handed_off_) return;
       beast::error_code ec;
       self->stream_.socket().close(ec);
     });
@@ -169,6 +176,18 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     if (ec) return close();  // end of stream, timeout, reset, cancelled by stop
 
     auto& req = parser_->get();
+    if (server_.hub_ && req.target().substr(0, req.target().find('?')) == "/api/v1/ws") {
+      if (beast::websocket::is_upgrade(req)) {
+        handed_off_ = true;
+        return server_.hub_->accept(std::move(stream_), parser_->release());
+      }
+      keep_alive_ = req.keep_alive();
+      version_ = req.version();
+      busy_ = true;
+      auto res = error_response(426, "upgrade_required", "/api/v1/ws is a WebSocket endpoint");
+      res.headers.emplace_back("Upgrade", "websocket");
+      return write(std::move(res), false);
+    }
     keep_alive_ = req.keep_alive();
     version_ = req.version();
     request r;
@@ -246,6 +265,8 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   impl& server_;
   beast::tcp_stream stream_;
   std::uint64_t id_;
+  net::any_io_executor executor_;  // stream_'s, kept: the stream may be handed to a ws session
+  bool handed_off_ = false;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   bool busy_ = false;
@@ -271,6 +292,10 @@ result<void> http_server::impl::start() {
   auto local = acceptor_.local_endpoint(ec);
   if (ec) return fail(errc::unavailable, "cannot read the bound address: " + ec.message());
   port_ = local.port();
+  if (options_.websocket.events != nullptr) {
+    hub_ = std::make_unique<ws_hub>(options_.websocket, ioc_, pool_);
+    hub_->start();
+  }
   accept();
   work_.emplace(ioc_.get_executor());
   for (std::size_t i = 0; i < options_.io_threads; ++i) {
@@ -309,6 +334,7 @@ void http_server::impl::stop() {
     }
     changed_.notify_all();
   }
+  if (hub_) hub_->stop();  // close frames 1001 going away
   net::dispatch(acceptor_.get_executor(), [self = this] {
     beast::error_code ec;
     self->acceptor_.close(ec);
@@ -325,6 +351,7 @@ void http_server::impl::close_all() {
     }
   }
   for (auto& s : live) s->force_close();
+  if (hub_) hub_->close_all();
 }
 
 bool http_server::impl::wait(std::chrono::milliseconds grace) {
@@ -332,12 +359,20 @@ bool http_server::impl::wait(std::chrono::milliseconds grace) {
   {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return stopping_; });
-    if (!changed_.wait_for(lock, grace, [&] { return sessions_.empty(); })) {
+    auto deadline = std::chrono::steady_clock::now() + grace;
+    if (!changed_.wait_until(lock, deadline, [&] { return sessions_.empty(); }) ||
+        (hub_ && !hub_->wait(std::chrono::duration_cast<std::chrono::milliseconds>(
+                     deadline - std::chrono::steady_clock::now())))) {
       clean = false;
       lock.unlock();
       close_all();
       lock.lock();
       changed_.wait_for(lock, std::chrono::seconds(5), [&] { return sessions_.empty(); });
+      if (hub_) {
+        lock.unlock();
+        hub_->wait(std::chrono::seconds(5));
+        lock.lock();
+      }
     }
   }
   join();
@@ -367,6 +402,10 @@ result<void> http_server::start() {
 
 std::uint16_t http_server::port() const noexcept {
   return impl_->port_;
+}
+
+std::size_t http_server::websocket_clients() const noexcept {
+  return impl_->hub_ ? impl_->hub_->clients() : 0;
 }
 
 void http_server::stop() {

@@ -15,8 +15,13 @@
 ///
 /// Stopping (`stop`): the listener stops accepting, idle connections are
 /// closed, a request in progress is answered (with `Connection: close`) and
-/// then its connection closes; `wait` returns once every connection is gone
-/// (or closes the rest after its grace period).
+/// then its connection closes; WebSocket clients get a close frame 1001
+/// "going away"; `wait` returns once every connection is gone (or closes
+/// the rest after its grace period).
+///
+/// WebSocket: a request with `Upgrade: websocket` on /api/v1/ws is handed
+/// to the WebSocket endpoint (ws_session.hpp, server/README.md "WebSocket")
+/// when `websocket.events` is set; without the upgrade it gets a 426.
 #include <aise/error.hpp>
 
 #include <chrono>
@@ -27,6 +32,7 @@
 #include <string>
 
 #include "api.hpp"
+#include "ws_options.hpp"
 
 namespace aise::server {
 
@@ -42,6 +48,7 @@ struct http_server_options {
   std::chrono::seconds read_timeout{30};  ///< Per request read (idle wait included) and write.
   std::size_t io_threads = 1;             ///< Threads running the sockets.
   std::size_t handler_threads = 4;        ///< Threads running `http_handler`.
+  ws_options websocket;                   ///< /api/v1/ws (served when `websocket.events` is set).
 };
 
 /// The server. Non-copyable; destroying it stops it (with no grace period).
@@ -68,6 +75,10 @@ class http_server {
   /// hard; then joins the threads. Returns true when nothing had to be
   /// closed hard.
   bool wait(std::chrono::milliseconds grace);
+
+  /// WebSocket clients connected now (0 when /api/v1/ws is not served).
+  /// Safe from any thread.
+  [[nodiscard]] std::size_t websocket_clients() const noexcept;
 
  private:
   class impl;
