@@ -12,6 +12,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
 #include <cctype>
 #include <condition_variable>
 #include <limits>
@@ -21,6 +22,8 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "ws_session.hpp"
 
 namespace aise::server {
 
@@ -54,6 +57,8 @@ class http_server::impl {
   std::map<std::uint64_t, std::weak_ptr<session>> sessions_;
   std::uint64_t next_session_ = 0;
   bool stopping_ = false;
+  // Before the io_context: WebSocket sessions it destroys unregister here.
+  std::unique_ptr<ws_hub> hub_;
 
   http_handler handler_;
   http_server_options options_;
@@ -90,17 +95,18 @@ class http_server::impl {
 class http_server::impl::session : public std::enable_shared_from_this<session> {
  public:
   session(impl& server, tcp::socket socket, std::uint64_t id)
-      : server_(server), stream_(std::move(socket)), id_(id) {}
+      : server_(server), stream_(std::move(socket)), id_(id), executor_(stream_.get_executor()) {}
   ~session() { server_.unregister(id_); }
 
   void run() {
-    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); });
+    net::dispatch(executor_, [self = shared_from_this()] { self->read(); });
   }
 
   // Posted by `stop`: an idle connection closes now; one with a request in
   // progress (being received, handled or answered) after its response.
   void stop() {
-    net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+    net::dispatch(executor_, [self = shared_from_this()] {
+      if (self->handed_off_) return;
       bool receiving = self->receiving_ || (self->head_ && self->head_->got_some());
       beast::error_code ec;
       if (!self->busy_ && !receiving) self->stream_.socket().cancel(ec);
@@ -108,7 +114,8 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   }
 
   void force_close() {
-    net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+    net::dispatch(executor_, [self = shared_from_this()] {
+      if (self->handed_off_) return;
       beast::error_code ec;
       self->stream_.socket().close(ec);
     });
@@ -203,7 +210,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     net::post(server_.pool_, [self = shared_from_this(), head = std::move(head)] {
       auto start =
           std::make_shared<upload_start>(self->server_.options_.uploads.begin_upload(head));
-      net::post(self->stream_.get_executor(), [self, start] {
+      net::post(self->executor_, [self, start] {
         if (!start->sink) return self->reply_and_close(std::move(start->refused));
         self->sink_ = std::move(start->sink);
         bool wants_continue = self->expects_continue();
@@ -253,7 +260,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
         res = self->sink_->finish();
       }
       if (res) self->sink_.reset();  // on a handler thread: aborting removes a file
-      net::post(self->stream_.get_executor(), [self, done, res = std::move(res)]() mutable {
+      net::post(self->executor_, [self, done, res = std::move(res)]() mutable {
         if (res && !done) return self->reply_and_close(std::move(*res));
         if (res) {
           self->upload_.reset();
@@ -306,6 +313,18 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     if (ec) return close();  // end of stream, timeout, reset, cancelled by stop
 
     auto& req = parser_->get();
+    if (server_.hub_ && req.target().substr(0, req.target().find('?')) == "/api/v1/ws") {
+      if (beast::websocket::is_upgrade(req)) {
+        handed_off_ = true;
+        return server_.hub_->accept(std::move(stream_), parser_->release());
+      }
+      keep_alive_ = req.keep_alive();
+      version_ = req.version();
+      busy_ = true;
+      auto res = error_response(426, "upgrade_required", "/api/v1/ws is a WebSocket endpoint");
+      res.headers.emplace_back("Upgrade", "websocket");
+      return write(std::move(res), false);
+    }
     keep_alive_ = req.keep_alive();
     version_ = req.version();
     request r;
@@ -326,7 +345,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
       } catch (...) {
         res = error_response(500, "internal", "internal error");
       }
-      net::post(self->stream_.get_executor(),
+      net::post(self->executor_,
                 [self, res = std::move(res)]() mutable { self->write(std::move(res), false); });
     });
   }
@@ -403,7 +422,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
           static_cast<std::size_t>(std::min<std::uint64_t>(d->buffer.size(), d->remaining));
       result<std::size_t> got =
           want == 0 ? result<std::size_t>(std::size_t{0}) : d->source->read(d->buffer.data(), want);
-      net::post(self->stream_.get_executor(), [self, d, got = std::move(got), want]() {
+      net::post(self->executor_, [self, d, got = std::move(got), want]() {
         if (!got || (*got == 0 && want > 0) || *got > want) return self->abort_stream(d);
         d->remaining -= *got;
         auto& body = d->message.body();
@@ -465,6 +484,8 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   impl& server_;
   beast::tcp_stream stream_;
   std::uint64_t id_;
+  net::any_io_executor executor_;  // stream_'s, kept: the stream may be handed to a ws session
+  bool handed_off_ = false;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::empty_body>> head_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -495,6 +516,10 @@ result<void> http_server::impl::start() {
   auto local = acceptor_.local_endpoint(ec);
   if (ec) return fail(errc::unavailable, "cannot read the bound address: " + ec.message());
   port_ = local.port();
+  if (options_.websocket.events != nullptr) {
+    hub_ = std::make_unique<ws_hub>(options_.websocket, ioc_, pool_);
+    hub_->start();
+  }
   accept();
   work_.emplace(ioc_.get_executor());
   for (std::size_t i = 0; i < options_.io_threads; ++i) {
@@ -533,6 +558,7 @@ void http_server::impl::stop() {
     }
     changed_.notify_all();
   }
+  if (hub_) hub_->stop();  // close frames 1001 going away
   net::dispatch(acceptor_.get_executor(), [self = this] {
     beast::error_code ec;
     self->acceptor_.close(ec);
@@ -549,6 +575,7 @@ void http_server::impl::close_all() {
     }
   }
   for (auto& s : live) s->force_close();
+  if (hub_) hub_->close_all();
 }
 
 bool http_server::impl::wait(std::chrono::milliseconds grace) {
@@ -556,12 +583,20 @@ bool http_server::impl::wait(std::chrono::milliseconds grace) {
   {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return stopping_; });
-    if (!changed_.wait_for(lock, grace, [&] { return sessions_.empty(); })) {
+    auto deadline = std::chrono::steady_clock::now() + grace;
+    if (!changed_.wait_until(lock, deadline, [&] { return sessions_.empty(); }) ||
+        (hub_ && !hub_->wait(std::chrono::duration_cast<std::chrono::milliseconds>(
+                     deadline - std::chrono::steady_clock::now())))) {
       clean = false;
       lock.unlock();
       close_all();
       lock.lock();
       changed_.wait_for(lock, std::chrono::seconds(5), [&] { return sessions_.empty(); });
+      if (hub_) {
+        lock.unlock();
+        hub_->wait(std::chrono::seconds(5));
+        lock.lock();
+      }
     }
   }
   join();
@@ -591,6 +626,10 @@ result<void> http_server::start() {
 
 std::uint16_t http_server::port() const noexcept {
   return impl_->port_;
+}
+
+std::size_t http_server::websocket_clients() const noexcept {
+  return impl_->hub_ ? impl_->hub_->clients() : 0;
 }
 
 void http_server::stop() {

@@ -16,8 +16,13 @@
 ///
 /// Stopping (`stop`): the listener stops accepting, idle connections are
 /// closed, a request in progress is answered (with `Connection: close`) and
-/// then its connection closes; `wait` returns once every connection is gone
-/// (or closes the rest after its grace period).
+/// then its connection closes; WebSocket clients get a close frame 1001
+/// "going away"; `wait` returns once every connection is gone (or closes
+/// the rest after its grace period).
+///
+/// WebSocket: a request with `Upgrade: websocket` on /api/v1/ws is handed
+/// to the WebSocket endpoint (ws_session.hpp, server/README.md "WebSocket")
+/// when `websocket.events` is set; without the upgrade it gets a 426.
 #include <aise/error.hpp>
 
 #include <chrono>
@@ -28,6 +33,7 @@
 #include <string>
 
 #include "api.hpp"
+#include "ws_options.hpp"
 
 namespace aise::server {
 
@@ -58,6 +64,7 @@ struct http_server_options {
   std::size_t handler_threads = 4;        ///< Threads running `http_handler`.
   upload_hooks uploads;                   ///< Unset: every body is read whole (`body_limit`).
   std::size_t stream_piece = 64 * 1024;   ///< Bytes per piece of a streamed body (both ways).
+  ws_options websocket;                   ///< /api/v1/ws (served when `websocket.events` is set).
 };
 
 /// The server. Non-copyable; destroying it stops it (with no grace period).
@@ -84,6 +91,10 @@ class http_server {
   /// hard; then joins the threads. Returns true when nothing had to be
   /// closed hard.
   bool wait(std::chrono::milliseconds grace);
+
+  /// WebSocket clients connected now (0 when /api/v1/ws is not served).
+  /// Safe from any thread.
+  [[nodiscard]] std::size_t websocket_clients() const noexcept;
 
  private:
   class impl;
