@@ -69,6 +69,13 @@ result<void> set_artifact_dir(config& c, const std::string& v) {
   return {};
 }
 
+template <std::string config::*member>
+result<void> set_path(config& c, const std::string& v) {
+  if (v.empty()) return fail(errc::invalid_argument, "the file name is empty");
+  c.*member = v;
+  return {};
+}
+
 result<void> set_demo(config& c, const std::string& v) {
   if (v == "1" || v == "true" || v == "yes" || v == "on") {
     c.demo = true;
@@ -109,6 +116,9 @@ const std::vector<setting>& settings() {
       {"--artifact-limit", "AISE_ARTIFACT_LIMIT",
        "largest artifact upload in bytes (default 1073741824; 0: no limit)",
        set_number<std::uint64_t, &config::artifact_limit, 0, std::uint64_t{1} << 50>},
+      {"--tls-cert", "AISE_TLS_CERT",
+       "PEM certificate chain: serve HTTPS and WSS (needs --tls-key)", set_path<&config::tls_cert>},
+      {"--tls-key", "AISE_TLS_KEY", "PEM private key of --tls-cert", set_path<&config::tls_key>},
       {"--demo", "AISE_DEMO",
        "true: run the demo team on a sample project (the flag alone means true)", set_demo},
   };

@@ -29,7 +29,9 @@ struct config {
   std::string artifact_dir;                   ///< Artifact store root; empty: <data_dir>/artifacts.
   std::uint64_t artifact_limit = std::uint64_t{1} << 30;  ///< Largest upload; 0 = none.
   std::string config_file;                                ///< The config file read, if any.
-  bool demo = false;  ///< Run the demo team on a sample project (server/src/demo.hpp).
+  std::string tls_cert;  ///< PEM certificate chain; with `tls_key`: HTTPS and WSS.
+  std::string tls_key;   ///< PEM private key.
+  bool demo = false;     ///< Run the demo team on a sample project (server/src/demo.hpp).
   bool help = false;
   bool version = false;
 

@@ -8,6 +8,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core.hpp>
@@ -23,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "flex_stream.hpp"
 #include "ws_session.hpp"
 
 namespace aise::server {
@@ -36,6 +38,8 @@ namespace {
 
 constexpr std::size_t drain_limit = 64 * 1024;
 constexpr std::chrono::seconds drain_timeout{2};
+// Sent on every response over TLS: browsers keep to HTTPS for a year.
+constexpr const char* hsts = "max-age=31536000";
 
 }  // namespace
 
@@ -63,6 +67,7 @@ class http_server::impl {
   http_handler handler_;
   http_server_options options_;
   net::io_context ioc_;
+  std::optional<net::ssl::context> tls_;  // set by start() when a certificate is configured
   // Keeps the io threads running while a handler works on the pool and no
   // socket operation is pending (after stop, the acceptor no longer counts).
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work_;
@@ -95,11 +100,28 @@ class http_server::impl {
 class http_server::impl::session : public std::enable_shared_from_this<session> {
  public:
   session(impl& server, tcp::socket socket, std::uint64_t id)
-      : server_(server), stream_(std::move(socket)), id_(id), executor_(stream_.get_executor()) {}
+      : server_(server),
+        stream_(server.tls_ ? flex_stream(beast::tcp_stream(std::move(socket)), *server.tls_)
+                            : flex_stream(beast::tcp_stream(std::move(socket)))),
+        id_(id),
+        executor_(stream_.get_executor()) {}
   ~session() { server_.unregister(id_); }
 
+  // With TLS, the handshake first (bounded by read_timeout); a client that
+  // fails it (plain HTTP to a TLS port, a bad hello) is dropped.
   void run() {
-    net::dispatch(executor_, [self = shared_from_this()] { self->read(); });
+    net::dispatch(executor_, [self = shared_from_this()] {
+      if (!self->stream_.is_tls()) return self->read();
+      self->stream_.expires_after(self->server_.options_.read_timeout);
+      self->stream_.async_handshake([self](beast::error_code ec) {
+        if (ec) {
+          beast::error_code ignored;
+          self->stream_.socket().close(ignored);
+          return;
+        }
+        self->read();
+      });
+    });
   }
 
   // Posted by `stop`: an idle connection closes now; one with a request in
@@ -367,6 +389,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
       out->set(http::field::content_type, res.content_type);
     }
     for (auto& [name, value] : res.headers) out->set(name, value);
+    if (stream_.is_tls()) out->set(http::field::strict_transport_security, hsts);
     out->body() = std::move(res.body);
     out->keep_alive(!close_after);
     out->prepare_payload();
@@ -398,6 +421,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     d->message.set(http::field::server, "aise-server/" AISE_VERSION_STRING);
     d->message.set(http::field::content_type, res.content_type);
     for (auto& [name, value] : res.headers) d->message.set(name, value);
+    if (stream_.is_tls()) d->message.set(http::field::strict_transport_security, hsts);
     d->message.content_length(res.stream_size);
     d->message.keep_alive(!close_after);
     d->message.body().data = nullptr;
@@ -457,6 +481,20 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   // moment, so that unread request bytes do not turn the close into a reset
   // that could destroy the response in flight.
   void close() {
+    if (stream_.is_tls() && !tls_closed_) {
+      // close_notify first, then the TCP half-close and drain below.
+      tls_closed_ = true;
+      stream_.expires_after(drain_timeout);
+      stream_.async_shutdown([self = shared_from_this()](beast::error_code ec) {
+        if (ec) {
+          beast::error_code ignored;
+          self->stream_.socket().close(ignored);
+          return;
+        }
+        self->close();
+      });
+      return;
+    }
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     if (ec) {
@@ -482,7 +520,8 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   }
 
   impl& server_;
-  beast::tcp_stream stream_;
+  flex_stream stream_;
+  bool tls_closed_ = false;
   std::uint64_t id_;
   net::any_io_executor executor_;  // stream_'s, kept: the stream may be handed to a ws session
   bool handed_off_ = false;
@@ -500,7 +539,39 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   std::array<char, 4096> discard_{};
 };
 
+namespace {
+
+// TLS 1.2 or later with the configured certificate chain and key (PEM).
+result<void> load_tls(std::optional<net::ssl::context>& tls, const http_server_options& o) {
+  if (o.tls_cert_file.empty() && o.tls_key_file.empty()) return {};
+  if (o.tls_cert_file.empty() || o.tls_key_file.empty()) {
+    return fail(errc::invalid_argument, "TLS needs both a certificate file and a key file");
+  }
+  tls.emplace(net::ssl::context::tls_server);
+  beast::error_code ec;
+  tls->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                       net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 |
+                       net::ssl::context::no_tlsv1_1 | net::ssl::context::single_dh_use,
+                   ec);
+  if (!ec) tls->use_certificate_chain_file(o.tls_cert_file, ec);
+  if (ec) {
+    tls.reset();
+    return fail(errc::invalid_argument,
+                "cannot use TLS certificate '" + o.tls_cert_file + "': " + ec.message());
+  }
+  tls->use_private_key_file(o.tls_key_file, net::ssl::context::pem, ec);
+  if (ec) {
+    tls.reset();
+    return fail(errc::invalid_argument,
+                "cannot use TLS key '" + o.tls_key_file + "': " + ec.message());
+  }
+  return {};
+}
+
+}  // namespace
+
 result<void> http_server::impl::start() {
+  if (auto loaded = load_tls(tls_, options_); !loaded) return loaded;
   beast::error_code ec;
   auto address = net::ip::make_address(options_.host, ec);
   if (ec) return fail(errc::invalid_argument, "bad listen address '" + options_.host + "'");

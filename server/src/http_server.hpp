@@ -65,6 +65,10 @@ struct http_server_options {
   upload_hooks uploads;                   ///< Unset: every body is read whole (`body_limit`).
   std::size_t stream_piece = 64 * 1024;   ///< Bytes per piece of a streamed body (both ways).
   ws_options websocket;                   ///< /api/v1/ws (served when `websocket.events` is set).
+  /// HTTPS and WSS: PEM files of the certificate chain and its private key.
+  /// Both set: every connection is TLS (1.2 or later); both empty: plain.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 /// The server. Non-copyable; destroying it stops it (with no grace period).
@@ -76,7 +80,8 @@ class http_server {
   http_server& operator=(const http_server&) = delete;
 
   /// Binds, listens and starts the threads. `invalid_argument` for a bad
-  /// address, `unavailable` when the port cannot be bound. Call once.
+  /// address or an unusable TLS certificate or key (the message names the
+  /// file), `unavailable` when the port cannot be bound. Call once.
   result<void> start();
 
   /// The bound port (after `start`).

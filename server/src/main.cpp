@@ -78,6 +78,8 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     http_options.read_timeout = cfg.read_timeout;
     http_options.io_threads = cfg.io_threads;
     http_options.handler_threads = cfg.handler_threads;
+    http_options.tls_cert_file = cfg.tls_cert;
+    http_options.tls_key_file = cfg.tls_key;
     http_options.uploads.upload_limit = cfg.artifact_limit;
     http_options.uploads.streams_body = [&api](const aise::server::request& head) {
       return api.streams_body(head);
@@ -91,15 +93,16 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
       rt.logger().error("{}", started.error().describe());
       return 1;
     }
-    rt.logger().info("aise-server {} listening on http://{}:{} (store: {})", AISE_VERSION_STRING,
-                     cfg.host, server.port(), (*store)->backend());
+    const char* scheme = cfg.tls_cert.empty() ? "http" : "https";
+    rt.logger().info("aise-server {} listening on {}://{}:{} (store: {})", AISE_VERSION_STRING,
+                     scheme, cfg.host, server.port(), (*store)->backend());
     if (cfg.demo) {
       auto demo =
           aise::server::demo::start(orch, std::filesystem::path(cfg.data_dir) / "demo-work");
       if (!demo) {
         rt.logger().error("demo: {}", demo.error().describe());
       } else {
-        std::string base = fmt::format("http://{}:{}", cfg.host, server.port());
+        std::string base = fmt::format("{}://{}:{}", scheme, cfg.host, server.port());
         rt.logger().info(
             "demo: {} the sample project '{}' (merge: {}); follow it at "
             "{}/api/v1/projects/{}/tasks; "

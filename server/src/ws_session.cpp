@@ -116,7 +116,7 @@ struct ws_batch {
 // post their result back, and `push`, called by the fan-out.
 class ws_session : public std::enable_shared_from_this<ws_session> {
  public:
-  ws_session(ws_hub& hub, std::uint64_t id, beast::tcp_stream stream,
+  ws_session(ws_hub& hub, std::uint64_t id, flex_stream stream,
              http::request<http::string_body> req)
       : hub_(hub),
         opt_(hub.options()),
@@ -752,7 +752,7 @@ class ws_session : public std::enable_shared_from_this<ws_session> {
   const ws_options& opt_;
   std::uint64_t id_;
   net::any_io_executor executor_;
-  websocket::stream<beast::tcp_stream> ws_;
+  websocket::stream<flex_stream> ws_;
   http::request<http::string_body> req_;
   net::steady_timer auth_timer_;
   net::steady_timer close_timer_;
@@ -806,7 +806,7 @@ bool ws_hub::stopping() {
   return stopping_;
 }
 
-void ws_hub::accept(beast::tcp_stream stream, http::request<http::string_body> req) {
+void ws_hub::accept(flex_stream stream, http::request<http::string_body> req) {
   std::shared_ptr<ws_session> s;
   {
     std::lock_guard lock(mutex_);

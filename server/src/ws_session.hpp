@@ -45,6 +45,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "flex_stream.hpp"
 #include "ws_options.hpp"
 
 namespace aise::server {
@@ -75,8 +76,7 @@ class ws_hub {
   /// Takes over a connection whose request asked for the WebSocket upgrade
   /// on /api/v1/ws: authenticates it (HTTP 401 on a bad token) and
   /// completes the handshake. After `stop`, the connection is closed.
-  void accept(boost::beast::tcp_stream stream,
-              boost::beast::http::request<boost::beast::http::string_body> req);
+  void accept(flex_stream stream, boost::beast::http::request<boost::beast::http::string_body> req);
 
   /// Stops taking events and clients; every session is closed with 1001
   /// "going away" (after its queued messages are dropped). Idempotent.
