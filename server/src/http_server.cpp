@@ -175,6 +175,10 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     r.method = std::string(req.method_string());
     r.target = std::string(req.target());
     r.body = std::move(req.body());
+    r.authorization = std::string(req[http::field::authorization]);
+    beast::error_code peer_ec;
+    auto peer = stream_.socket().remote_endpoint(peer_ec);
+    if (!peer_ec) r.remote = peer.address().to_string();
     busy_ = true;
     net::post(server_.pool_, [self = shared_from_this(), r = std::move(r)] {
       response res;
@@ -189,6 +193,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   }
 
   void reply_and_close(response res) {
+    add_security_headers(res, "", false);
     busy_ = true;
     keep_alive_ = false;
     write(std::move(res), true);
