@@ -534,3 +534,47 @@ TEST_CASE("rate limiter: token buckets refill at the rate, up to the burst") {
   CHECK(l.take("c", t0 + std::chrono::seconds(200)).allowed);
   CHECK(l.take("d", t0 + std::chrono::seconds(200)).allowed);
 }
+
+TEST_CASE("auth: each route of this slice has the access level server/README.md documents") {
+  using a = route_access;
+  const std::map<std::string, route_access> documented = {
+      {"GET /healthz", a::open},
+      {"GET /readyz", a::open},
+      {"POST /api/v1/auth/login", a::open},
+      {"POST /api/v1/auth/refresh", a::open},
+      {"POST /api/v1/auth/logout", a::user},
+      {"GET /api/v1/me", a::user},
+      {"POST /api/v1/projects", a::user},
+      {"GET /api/v1/projects", a::user},
+      {"GET /api/v1/agent-kinds", a::user},
+      {"GET /api/v1/agents", a::user},
+      {"GET /api/v1/projects/{}", a::viewer},
+      {"GET /api/v1/projects/{}/tasks", a::viewer},
+      {"GET /api/v1/projects/{}/events", a::viewer},
+      {"GET /api/v1/tasks/{}", a::viewer},
+      {"GET /api/v1/tasks/{}/attempts", a::viewer},
+      {"GET /api/v1/agents/{}", a::viewer},
+      {"POST /api/v1/projects/{}/tasks", a::maintainer},
+      {"POST /api/v1/tasks/{}/cancel", a::maintainer},
+      {"POST /api/v1/tasks/{}/approve", a::maintainer},
+      {"POST /api/v1/tasks/{}/reject", a::maintainer},
+      {"PATCH /api/v1/projects/{}", a::project_admin},
+      {"POST /api/v1/projects/{}/archive", a::project_admin},
+      {"GET /api/v1/projects/{}/members", a::project_admin},
+      {"POST /api/v1/projects/{}/members", a::project_admin},
+      {"POST /api/v1/users", a::global_admin},
+      {"GET /api/v1/users", a::global_admin},
+      {"GET /api/v1/users/{}", a::global_admin},
+      {"PATCH /api/v1/users/{}", a::global_admin},
+      {"POST /api/v1/users/{}/disable", a::global_admin},
+      {"POST /api/v1/users/{}/roles", a::global_admin},
+      {"GET /api/v1/audit", a::global_admin},
+  };
+  std::map<std::string, route_access> actual;
+  for (const auto& r : aise::server::api::routes()) actual[r.method + " " + r.path] = r.access;
+  for (const auto& [route, access] : documented) {
+    INFO(route);
+    REQUIRE(actual.count(route) == 1);
+    CHECK(actual[route] == access);
+  }
+}
