@@ -195,7 +195,10 @@ class AISE_AUTH_EXPORT authenticator {
   result<void> logout(std::string_view refresh_token, const principal& who, std::string_view ip);
 
   /// The caller behind an access token: verified (verify_jwt) and its user
-  /// known and not disabled; `rejected` otherwise.
+  /// known and not disabled; `rejected` otherwise. A token verified before
+  /// is remembered by its exact text (at most 10,000) until it expires, so
+  /// that a client sending the same token again costs a hash lookup, not a
+  /// signature check and two JSON parses.
   result<principal> authenticate(std::string_view access_token);
 
   /// An access token for `username` without a password (setup tools and
@@ -246,8 +249,20 @@ class AISE_AUTH_EXPORT authenticator {
     principal who;
     std::chrono::steady_clock::time_point read_at;
   };
+  struct verified_token {
+    std::string sub;
+    time_point exp;
+  };
+  struct text_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
   std::mutex cache_mutex_;
   std::unordered_map<std::string, cached> cache_;  // by user name; bounded (see .cpp)
+  // Access tokens verified before, by their text; bounded (see .cpp).
+  std::unordered_map<std::string, verified_token, text_hash, std::equal_to<>> verified_;
 };
 
 }  // namespace aise

@@ -13,6 +13,7 @@ namespace {
 using json = nlohmann::json;
 
 constexpr std::size_t max_cached_users = 10000;
+constexpr std::size_t max_cached_tokens = 10000;
 constexpr std::size_t max_username = 64;
 constexpr std::size_t max_password = 1024;
 
@@ -187,22 +188,43 @@ result<void> authenticator::logout(std::string_view refresh_token, const princip
 }
 
 result<principal> authenticator::authenticate(std::string_view access_token) {
-  jwt_check check{options_.issuer, options_.audience, options_.clock->now(), options_.leeway};
-  auto claims = verify_jwt(access_token, options_.jwt_secret, check);
-  if (!claims) return claims.error();
+  const auto now = options_.clock->now();
   const auto steady_now = std::chrono::steady_clock::now();
+  std::string sub;
+  {
+    // A token verified before is known by its exact text; only its expiry
+    // is checked again (the signature and claims cannot have changed).
+    std::lock_guard lock(cache_mutex_);
+    auto it = verified_.find(access_token);
+    if (it != verified_.end()) {
+      if (now >= it->second.exp + options_.leeway) {
+        verified_.erase(it);
+      } else {
+        sub = it->second.sub;
+      }
+    }
+  }
+  if (sub.empty()) {
+    jwt_check check{options_.issuer, options_.audience, now, options_.leeway};
+    auto claims = verify_jwt(access_token, options_.jwt_secret, check);
+    if (!claims) return claims.error();
+    sub = claims->sub;
+    std::lock_guard lock(cache_mutex_);
+    if (verified_.size() >= max_cached_tokens) verified_.clear();
+    verified_.emplace(std::string(access_token), verified_token{sub, claims->exp});
+  }
   if (options_.user_cache_ttl.count() > 0) {
     std::lock_guard lock(cache_mutex_);
-    auto it = cache_.find(claims->sub);
+    auto it = cache_.find(sub);
     if (it != cache_.end() && steady_now - it->second.read_at < options_.user_cache_ttl) {
       if (it->second.who.user.disabled) return not_authenticated("user disabled");
       return it->second.who;
     }
   }
-  auto u = store_->find_user(claims->sub);
+  auto u = store_->find_user(sub);
   if (!u) {
     if (u.error().code() != errc::not_found) return u.error();
-    return not_authenticated("unknown user '" + claims->sub + "'");
+    return not_authenticated("unknown user '" + sub + "'");
   }
   auto roles = store_->roles_of(u->id);
   if (!roles) return roles.error();

@@ -226,6 +226,8 @@ TEST_CASE("auth: login, refresh rotation, logout and reuse detection") {
   f.clock->advance(3601s);
   CHECK(f.auth->refresh(fourth->refresh_token, "10.0.0.1").error().code() == aise::errc::rejected);
   CHECK(f.auth->authenticate(fourth->access_token).error().code() == aise::errc::rejected);
+  // One verified (and so remembered) before expires all the same.
+  CHECK(f.auth->authenticate(pair->access_token).error().code() == aise::errc::rejected);
 
   auto log = f.actions();
   std::vector<std::string> expected = {"user_created",  "login_failed",   "login_failed",   "login",
