@@ -12,6 +12,7 @@
 #include <aise/sql.hpp>
 #include <aise/version.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
