@@ -15,6 +15,8 @@ AISE_PACKAGES=(
   libboost-dev libfmt-dev libspdlog-dev nlohmann-json3-dev
   # aise::sql (SOCI over SQLite and PostgreSQL; the backend headers need the client headers)
   libsoci-dev libsqlite3-dev libpq-dev
+  # aise::auth (Argon2id, HMAC-SHA-256, random tokens)
+  libsodium-dev
   # PostgreSQL 15 server for the tests (scripts/services.sh starts a private one) and sqlite3 CLI
   postgresql-15 postgresql-client-15 sqlite3
   # aise::llm (HTTPS through Boost.Beast)

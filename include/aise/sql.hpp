@@ -25,6 +25,7 @@
 /// - Blocking: calls block on the database. Do not call them on a runtime's
 ///   executor threads in latency-sensitive code (see docs/sql.md).
 
+#include <aise/auth_store.hpp>
 #include <aise/clock.hpp>
 #include <aise/error.hpp>
 #include <aise/sql_export.hpp>
@@ -73,6 +74,13 @@ struct AISE_SQL_EXPORT store_options {
 /// library, an edited migration, `migrate` false with migrations pending),
 /// `unavailable` (the database cannot be reached after the retries).
 AISE_SQL_EXPORT result<std::shared_ptr<store>> open_store(const store_options& options);
+
+/// Opens an `auth_store` (auth_store.hpp: users, roles, refresh tokens,
+/// audit) on the database in `options.url`, with a pool of its own of
+/// `options.pool_size` connections; migrations as `open_store` (the auth
+/// tables come with migration 0004). Same errors and contract as
+/// `open_store`. A host usually opens both on the same URL.
+AISE_SQL_EXPORT result<std::shared_ptr<auth_store>> open_auth_store(const store_options& options);
 
 /// One migration shipped with this library and, when applied, its record.
 struct AISE_SQL_EXPORT migration_info {

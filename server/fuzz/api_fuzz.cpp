@@ -8,6 +8,7 @@
 // Build: configure with clang and -DAISE_FUZZ=ON (scripts/test.sh, phase
 // fuzz); run: build/fuzz/server/fuzz/aise_api_fuzz -max_total_time=60 CORPUS
 #include <aise/artifacts.hpp>
+#include <aise/auth.hpp>
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 #include <aise/store.hpp>
@@ -38,11 +39,28 @@ struct world {
     auto opened = aise::open_artifact_store(a);
     if (!opened) std::abort();
     artifacts = *opened;
-    api = std::make_unique<aise::server::api>(orch, aise::server::api_options{}, artifacts);
+    aise::auth_options ao;
+    ao.jwt_secret = "fuzz-secret-fuzz-secret-fuzz-secret!";
+    ao.password = aise::password_options::cheapest();
+    auto made = aise::authenticator::make(aise::make_memory_auth_store(), ao);
+    if (!made) std::abort();
+    auth = std::move(*made);
+    if (!auth->create_first_admin("root", "root-password", {})) std::abort();
+    auto token = auth->issue_access_token("root");
+    if (!token) std::abort();
+    admin = "Bearer " + *token;
+    aise::server::api_options o;
+    o.ip_limit.rate = 0;  // the fuzzer is one client sending as fast as it can
+    o.user_limit.rate = 0;
+    o.login_limit.rate = 0;
+    api = std::make_unique<aise::server::api>(orch, *auth, o, artifacts);
     // Something to find: a project, a task and an artifact with known ids.
-    (void)api->handle({"POST", "/api/v1/projects", R"({"id":"p1","name":"one"})", {}});
-    (void)api->handle({"POST", "/api/v1/projects/p1/tasks", R"({"id":"t1","kind":"k"})", {}});
-    (void)api->handle({"PUT", "/api/v1/projects/p1/artifacts/a", "hello", {}});
+    auto as_admin = [&](std::string m, std::string t, std::string b) {
+      (void)api->handle({std::move(m), std::move(t), std::move(b), "", {{"authorization", admin}}});
+    };
+    as_admin("POST", "/api/v1/projects", R"({"id":"p1","name":"one"})");
+    as_admin("POST", "/api/v1/projects/p1/tasks", R"({"id":"t1","kind":"k"})");
+    as_admin("PUT", "/api/v1/projects/p1/artifacts/a", "hello");
   }
 
   static aise::orchestrator_options options(std::shared_ptr<aise::store> s) {
@@ -55,6 +73,8 @@ struct world {
   aise::runtime rt;
   aise::orchestrator orch;
   std::shared_ptr<aise::artifact_store> artifacts;
+  std::unique_ptr<aise::authenticator> auth;
+  std::string admin;
   std::unique_ptr<aise::server::api> api;
 };
 
@@ -92,6 +112,9 @@ aise::server::request to_request(std::string_view in) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static world w;
   auto req = to_request(std::string_view(reinterpret_cast<const char*>(data), size));
+  // As the admin unless the input brings its own Authorization header (so
+  // the fuzzer reaches the handlers, and still tries tokens of its own).
+  if (!req.header("authorization")) req.headers.emplace_back("authorization", w.admin);
   auto res = w.api->handle(req);
   if (res.status < 200 || res.status > 599 || res.status == 500) std::abort();
   if (res.stream) {

@@ -85,13 +85,19 @@ std::optional<std::string> percent_decode(std::string_view in, bool plus_is_spac
 struct call {
   const request& req;
   orchestrator& orch;
+  authenticator& auth;
   const api_options& options;
   artifact_store* artifacts;        // null: none configured
   upload_start* upload;             // set by begin_upload: the body is streamed into a sink
   std::vector<std::string> params;  // the {…} segments of the route, in order
   std::multimap<std::string, std::string, std::less<>> query;
+  const principal* who = nullptr;   // set for every route that is not public
+  std::optional<task> scoped_task;  // a task route's task, read for its access check
 
   [[nodiscard]] store& db() const { return orch.store(); }
+  [[nodiscard]] actor_info actor() const {
+    return {who != nullptr ? who->user.username : std::string(), req.remote};
+  }
 
   [[nodiscard]] std::optional<std::string> query_value(std::string_view name) const {
     auto it = query.find(name);
@@ -268,11 +274,32 @@ response create_project(const call& c) {
   } else {
     p.id = c.orch.rt().make_id("p");
   }
-  return json_response(201, project_json(take(c.db().create_project(std::move(p)))));
+  auto created = take(c.db().create_project(std::move(p)));
+  // The creator administers the project (a global admin has every role anyway).
+  if (!c.who->user.global_admin) {
+    take(c.auth.set_role(c.who->user.id, created.id, project_role::admin, c.actor()));
+  }
+  return json_response(201, project_json(created));
 }
 
 response list_projects(const call& c) {
   auto limit = page_limit(c);
+  if (!c.who->user.global_admin) {
+    // The caller's own projects, in id order like the store's pages.
+    auto cursor = c.query_value("cursor").value_or("");
+    json items = json::array();
+    std::string next;
+    for (auto it = c.who->roles.upper_bound(cursor); it != c.who->roles.end(); ++it) {
+      if (items.size() == limit) {
+        next = items.back()["id"].get<std::string>();
+        break;
+      }
+      auto p = c.db().get_project(it->first);
+      if (!p && p.error().code() == errc::not_found) continue;  // a role outliving its project
+      items.push_back(project_json(take(std::move(p))));
+    }
+    return json_response(200, {{"items", std::move(items)}, {"next", next_or_null(next)}});
+  }
   auto page = take(c.db().list_projects(c.query_value("cursor").value_or(""), limit));
   json items = json::array();
   for (const auto& p : page.items) items.push_back(project_json(p));
@@ -366,6 +393,7 @@ response list_tasks(const call& c) {
 }
 
 response get_task(const call& c) {
+  if (c.scoped_task) return json_response(200, task_json(*c.scoped_task));
   return json_response(200, task_json(take(c.orch.get(c.params[0]))));
 }
 
@@ -423,6 +451,12 @@ response agent_kinds(const call& c) {
   return json_response(200, {{"items", c.orch.kinds()}});
 }
 
+// Agents of projects the caller may not see are left out of listings and
+// answered 404 by name, like ones that do not exist.
+bool sees(const call& c, const std::string& project) {
+  return c.who->can(project, project_role::viewer);
+}
+
 response list_agents(const call& c) {
   auto project = c.query_value("project").value_or("");
   // The store knows agents of earlier runs and of worker processes; the
@@ -430,11 +464,13 @@ response list_agents(const call& c) {
   std::map<std::string, json> by_name;
   std::map<std::string, agent_record> stored;
   for (auto& a : take(c.db().list_agents(project))) {
+    if (!sees(c, a.project)) continue;
     by_name[a.id] = agent_record_json(a);
     stored.emplace(a.id, std::move(a));
   }
   for (const auto& a : c.orch.agents()) {
     if (!project.empty() && a.project != project) continue;
+    if (!sees(c, a.project)) continue;
     auto it = stored.find(a.name);
     by_name[a.name] = agent_status_json(
         a, it == stored.end() ? std::nullopt : std::optional<agent_record>(it->second));
@@ -462,18 +498,40 @@ response get_agent(const call& c) {
   if (!stored && stored.error().code() != errc::not_found) reject_with(stored.error());
   std::optional<agent_record> record;
   if (stored) record = stored.value();
-  json snapshot = snapshot_json(c, name);
-  if (auto live = c.orch.agent_info(name)) {
+  if (auto live = c.orch.agent_info(name); live && sees(c, live->project)) {
     json j = agent_status_json(*live, record);
-    j["snapshot"] = std::move(snapshot);
+    j["snapshot"] = snapshot_json(c, name);
     return json_response(200, j);
   }
-  if (record) {
+  if (record && sees(c, record->project)) {
     json j = agent_record_json(*record);
-    j["snapshot"] = std::move(snapshot);
+    j["snapshot"] = snapshot_json(c, name);
     return json_response(200, j);
   }
   reject_with(404, "not_found", "no agent '" + name + "'", {{"agent", name}});
+}
+
+// Throws unless the caller has at least `needed` in `project`: 404 with
+// `hidden` when they have no role there (as if it did not exist), else 403.
+void require_role(const call& c, const std::string& project, project_role needed,
+                  const std::string& hidden) {
+  auto role = c.who->role_in(project);
+  if (role == project_role::none) reject_with(404, "not_found", hidden);
+  if (role < needed) {
+    reject_with(403, "forbidden",
+                "this needs the role " + std::string(to_string(needed)) + " in project '" +
+                    project + "'; yours is " + std::string(to_string(role)));
+  }
+}
+
+// The project of agent `name` (live or stored); 404 when unknown.
+std::string agent_project(const call& c, const std::string& name) {
+  if (auto live = c.orch.agent_info(name)) return live->project;
+  auto stored = c.db().get_agent(name);
+  if (!stored && stored.error().code() == errc::not_found) {
+    reject_with(404, "not_found", "no agent '" + name + "'", {{"agent", name}});
+  }
+  return take(std::move(stored)).project;
 }
 
 // POST /api/v1/agents {"kind", "name"?, "project"?, "concurrency"?}
@@ -489,11 +547,15 @@ response spawn_agent(const call& c) {
     check_id(c, *name, "name");
     spec.name = std::move(*name);
   }
+  bool named_project = false;
   if (auto project_id = string_field(body, "project", c.options.max_id_length)) {
     check_id(c, *project_id, "project");
-    (void)existing_project(c, *project_id);
     spec.project = std::move(*project_id);
+    named_project = true;
   }
+  require_role(c, spec.project, project_role::maintainer,
+               "project '" + spec.project + "' not found");
+  if (named_project) (void)existing_project(c, spec.project);
   if (auto it = body.find("concurrency"); it != body.end() && !it->is_null()) {
     if (!it->is_number_unsigned() || it->get<std::uint64_t>() > 1024) {
       reject_with(400, "invalid_argument", "field 'concurrency' must be an integer from 0 to 1024",
@@ -513,11 +575,15 @@ response spawn_agent(const call& c) {
 }
 
 response stop_agent(const call& c) {
+  require_role(c, agent_project(c, c.params[0]), project_role::maintainer,
+               "no agent '" + c.params[0] + "'");
   take(c.orch.stop_agent(c.params[0]));
   return json_response(200, agent_status_json(take(c.orch.agent_info(c.params[0])), std::nullopt));
 }
 
 response restart_agent(const call& c) {
+  require_role(c, agent_project(c, c.params[0]), project_role::maintainer,
+               "no agent '" + c.params[0] + "'");
   take(c.orch.restart_agent(c.params[0]));
   return json_response(200, agent_status_json(take(c.orch.agent_info(c.params[0])), std::nullopt));
 }
@@ -670,8 +736,15 @@ response artifact_versions(const call& c) {
   return json_response(200, {{"items", std::move(items)}, {"next", nullptr}});
 }
 
+// An artifact by id, if the caller may see its project (else 404, as unknown).
+artifact_meta visible_artifact(const call& c, const std::string& id) {
+  auto meta = take(artifacts_of(c).info(id));
+  require_role(c, meta.project, project_role::viewer, "artifact '" + id + "' not found");
+  return meta;
+}
+
 response get_artifact(const call& c) {
-  return json_response(200, artifact_json(take(artifacts_of(c).info(c.params[0]))));
+  return json_response(200, artifact_json(visible_artifact(c, c.params[0])));
 }
 
 class artifact_source final : public body_source {
@@ -758,7 +831,7 @@ std::string disposition_for(std::string_view name) {
 // with Range (206), If-Range and If-None-Match against the ETag (the digest).
 response download_artifact(const call& c) {
   artifact_store& store = artifacts_of(c);
-  artifact_meta meta = take(store.info(c.params[0]));
+  artifact_meta meta = visible_artifact(c, c.params[0]);
   std::string etag = "\"" + meta.sha256 + "\"";
   if (auto inm = c.req.header("if-none-match");
       inm && (*inm == etag || *inm == "*" || inm->find(etag) != std::string_view::npos)) {
@@ -789,13 +862,214 @@ response download_artifact(const call& c) {
   res.headers.emplace_back("Accept-Ranges", "bytes");
   res.headers.emplace_back("ETag", etag);
   res.headers.emplace_back("Content-Disposition", disposition_for(meta.name));
-  res.headers.emplace_back("X-Content-Type-Options", "nosniff");
   if (range) {
     res.headers.emplace_back("Content-Range", "bytes " + std::to_string(range->first) + "-" +
                                                   std::to_string(range->last) + "/" +
                                                   std::to_string(meta.size));
   }
   return res;
+}
+
+// ---- authentication and users ----
+
+[[noreturn]] void unauthorized(std::string_view message, bool token_given) {
+  auto res = error_response(401, "unauthorized", message);
+  res.headers.emplace_back("WWW-Authenticate", token_given
+                                                   ? R"(Bearer realm="aise", error="invalid_token")"
+                                                   : R"(Bearer realm="aise")");
+  throw client_error{std::move(res)};
+}
+
+[[noreturn]] void forbidden(std::string_view message) {
+  reject_with(403, "forbidden", message);
+}
+
+std::string required_string(const json& body, const char* name, std::size_t max_length) {
+  auto v = string_field(body, name, max_length);
+  if (!v || v->empty()) {
+    reject_with(400, "invalid_argument",
+                std::string("field '") + name + "' is required and must not be empty",
+                {{"field", name}});
+  }
+  return std::move(*v);
+}
+
+std::optional<bool> bool_field(const json& body, const char* name) {
+  auto it = body.find(name);
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_boolean()) {
+    reject_with(400, "invalid_argument", std::string("field '") + name + "' must be a boolean",
+                {{"field", name}, {"type", it->type_name()}});
+  }
+  return it->get<bool>();
+}
+
+project_role role_field(const json& body) {
+  auto name = required_string(body, "role", 32);
+  auto role = parse_project_role(name);
+  if (!role) {
+    reject_with(400, "invalid_argument",
+                "field 'role' must be one of admin, maintainer, viewer, none", {{"field", "role"}});
+  }
+  return *role;
+}
+
+json tokens_json(const token_pair& t) {
+  return {{"access_token", t.access_token},
+          {"refresh_token", t.refresh_token},
+          {"token_type", "Bearer"},
+          {"expires_in", t.expires_in.count()}};
+}
+
+// A failed login or refresh is a 401 saying nothing about why; the audit
+// trail has the reason.
+token_pair take_tokens(result<token_pair> r, std::string_view what) {
+  if (!r && r.error().code() == errc::rejected) unauthorized(what, false);
+  return take(std::move(r));
+}
+
+response login(const call& c) {
+  json body = body_object(c, false);
+  auto username = required_string(body, "username", 256);
+  auto password = required_string(body, "password", 1024);
+  return json_response(200, tokens_json(take_tokens(c.auth.login(username, password, c.req.remote),
+                                                    "wrong user name or password")));
+}
+
+response refresh_tokens(const call& c) {
+  json body = body_object(c, false);
+  auto token = required_string(body, "refresh_token", 1024);
+  return json_response(
+      200, tokens_json(take_tokens(c.auth.refresh(token, c.req.remote),
+                                   "the refresh token is not valid (unknown, used, revoked or "
+                                   "expired)")));
+}
+
+response logout(const call& c) {
+  json body = body_object(c, false);
+  auto token = required_string(body, "refresh_token", 1024);
+  auto r = c.auth.logout(token, *c.who, c.req.remote);
+  if (!r && r.error().code() == errc::rejected) {
+    reject_with(400, "invalid_argument", "not a refresh token of yours",
+                {{"field", "refresh_token"}});
+  }
+  take(r);
+  return json_response(200, {{"status", "logged_out"}});
+}
+
+json roles_json(const std::map<std::string, project_role>& roles) {
+  json out = json::object();
+  for (const auto& [project, role] : roles) out[project] = std::string(to_string(role));
+  return out;
+}
+
+response me(const call& c) {
+  json j = authenticator::user_json(c.who->user);
+  j["roles"] = roles_json(c.who->roles);
+  return json_response(200, j);
+}
+
+response create_user(const call& c) {
+  json body = body_object(c, false);
+  new_user u;
+  u.username = required_string(body, "username", 64);
+  u.password = required_string(body, "password", 1024);
+  u.global_admin = bool_field(body, "global_admin").value_or(false);
+  return json_response(201, authenticator::user_json(take(c.auth.create_user(u, c.actor()))));
+}
+
+response list_users(const call& c) {
+  auto limit = page_limit(c);
+  auto users = take(c.auth.store().list_users(c.query_value("cursor").value_or(""), limit));
+  json items = json::array();
+  for (const auto& u : users) items.push_back(authenticator::user_json(u));
+  std::string next = users.size() == limit ? users.back().id : std::string();
+  return json_response(200, {{"items", std::move(items)}, {"next", next_or_null(next)}});
+}
+
+response get_user(const call& c) {
+  auto u = take(c.auth.store().get_user(c.params[0]));
+  json j = authenticator::user_json(u);
+  j["roles"] = roles_json(take(c.auth.store().roles_of(u.id)));
+  return json_response(200, j);
+}
+
+response update_user(const call& c) {
+  json body = body_object(c, false);
+  auto disabled = bool_field(body, "disabled");
+  auto global_admin = bool_field(body, "global_admin");
+  auto password = string_field(body, "password", 1024);
+  const auto& id = c.params[0];
+  auto u = take(c.auth.store().get_user(id));
+  if (id == c.who->user.id && ((disabled && *disabled) || (global_admin && !*global_admin))) {
+    reject_with(409, "conflict", "global admins cannot disable or demote themselves");
+  }
+  if (password) u = take(c.auth.set_password(id, *password, c.actor()));
+  if (global_admin && *global_admin != u.global_admin) {
+    u = take(c.auth.set_global_admin(id, *global_admin, c.actor()));
+  }
+  if (disabled && *disabled != u.disabled) u = take(c.auth.set_disabled(id, *disabled, c.actor()));
+  return json_response(200, authenticator::user_json(u));
+}
+
+response disable_user(const call& c) {
+  if (c.params[0] == c.who->user.id) {
+    reject_with(409, "conflict", "global admins cannot disable themselves");
+  }
+  return json_response(
+      200, authenticator::user_json(take(c.auth.set_disabled(c.params[0], true, c.actor()))));
+}
+
+response set_user_role(const call& c) {
+  json body = body_object(c, false);
+  auto project = required_string(body, "project", c.options.max_id_length);
+  auto role = role_field(body);
+  take(c.auth.set_role(c.params[0], project, role, c.actor()));
+  return json_response(
+      200, {{"user", c.params[0]}, {"project", project}, {"role", std::string(to_string(role))}});
+}
+
+response project_members(const call& c) {
+  const auto id = existing_project(c, c.params[0]).id;
+  json items = json::array();
+  for (const auto& [user_id, role] : take(c.auth.store().members_of(id))) {
+    auto u = c.auth.store().get_user(user_id);
+    if (!u) continue;
+    items.push_back({{"user", u->id}, {"username", u->username}, {"role", to_string(role)}});
+  }
+  return json_response(200, {{"items", std::move(items)}});
+}
+
+response set_project_member(const call& c) {
+  json body = body_object(c, false);
+  const auto id = existing_project(c, c.params[0]).id;
+  auto username = required_string(body, "username", 64);
+  auto role = role_field(body);
+  auto u = c.auth.store().find_user(username);
+  if (!u && u.error().code() == errc::not_found) {
+    reject_with(404, "not_found", "no user named '" + username + "'", {{"username", username}});
+  }
+  take(c.auth.set_role(take(std::move(u)).id, id, role, c.actor()));
+  return json_response(
+      200, {{"username", username}, {"project", id}, {"role", std::string(to_string(role))}});
+}
+
+response audit_trail(const call& c) {
+  auto after = number_param(c, "after", 0, 0, UINT64_MAX);
+  auto limit = page_limit(c);
+  auto entries = take(c.auth.store().read_audit(after, limit));
+  json items = json::array();
+  for (const auto& e : entries) {
+    items.push_back({{"id", e.id},
+                     {"at", format_time(e.at)},
+                     {"actor", e.actor},
+                     {"action", e.action},
+                     {"subject", e.subject},
+                     {"ip", e.ip},
+                     {"details", e.details}});
+  }
+  json next = entries.size() == limit ? json(std::to_string(entries.back().id)) : json(nullptr);
+  return json_response(200, {{"items", std::move(items)}, {"next", std::move(next)}});
 }
 
 // ---- routing ----
@@ -806,38 +1080,84 @@ struct route {
   std::string_view method;
   std::vector<std::string_view> pattern;  // "{}" matches one non-empty segment
   handler fn;
+  route_access access;
+  route_scope scope;     // what params[0] names
   bool streams = false;  // the body is streamed (see api::streams_body)
 };
 
-const std::vector<route>& routes() {
+// Access levels are documented per route in server/README.md
+// ("Authentication and roles"); the role matrix test walks this table.
+const std::vector<route>& route_table() {
+  using a = route_access;
+  using s = route_scope;
   static const std::vector<route> table = {
-      {"GET", {"healthz"}, healthz},
-      {"GET", {"readyz"}, readyz},
-      {"POST", {"api", "v1", "projects"}, create_project},
-      {"GET", {"api", "v1", "projects"}, list_projects},
-      {"GET", {"api", "v1", "projects", "{}"}, get_project},
-      {"PATCH", {"api", "v1", "projects", "{}"}, update_project},
-      {"POST", {"api", "v1", "projects", "{}", "archive"}, archive_project},
-      {"POST", {"api", "v1", "projects", "{}", "tasks"}, create_task},
-      {"GET", {"api", "v1", "projects", "{}", "tasks"}, list_tasks},
-      {"GET", {"api", "v1", "projects", "{}", "events"}, project_events},
-      {"GET", {"api", "v1", "tasks", "{}"}, get_task},
-      {"POST", {"api", "v1", "tasks", "{}", "cancel"}, cancel_task},
-      {"POST", {"api", "v1", "tasks", "{}", "retry"}, retry_task},
-      {"POST", {"api", "v1", "tasks", "{}", "approve"}, approve_task},
-      {"POST", {"api", "v1", "tasks", "{}", "reject"}, reject_task},
-      {"GET", {"api", "v1", "tasks", "{}", "attempts"}, task_attempts},
-      {"GET", {"api", "v1", "agent-kinds"}, agent_kinds},
-      {"GET", {"api", "v1", "agents"}, list_agents},
-      {"GET", {"api", "v1", "agents", "{}"}, get_agent},
-      {"POST", {"api", "v1", "agents"}, spawn_agent},
-      {"POST", {"api", "v1", "agents", "{}", "stop"}, stop_agent},
-      {"POST", {"api", "v1", "agents", "{}", "restart"}, restart_agent},
-      {"PUT", {"api", "v1", "projects", "{}", "artifacts", "{}"}, upload_artifact, true},
-      {"GET", {"api", "v1", "projects", "{}", "artifacts"}, list_artifacts},
-      {"GET", {"api", "v1", "projects", "{}", "artifacts", "{}", "versions"}, artifact_versions},
-      {"GET", {"api", "v1", "artifacts", "{}"}, get_artifact},
-      {"GET", {"api", "v1", "artifacts", "{}", "content"}, download_artifact},
+      {"GET", {"healthz"}, healthz, a::open, s::none},
+      {"GET", {"readyz"}, readyz, a::open, s::none},
+      {"POST", {"api", "v1", "auth", "login"}, login, a::open, s::none},
+      {"POST", {"api", "v1", "auth", "refresh"}, refresh_tokens, a::open, s::none},
+      {"POST", {"api", "v1", "auth", "logout"}, logout, a::user, s::none},
+      {"GET", {"api", "v1", "me"}, me, a::user, s::none},
+      {"POST", {"api", "v1", "users"}, create_user, a::global_admin, s::none},
+      {"GET", {"api", "v1", "users"}, list_users, a::global_admin, s::none},
+      {"GET", {"api", "v1", "users", "{}"}, get_user, a::global_admin, s::user},
+      {"PATCH", {"api", "v1", "users", "{}"}, update_user, a::global_admin, s::user},
+      {"POST", {"api", "v1", "users", "{}", "disable"}, disable_user, a::global_admin, s::user},
+      {"POST", {"api", "v1", "users", "{}", "roles"}, set_user_role, a::global_admin, s::user},
+      {"GET", {"api", "v1", "audit"}, audit_trail, a::global_admin, s::none},
+      {"POST", {"api", "v1", "projects"}, create_project, a::user, s::none},
+      {"GET", {"api", "v1", "projects"}, list_projects, a::user, s::none},
+      {"GET", {"api", "v1", "projects", "{}"}, get_project, a::viewer, s::project},
+      {"PATCH", {"api", "v1", "projects", "{}"}, update_project, a::project_admin, s::project},
+      {"POST",
+       {"api", "v1", "projects", "{}", "archive"},
+       archive_project,
+       a::project_admin,
+       s::project},
+      {"GET",
+       {"api", "v1", "projects", "{}", "members"},
+       project_members,
+       a::project_admin,
+       s::project},
+      {"POST",
+       {"api", "v1", "projects", "{}", "members"},
+       set_project_member,
+       a::project_admin,
+       s::project},
+      {"POST", {"api", "v1", "projects", "{}", "tasks"}, create_task, a::maintainer, s::project},
+      {"GET", {"api", "v1", "projects", "{}", "tasks"}, list_tasks, a::viewer, s::project},
+      {"GET", {"api", "v1", "projects", "{}", "events"}, project_events, a::viewer, s::project},
+      {"GET", {"api", "v1", "tasks", "{}"}, get_task, a::viewer, s::task},
+      {"POST", {"api", "v1", "tasks", "{}", "cancel"}, cancel_task, a::maintainer, s::task},
+      {"POST", {"api", "v1", "tasks", "{}", "retry"}, retry_task, a::maintainer, s::task},
+      {"POST", {"api", "v1", "tasks", "{}", "approve"}, approve_task, a::maintainer, s::task},
+      {"POST", {"api", "v1", "tasks", "{}", "reject"}, reject_task, a::maintainer, s::task},
+      {"GET", {"api", "v1", "tasks", "{}", "attempts"}, task_attempts, a::viewer, s::task},
+      {"GET", {"api", "v1", "agent-kinds"}, agent_kinds, a::user, s::none},
+      {"GET", {"api", "v1", "agents"}, list_agents, a::user, s::none},
+      {"GET", {"api", "v1", "agents", "{}"}, get_agent, a::viewer, s::agent},
+      // The handlers check the project (from the body or the agent's record).
+      {"POST", {"api", "v1", "agents"}, spawn_agent, a::user, s::none},
+      {"POST", {"api", "v1", "agents", "{}", "stop"}, stop_agent, a::maintainer, s::agent},
+      {"POST", {"api", "v1", "agents", "{}", "restart"}, restart_agent, a::maintainer, s::agent},
+      {"PUT",
+       {"api", "v1", "projects", "{}", "artifacts", "{}"},
+       upload_artifact,
+       a::maintainer,
+       s::project,
+       true},
+      {"GET", {"api", "v1", "projects", "{}", "artifacts"}, list_artifacts, a::viewer, s::project},
+      {"GET",
+       {"api", "v1", "projects", "{}", "artifacts", "{}", "versions"},
+       artifact_versions,
+       a::viewer,
+       s::project},
+      // The handlers check the artifact's project.
+      {"GET", {"api", "v1", "artifacts", "{}"}, get_artifact, a::viewer, s::artifact},
+      {"GET",
+       {"api", "v1", "artifacts", "{}", "content"},
+       download_artifact,
+       a::viewer,
+       s::artifact},
   };
   return table;
 }
@@ -871,8 +1191,117 @@ std::optional<std::vector<std::string>> split_path(std::string_view path) {
   return segments;
 }
 
-response dispatch(const request& req, orchestrator& orch, const api_options& options,
-                  artifact_store* artifacts, upload_start* upload) {
+// The limiters of one api (api::limiters holds them).
+struct limiter_set {
+  rate_limiter& ip;
+  rate_limiter& user;
+  rate_limiter& login;
+};
+
+[[noreturn]] void too_many(const rate_decision& d, std::string_view per) {
+  auto res = error_response(429, "rate_limited",
+                            "too many requests from this " + std::string(per) + "; retry in " +
+                                std::to_string(d.retry_after.count()) + " s",
+                            {{"retry_after", d.retry_after.count()}, {"limit", per}});
+  res.headers.emplace_back("Retry-After", std::to_string(d.retry_after.count()));
+  throw client_error{std::move(res)};
+}
+
+// "Bearer <token>" (the scheme is case-insensitive, RFC 7235).
+std::optional<std::string_view> bearer_token(std::string_view header) {
+  constexpr std::string_view scheme = "bearer ";
+  if (header.size() <= scheme.size()) return std::nullopt;
+  for (std::size_t i = 0; i < scheme.size(); ++i) {
+    char ch = header[i];
+    if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
+    if (ch != scheme[i]) return std::nullopt;
+  }
+  auto token = header.substr(scheme.size());
+  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+  while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
+  if (token.empty()) return std::nullopt;
+  return token;
+}
+
+principal authenticate(call& c) {
+  auto header = c.req.header("authorization");
+  if (!header || header->empty()) unauthorized("this route needs an access token", false);
+  auto token = bearer_token(*header);
+  if (!token) unauthorized("the Authorization header must be 'Bearer <access token>'", true);
+  auto who = c.auth.authenticate(*token);
+  if (!who && who.error().code() == errc::rejected) {
+    unauthorized("invalid access token (" + who.error().message() + ")", true);
+  }
+  return take(std::move(who));
+}
+
+project_role needed_role(route_access a) {
+  switch (a) {
+    case route_access::viewer:
+      return project_role::viewer;
+    case route_access::maintainer:
+      return project_role::maintainer;
+    case route_access::project_admin:
+      return project_role::admin;
+    default:
+      return project_role::none;
+  }
+}
+
+// Throws the 403 or 404 of a caller who may not use route `r` here.
+void authorize(const route& r, call& c) {
+  if (r.access == route_access::open || r.access == route_access::user) return;
+  if (r.access == route_access::global_admin) {
+    if (!c.who->user.global_admin) forbidden("this route is for global admins");
+    return;
+  }
+  std::string project;
+  std::string hidden;  // the 404 message of an object the caller may not see
+  switch (r.scope) {
+    case route_scope::project:
+      project = c.params[0];
+      hidden = "project '" + project + "' not found";
+      break;
+    case route_scope::task: {
+      hidden = "task '" + c.params[0] + "' not found";
+      auto t = c.orch.get(c.params[0]);
+      if (!t && t.error().code() == errc::not_found) reject_with(404, "not_found", hidden);
+      c.scoped_task = take(std::move(t));
+      project = c.scoped_task->project;
+      break;
+    }
+    default:
+      return;  // agents and artifacts: checked by their handlers (the project is in the record)
+  }
+  auto role = c.who->role_in(project);
+  if (role == project_role::none) reject_with(404, "not_found", hidden);
+  auto needed = needed_role(r.access);
+  if (role < needed) {
+    forbidden("this needs the role " + std::string(to_string(needed)) + " in project '" + project +
+              "'; yours is " + std::string(to_string(role)));
+  }
+}
+
+response run_route(const route& r, call& c, const limiter_set& limits,
+                   std::chrono::steady_clock::time_point now) {
+  std::optional<principal> who;
+  if (r.access != route_access::open) {
+    who = authenticate(c);
+    c.who = &*who;
+    if (auto d = limits.user.take(who->user.id, now); !d.allowed) too_many(d, "user");
+  }
+  if (r.fn == login) {
+    if (auto d = limits.login.take(c.req.remote, now); !d.allowed) too_many(d, "address (logins)");
+  }
+  authorize(r, c);
+  return r.fn(c);
+}
+
+response dispatch(const request& req, orchestrator& orch, authenticator& auth,
+                  const api_options& options, const limiter_set& limits, artifact_store* artifacts,
+                  upload_start* upload) {
+  const auto now = std::chrono::steady_clock::now();
+  if (auto d = limits.ip.take(req.remote, now); !d.allowed) too_many(d, "address");
   std::string_view target = req.target;
   auto qmark = target.find('?');
   std::string_view path = target.substr(0, qmark);
@@ -882,7 +1311,7 @@ response dispatch(const request& req, orchestrator& orch, const api_options& opt
   auto segments = split_path(path);
   if (!segments) return error_response(400, "bad_request", "bad percent-escape in the path");
 
-  call c{req, orch, options, artifacts, upload, {}, {}};
+  call c{req, orch, auth, options, artifacts, upload, {}, {}};
   if (qmark != std::string_view::npos) {
     std::string_view query = target.substr(qmark + 1);
     while (!query.empty()) {
@@ -903,9 +1332,9 @@ response dispatch(const request& req, orchestrator& orch, const api_options& opt
   }
 
   std::string allowed;
-  for (const auto& r : routes()) {
+  for (const auto& r : route_table()) {
     if (!match(r, *segments, c.params)) continue;
-    if (r.method == req.method) return r.fn(c);
+    if (r.method == req.method) return run_route(r, c, limits, now);
     if (!allowed.empty()) allowed += ", ";
     allowed += r.method;
   }
@@ -987,11 +1416,57 @@ std::optional<std::string_view> request::header(std::string_view name) const noe
   return std::nullopt;
 }
 
-api::api(orchestrator& orch, api_options options, std::shared_ptr<artifact_store> artifacts)
-    : orch_(orch), options_(options), artifacts_(std::move(artifacts)) {}
+void add_security_headers(response& res, std::string_view path, bool hsts) {
+  res.headers.emplace_back("X-Content-Type-Options", "nosniff");
+  res.headers.emplace_back("X-Frame-Options", "DENY");
+  res.headers.emplace_back("Referrer-Policy", "no-referrer");
+  res.headers.emplace_back("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'");
+  if (path == "/api" || path.rfind("/api/", 0) == 0) {
+    res.headers.emplace_back("Cache-Control", "no-store");
+  }
+  if (hsts) res.headers.emplace_back("Strict-Transport-Security", "max-age=31536000");
+}
+
+struct api::limiters {
+  explicit limiters(const api_options& o)
+      : ip(o.ip_limit), user(o.user_limit), login(o.login_limit) {}
+  rate_limiter ip;
+  rate_limiter user;
+  rate_limiter login;
+};
+
+api::api(orchestrator& orch, authenticator& auth, api_options options,
+         std::shared_ptr<artifact_store> artifacts)
+    : orch_(orch),
+      auth_(auth),
+      options_(options),
+      artifacts_(std::move(artifacts)),
+      limiters_(std::make_unique<limiters>(options_)) {}
+
+api::~api() = default;
+
+std::vector<route_info> api::routes() {
+  std::vector<route_info> out;
+  for (const auto& r : route_table()) {
+    std::string path;
+    for (auto segment : r.pattern) path += "/" + std::string(segment);
+    out.push_back({std::string(r.method), std::move(path), r.access, r.scope});
+  }
+  return out;
+}
 
 response api::handle(const request& req) const noexcept {
-  return guarded([&] { return dispatch(req, orch_, options_, artifacts_.get(), nullptr); });
+  response res = guarded([&] {
+    return dispatch(req, orch_, auth_, options_, {limiters_->ip, limiters_->user, limiters_->login},
+                    artifacts_.get(), nullptr);
+  });
+  try {
+    std::string_view target = req.target;
+    add_security_headers(res, target.substr(0, target.find('?')), options_.hsts);
+  } catch (...) {
+    // Out of memory adding headers: the answer goes without them.
+  }
+  return res;
 }
 
 bool api::streams_body(const request& head) const noexcept {
@@ -1002,7 +1477,7 @@ bool api::streams_body(const request& head) const noexcept {
     auto segments = split_path(path);
     if (!segments) return false;
     std::vector<std::string> params;
-    for (const auto& r : routes()) {
+    for (const auto& r : route_table()) {
       if (r.streams && r.method == head.method && match(r, *segments, params)) return true;
     }
     return false;
@@ -1013,11 +1488,19 @@ bool api::streams_body(const request& head) const noexcept {
 
 upload_start api::begin_upload(const request& head) const noexcept {
   upload_start start;
-  start.refused =
-      guarded([&] { return dispatch(head, orch_, options_, artifacts_.get(), &start); });
+  start.refused = guarded([&] {
+    return dispatch(head, orch_, auth_, options_,
+                    {limiters_->ip, limiters_->user, limiters_->login}, artifacts_.get(), &start);
+  });
   if (start.sink == nullptr && start.refused.status < 400) {
     // Not a streamed route after all (a race with nothing: routes are fixed).
     start.refused = error_response(500, "internal", "the route does not stream its body");
+  }
+  try {
+    std::string_view target = head.target;
+    add_security_headers(start.refused, target.substr(0, target.find('?')), options_.hsts);
+  } catch (...) {
+    // As in handle.
   }
   return start;
 }

@@ -14,7 +14,19 @@
 ///   its database); run `handle` off latency-sensitive executor threads.
 /// - Unknown JSON fields in request bodies are ignored (like the library's
 ///   `task_spec_from_json`); known fields with a wrong type are a 400.
+/// - Access (server/README.md, "Authentication and roles"): every route
+///   has an `access` level in the route table; a route that is not public
+///   needs `Authorization: Bearer <access token>` (else 401 with
+///   `WWW-Authenticate: Bearer`), and the caller's role in the route's
+///   project (for task routes: the task's project) must be high enough
+///   (else 403). A project or task in a project where the caller has no
+///   role at all is answered 404, exactly as one that does not exist.
+/// - Rate limits: per client address before anything else, per user after
+///   authentication, and a stricter one per address on login; over the
+///   limit: 429 `rate_limited` with `Retry-After`.
+/// - Every response carries the security headers (`add_security_headers`).
 #include <aise/artifacts.hpp>
+#include <aise/auth.hpp>
 #include <aise/error.hpp>
 #include <aise/orchestrator.hpp>
 
@@ -28,6 +40,8 @@
 #include <utility>
 #include <vector>
 
+#include "rate_limit.hpp"
+
 namespace aise::server {
 
 /// An HTTP request as the API sees it.
@@ -35,6 +49,7 @@ struct request {
   std::string method;  ///< Upper case: "GET", "POST", "PATCH", ...
   std::string target;  ///< Path plus optional query, e.g. "/api/v1/projects?limit=10".
   std::string body;    ///< The raw body (JSON for the routes that take one).
+  std::string remote;  ///< The client's address ("" when not over the network).
   /// Request headers, names in lower case, in arrival order.
   std::vector<std::pair<std::string, std::string>> headers;
 
@@ -91,6 +106,45 @@ struct api_options {
   std::size_t max_page_size = 1000;    ///< Larger `limit` values are a 400.
   std::size_t max_id_length = 128;     ///< Longer ids in bodies are a 400.
   std::size_t max_name_length = 1024;  ///< Longer artifact names are a 400.
+  /// Requests per second (and burst) per client address, checked before
+  /// authentication; rate 0: off.
+  rate_limit_options ip_limit{1000, 2000};
+  /// Requests per second (and burst) per authenticated user; rate 0: off.
+  rate_limit_options user_limit{1000, 2000};
+  /// Login attempts per second (and burst) per client address; rate 0: off.
+  rate_limit_options login_limit{1, 10};
+  /// Send Strict-Transport-Security from the API. The HTTP server sends it
+  /// on every TLS connection itself (server/README.md, "TLS"), so this is
+  /// for a deployment where a proxy in front terminates TLS.
+  bool hsts = false;
+};
+
+/// Who may call a route.
+enum class route_access {
+  open,           ///< Anyone, without a token.
+  user,           ///< Any authenticated (and not disabled) user.
+  viewer,         ///< At least viewer of the route's project.
+  maintainer,     ///< At least maintainer of the route's project.
+  project_admin,  ///< Admin of the route's project.
+  global_admin,   ///< Global admins only.
+};
+
+/// What the `{}` segment of a route names (where its project comes from).
+enum class route_scope {
+  none,      ///< No parameter (or one that names no project).
+  project,   ///< A project id.
+  task,      ///< A task id: the project is the task's.
+  agent,     ///< An agent name: the project is the agent's (checked by the handler).
+  artifact,  ///< An artifact id: the project is the artifact's (checked by the handler).
+  user,      ///< A user id (global admin routes).
+};
+
+/// One row of the route table, as tests and documentation see it.
+struct route_info {
+  std::string method;
+  std::string path;  ///< e.g. "/api/v1/projects/{}/tasks".
+  route_access access = route_access::user;
+  route_scope scope = route_scope::none;
 };
 
 /// The HTTP status for a library error code. The one place where `errc`
@@ -105,13 +159,22 @@ response error_response(int status, std::string_view code, std::string_view mess
 /// from `to_string(errc)`.
 response error_response(const aise::error& e);
 
+/// Adds X-Content-Type-Options, X-Frame-Options, Referrer-Policy,
+/// Content-Security-Policy, Cache-Control: no-store (for paths under /api)
+/// and, when `hsts`, Strict-Transport-Security.
+void add_security_headers(response& res, std::string_view path, bool hsts);
+
 /// The routes under /api/v1 plus /healthz and /readyz.
 class api {
  public:
-  /// Serves `orch` and its store, and `artifacts` (without one the
-  /// artifact routes answer 503); `orch` must outlive the api.
-  explicit api(orchestrator& orch, api_options options = {},
-               std::shared_ptr<artifact_store> artifacts = nullptr);
+  /// Serves `orch` and its store, with users, tokens and roles of `auth`,
+  /// and `artifacts` (without one the artifact routes answer 503); all must
+  /// outlive the api.
+  api(orchestrator& orch, authenticator& auth, api_options options = {},
+      std::shared_ptr<artifact_store> artifacts = nullptr);
+  ~api();
+  api(const api&) = delete;
+  api& operator=(const api&) = delete;
 
   /// Answers one request. Never throws. An upload given whole in
   /// `req.body` is stored like a streamed one.
@@ -128,10 +191,16 @@ class api {
   /// a sink for the body, or the refusal. Never throws; blocks on the store.
   [[nodiscard]] upload_start begin_upload(const request& head) const noexcept;
 
+  /// The route table: every route with its access level and scope.
+  static std::vector<route_info> routes();
+
  private:
+  struct limiters;
   orchestrator& orch_;
+  authenticator& auth_;
   api_options options_;
   std::shared_ptr<artifact_store> artifacts_;
+  std::unique_ptr<limiters> limiters_;
 };
 
 }  // namespace aise::server

@@ -1,11 +1,18 @@
 #include "config.hpp"
 
+#include <aise/auth.hpp>
+
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string_view>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace aise::server {
 
@@ -76,6 +83,13 @@ result<void> set_path(config& c, const std::string& v) {
   return {};
 }
 
+template <std::string config::*member>
+result<void> set_text(config& c, const std::string& v) {
+  if (v.empty()) return fail(errc::invalid_argument, "the value is empty");
+  c.*member = v;
+  return {};
+}
+
 result<void> set_demo(config& c, const std::string& v) {
   if (v == "1" || v == "true" || v == "yes" || v == "on") {
     c.demo = true;
@@ -84,6 +98,18 @@ result<void> set_demo(config& c, const std::string& v) {
   } else {
     return fail(errc::invalid_argument, "'" + v + "' is not true or false");
   }
+  return {};
+}
+
+template <double config::*member>
+result<void> set_rate(config& c, const std::string& v) {
+  char* end = nullptr;
+  errno = 0;
+  double d = std::strtod(v.c_str(), &end);
+  if (v.empty() || end != v.c_str() + v.size() || errno != 0 || !(d >= 0) || d > 1e9) {
+    return fail(errc::invalid_argument, "'" + v + "' is not a number from 0 to 1e9");
+  }
+  c.*member = d;
   return {};
 }
 
@@ -121,6 +147,39 @@ const std::vector<setting>& settings() {
       {"--tls-key", "AISE_TLS_KEY", "PEM private key of --tls-cert", set_path<&config::tls_key>},
       {"--demo", "AISE_DEMO",
        "true: run the demo team on a sample project (the flag alone means true)", set_demo},
+      {"--jwt-secret-file", "AISE_JWT_SECRET_FILE",
+       "file holding the JWT HMAC key, at least 32 bytes (default: AISE_JWT_SECRET, else "
+       "DATA_DIR/jwt.key, generated on first start)",
+       set_text<&config::jwt_secret_file>},
+      {"--jwt-issuer", "AISE_JWT_ISSUER", "iss of access tokens (default aise)",
+       set_text<&config::jwt_issuer>},
+      {"--jwt-audience", "AISE_JWT_AUDIENCE", "aud of access tokens (default aise-api)",
+       set_text<&config::jwt_audience>},
+      {"--access-token-ttl", "AISE_ACCESS_TOKEN_TTL",
+       "seconds an access token is valid (default 900)",
+       set_number<std::chrono::seconds, &config::access_token_ttl, 1, 86400>},
+      {"--refresh-token-ttl", "AISE_REFRESH_TOKEN_TTL",
+       "seconds a refresh token is valid (default 2592000: 30 days)",
+       set_number<std::chrono::seconds, &config::refresh_token_ttl, 60, 31536000>},
+      {"--admin-user", "AISE_ADMIN_USER",
+       "first admin, created at start when there is no user (password: AISE_ADMIN_PASSWORD or "
+       "--admin-password-file)",
+       set_text<&config::admin_user>},
+      {"--admin-password-file", "AISE_ADMIN_PASSWORD_FILE",
+       "file holding the first admin's password", set_text<&config::admin_password_file>},
+      {"--ip-rate", "AISE_IP_RATE", "requests per second per client address (default 1000; 0: off)",
+       set_rate<&config::ip_rate>},
+      {"--ip-burst", "AISE_IP_BURST", "burst per client address (default 2000)",
+       set_rate<&config::ip_burst>},
+      {"--user-rate", "AISE_USER_RATE", "requests per second per user (default 1000; 0: off)",
+       set_rate<&config::user_rate>},
+      {"--user-burst", "AISE_USER_BURST", "burst per user (default 2000)",
+       set_rate<&config::user_burst>},
+      {"--login-rate", "AISE_LOGIN_RATE",
+       "login attempts per second per client address (default 1; 0: off)",
+       set_rate<&config::login_rate>},
+      {"--login-burst", "AISE_LOGIN_BURST", "login burst per client address (default 10)",
+       set_rate<&config::login_burst>},
   };
   return table;
 }
@@ -215,6 +274,8 @@ result<config> parse_config(
     if (auto r = apply_config_file(c, *file, *text); !r) return r.error();
     c.config_file = *file;
   }
+  if (auto v = getenv("AISE_JWT_SECRET")) c.jwt_secret = *v;
+  if (auto v = getenv("AISE_ADMIN_PASSWORD")) c.admin_password = *v;
   for (const auto& s : settings()) {
     if (auto v = getenv(s.env)) {
       if (auto r = s.apply(c, *v); !r) {
@@ -222,8 +283,23 @@ result<config> parse_config(
       }
     }
   }
-  for (std::size_t i = 0; i < args.size(); ++i) {
+  std::size_t first = 0;
+  if (!args.empty() && args[0] == "create-admin") {
+    c.command = "create-admin";
+    first = 1;
+  }
+  for (std::size_t i = first; i < args.size(); ++i) {
     const std::string& arg = args[i];
+    if (!c.command.empty() && (arg == "--user" || arg.rfind("--user=", 0) == 0)) {
+      if (arg != "--user") {
+        c.create_admin_user = arg.substr(7);
+      } else if (i + 1 < args.size()) {
+        c.create_admin_user = args[++i];
+      } else {
+        return fail(errc::invalid_argument, "--user needs a value");
+      }
+      continue;
+    }
     if (arg == "--help" || arg == "-h") {
       c.help = true;
       continue;
@@ -257,12 +333,16 @@ result<config> parse_config(
       return fail(errc::invalid_argument, name + ": " + r.error().message());
     }
   }
+  if (c.command == "create-admin" && c.create_admin_user.empty() && !c.help) {
+    return fail(errc::invalid_argument, "create-admin needs --user NAME");
+  }
   return c;
 }
 
 std::string usage() {
   std::string text =
       "usage: aise-server [options]\n"
+      "       aise-server create-admin --user NAME [options]   (password on stdin)\n"
       "\n"
       "The REST front end of libaise. Options (each also an environment variable;\n"
       "a flag wins over its variable):\n";
@@ -274,8 +354,71 @@ std::string usage() {
       "      read settings from FILE first: `key = value` lines, keys are the flags\n"
       "      without their dashes (listen = 0.0.0.0:8080); flags and variables win\n"
       "  --help      this text\n"
-      "  --version   the version\n";
+      "  --version   the version\n"
+      "Environment only: AISE_JWT_SECRET (the JWT HMAC key), AISE_ADMIN_PASSWORD.\n";
   return text;
+}
+
+namespace {
+
+std::string trimmed(std::string s) {
+  while (!s.empty() &&
+         (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) {
+    s.pop_back();
+  }
+  return s;
+}
+
+result<std::string> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return fail(errc::invalid_argument, "cannot read " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return trimmed(text.str());
+}
+
+result<std::string> checked(std::string secret, const std::string& where) {
+  if (secret.size() < 32) {
+    return fail(errc::invalid_argument,
+                "the JWT secret from " + where + " is shorter than 32 bytes");
+  }
+  return secret;
+}
+
+}  // namespace
+
+result<std::string> load_jwt_secret(const config& cfg) {
+  if (!cfg.jwt_secret.empty()) return checked(cfg.jwt_secret, "AISE_JWT_SECRET");
+  if (!cfg.jwt_secret_file.empty()) {
+    auto text = read_file(cfg.jwt_secret_file);
+    if (!text) return text.error();
+    return checked(std::move(*text), cfg.jwt_secret_file);
+  }
+  const std::string path = (std::filesystem::path(cfg.data_dir) / "jwt.key").string();
+  std::error_code ec;
+  std::filesystem::create_directories(cfg.data_dir, ec);
+  // O_EXCL: of two servers starting on one data directory, one writes the
+  // key and the other reads it.
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    std::string key = random_token(32) + "\n";
+    bool ok = ::write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size());
+    ok = ::fsync(fd) == 0 && ok;
+    ::close(fd);
+    if (!ok) return fail(errc::invalid_argument, "cannot write " + path);
+  } else if (errno != EEXIST) {
+    return fail(errc::invalid_argument,
+                "cannot create " + path + ": " + std::string(std::strerror(errno)));
+  }
+  auto text = read_file(path);
+  if (!text) return text.error();
+  return checked(std::move(*text), path);
+}
+
+result<std::string> load_admin_password(const config& cfg) {
+  if (!cfg.admin_password.empty()) return cfg.admin_password;
+  if (!cfg.admin_password_file.empty()) return read_file(cfg.admin_password_file);
+  return std::string();
 }
 
 }  // namespace aise::server

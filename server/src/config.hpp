@@ -32,6 +32,31 @@ struct config {
   std::string tls_cert;  ///< PEM certificate chain; with `tls_key`: HTTPS and WSS.
   std::string tls_key;   ///< PEM private key.
   bool demo = false;     ///< Run the demo team on a sample project (server/src/demo.hpp).
+
+  // Authentication (server/README.md, "Authentication and roles").
+  /// The JWT HMAC key: AISE_JWT_SECRET (environment only, so that it never
+  /// shows in a process list), else the file `jwt_secret_file`, else
+  /// <data_dir>/jwt.key (generated on first start). Never logged.
+  std::string jwt_secret;
+  std::string jwt_secret_file;  ///< --jwt-secret-file / AISE_JWT_SECRET_FILE.
+  std::string jwt_issuer = "aise";
+  std::string jwt_audience = "aise-api";
+  std::chrono::seconds access_token_ttl{900};
+  std::chrono::seconds refresh_token_ttl{30 * 24 * 3600};
+  /// The first admin, created at start when the database has no user yet.
+  std::string admin_user;           ///< --admin-user / AISE_ADMIN_USER.
+  std::string admin_password;       ///< AISE_ADMIN_PASSWORD (environment only).
+  std::string admin_password_file;  ///< --admin-password-file / AISE_ADMIN_PASSWORD_FILE.
+  /// Token buckets: requests per second and burst; a rate of 0 is off.
+  double ip_rate = 1000, ip_burst = 2000;
+  double user_rate = 1000, user_burst = 2000;
+  double login_rate = 1, login_burst = 10;
+
+  /// "" to serve, or "create-admin" (`aise-server create-admin --user NAME`:
+  /// creates the first global admin with a password read from stdin).
+  std::string command;
+  std::string create_admin_user;  ///< create-admin's --user.
+
   bool help = false;
   bool version = false;
 
@@ -56,5 +81,16 @@ result<config> parse_config(
 
 /// The `--help` text.
 std::string usage();
+
+/// The JWT secret as `cfg` says (see config::jwt_secret): the variable, the
+/// file (its content without trailing white space), or <data_dir>/jwt.key,
+/// created with 32 random bytes (base64url) and mode 0600 when missing.
+/// `invalid_argument` for a secret shorter than 32 bytes or a file that
+/// cannot be read or written; the message names the file, never the secret.
+result<std::string> load_jwt_secret(const config& cfg);
+
+/// The first admin's password: AISE_ADMIN_PASSWORD, else the content of
+/// `admin_password_file` (without trailing white space); "" when neither.
+result<std::string> load_admin_password(const config& cfg);
 
 }  // namespace aise::server

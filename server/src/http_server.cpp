@@ -359,6 +359,9 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
       r.headers.emplace_back(std::move(name), std::string(field.value()));
     }
     receiving_ = false;
+    beast::error_code peer_ec;
+    auto peer = stream_.socket().remote_endpoint(peer_ec);
+    if (!peer_ec) r.remote = peer.address().to_string();
     busy_ = true;
     net::post(server_.pool_, [self = shared_from_this(), r = std::move(r)] {
       response res;
@@ -373,6 +376,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   }
 
   void reply_and_close(response res) {
+    add_security_headers(res, "", false);
     busy_ = true;
     keep_alive_ = false;
     write(std::move(res), true);

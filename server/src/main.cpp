@@ -1,18 +1,24 @@
 // aise-server: the REST front end of libaise (server/README.md).
 //
-// Wiring only: configuration, the store, a runtime and an orchestrator on
-// it (recovering what a previous run left), the API and the HTTP server;
-// then it waits for SIGTERM or SIGINT and stops gracefully.
+// Wiring only: configuration, the store, the auth store and authenticator
+// (with the first admin from the configuration), a runtime and an
+// orchestrator (recovering what a previous run left), the API and the HTTP
+// server; then it waits for SIGTERM or SIGINT and stops gracefully.
+// `aise-server create-admin --user NAME` instead creates the first admin
+// with a password read from stdin, and exits.
 #include <aise/artifacts.hpp>
+#include <aise/auth.hpp>
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 #include <aise/sql.hpp>
 #include <aise/version.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fmt/core.h>
+#include <iostream>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
 
@@ -23,15 +29,79 @@
 
 namespace {
 
-int serve(const aise::server::config& cfg, const sigset_t& signals) {
-  if (cfg.db.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(cfg.data_dir, ec);
-    if (ec) {
-      fmt::print(stderr, "aise-server: cannot create {}: {}\n", cfg.data_dir, ec.message());
-      return 1;
-    }
+bool make_data_dir(const aise::server::config& cfg) {
+  std::error_code ec;
+  std::filesystem::create_directories(cfg.data_dir, ec);
+  if (ec) {
+    fmt::print(stderr, "aise-server: cannot create {}: {}\n", cfg.data_dir, ec.message());
+    return false;
   }
+  return true;
+}
+
+// The auth store on the same database (a small pool of its own: requests
+// read users at most once per second each, see auth_options) and the
+// authenticator over it.
+std::unique_ptr<aise::authenticator> open_auth(const aise::server::config& cfg) {
+  aise::sql::store_options o;
+  o.url = cfg.database_url();
+  o.pool_size = std::max<std::size_t>(1, cfg.db_pool / 2);
+  auto store = aise::sql::open_auth_store(o);
+  if (!store) {
+    fmt::print(stderr, "aise-server: cannot open the database: {}\n", store.error().describe());
+    return nullptr;
+  }
+  auto secret = aise::server::load_jwt_secret(cfg);
+  if (!secret) {
+    fmt::print(stderr, "aise-server: {}\n", secret.error().message());
+    return nullptr;
+  }
+  aise::auth_options ao;
+  ao.jwt_secret = std::move(*secret);
+  ao.issuer = cfg.jwt_issuer;
+  ao.audience = cfg.jwt_audience;
+  ao.access_ttl = cfg.access_token_ttl;
+  ao.refresh_ttl = cfg.refresh_token_ttl;
+  auto auth = aise::authenticator::make(*store, std::move(ao));
+  if (!auth) {
+    fmt::print(stderr, "aise-server: {}\n", auth.error().message());
+    return nullptr;
+  }
+  return std::move(*auth);
+}
+
+// `aise-server create-admin --user NAME`: the first global admin, with the
+// password on stdin (one line). Refuses when any user exists.
+int create_admin(const aise::server::config& cfg) {
+  if (cfg.db.empty() && !make_data_dir(cfg)) return 1;
+  auto auth = open_auth(cfg);
+  if (!auth) return 1;
+  std::string password;
+  std::getline(std::cin, password);
+  while (!password.empty() && (password.back() == '\r' || password.back() == '\n')) {
+    password.pop_back();
+  }
+  if (password.empty()) {
+    fmt::print(stderr, "aise-server: create-admin reads the password from stdin; it was empty\n");
+    return 1;
+  }
+  auto created = auth->create_first_admin(cfg.create_admin_user, password, {"", ""});
+  if (!created) {
+    fmt::print(stderr, "aise-server: {}\n", created.error().message());
+    return 1;
+  }
+  if (!*created) {
+    fmt::print(stderr,
+               "aise-server: there are users already; create-admin only makes the first admin "
+               "(a global admin creates others with POST /api/v1/users)\n");
+    return 1;
+  }
+  fmt::print("created the global admin '{}'\n", cfg.create_admin_user);
+  return 0;
+}
+
+int serve(const aise::server::config& cfg, const sigset_t& signals) {
+  if (cfg.db.empty() && !make_data_dir(cfg)) return 1;
   aise::sql::store_options store_options;
   store_options.url = cfg.database_url();
   store_options.pool_size = cfg.db_pool;
@@ -39,6 +109,30 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
   if (!store) {
     fmt::print(stderr, "aise-server: cannot open the database: {}\n", store.error().describe());
     return 1;
+  }
+  auto auth = open_auth(cfg);
+  if (!auth) return 1;
+  if (!cfg.admin_user.empty()) {
+    auto password = aise::server::load_admin_password(cfg);
+    if (!password || password->empty()) {
+      fmt::print(stderr,
+                 "aise-server: AISE_ADMIN_USER needs AISE_ADMIN_PASSWORD or "
+                 "--admin-password-file{}\n",
+                 password ? "" : ": " + password.error().message());
+      return 1;
+    }
+    auto created = auth->create_first_admin(cfg.admin_user, *password, {"", ""});
+    if (!created) {
+      fmt::print(stderr, "aise-server: cannot create the first admin: {}\n",
+                 created.error().message());
+      return 1;
+    }
+    if (*created)
+      fmt::print(stderr, "aise-server: created the global admin '{}'\n", cfg.admin_user);
+  } else if (auto n = auth->store().count_users(); n && *n == 0) {
+    fmt::print(stderr,
+               "aise-server: no user exists yet: run `aise-server create-admin --user NAME` or set "
+               "AISE_ADMIN_USER and AISE_ADMIN_PASSWORD\n");
   }
 
   aise::runtime rt;
@@ -70,7 +164,11 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
       return 1;
     }
 
-    aise::server::api api(orch, {}, *artifacts);
+    aise::server::api_options api_options;
+    api_options.ip_limit = {cfg.ip_rate, cfg.ip_burst};
+    api_options.user_limit = {cfg.user_rate, cfg.user_burst};
+    api_options.login_limit = {cfg.login_rate, cfg.login_burst};
+    aise::server::api api(orch, *auth, api_options, *artifacts);
     aise::server::http_server_options http_options;
     http_options.host = cfg.host;
     http_options.port = cfg.port;
@@ -149,6 +247,7 @@ int main(int argc, char** argv) {
     fmt::print("aise-server {}\n", AISE_VERSION_STRING);
     return 0;
   }
+  if (cfg->command == "create-admin") return create_admin(*cfg);
   // Blocked before any thread starts, so every thread inherits the mask and
   // only sigwait() in serve() receives them.
   sigset_t signals;

@@ -25,6 +25,7 @@
 #include "../../tests/unit/artifact_test_util.hpp"
 #include "api.hpp"
 #include "http_server.hpp"
+#include "test_auth.hpp"
 
 namespace {
 
@@ -50,7 +51,7 @@ struct fixture {
       : store(open_sql(dir)),
         orch(rt, options(store)),
         artifacts(open_artifacts(max_size)),
-        api(orch, {}, artifacts) {
+        api(orch, *auth.auth, aise::server::test::unlimited(), artifacts) {
     REQUIRE(orch.register_kind("idle", [] { return std::make_unique<idle_agent>(); }));
   }
 
@@ -81,7 +82,8 @@ struct fixture {
 
   response call(std::string method, std::string target, std::string body = {},
                 std::vector<std::pair<std::string, std::string>> headers = {}) const {
-    request r{std::move(method), std::move(target), std::move(body), std::move(headers)};
+    headers.emplace_back("authorization", auth.admin);
+    request r{std::move(method), std::move(target), std::move(body), "", std::move(headers)};
     return api.handle(r);
   }
 
@@ -113,6 +115,7 @@ struct fixture {
   }
 
   aise::test::scratch_dir dir;
+  aise::server::test::test_auth auth;
   std::shared_ptr<aise::store> store;
   aise::runtime rt;
   aise::orchestrator orch;
@@ -288,8 +291,9 @@ TEST_CASE("artifacts: unknown ids, archived projects, foreign tasks and no store
   CHECK(count_artifacts(f, "p1") == 0);
 
   // An API without an artifact store says so.
-  aise::server::api bare(f.orch);
-  auto res = bare.handle(request{"GET", "/api/v1/projects/p2/artifacts", {}, {}});
+  aise::server::api bare(f.orch, *f.auth.auth, aise::server::test::unlimited());
+  auto res = bare.handle(
+      request{"GET", "/api/v1/projects/p2/artifacts", {}, "", {{"authorization", f.auth.admin}}});
   CHECK(res.status == 503);
 }
 
@@ -300,8 +304,12 @@ TEST_CASE("artifacts: the size limit refuses an upload and stores nothing") {
   CHECK(over["error"]["code"] == "payload_too_large");
   CHECK(count_artifacts(f, "p1") == 0);
   // Told by Content-Length: refused before any body (begin_upload gives no sink).
-  auto start = f.api.begin_upload(
-      request{"PUT", "/api/v1/projects/p1/artifacts/big", {}, {{"content-length", "101"}}});
+  auto start =
+      f.api.begin_upload(request{"PUT",
+                                 "/api/v1/projects/p1/artifacts/big",
+                                 {},
+                                 "",
+                                 {{"content-length", "101"}, {"authorization", f.auth.admin}}});
   CHECK_FALSE(start.sink);
   CHECK(start.refused.status == 413);
   CHECK(f.expect(201, "PUT", "/api/v1/projects/p1/artifacts/ok", std::string(100, 'x'))["size"] ==
@@ -336,6 +344,7 @@ TEST_CASE("artifacts over HTTP: a 64 MiB upload and download stream, with a Rang
                                        11};
   put.set(http::field::host, "127.0.0.1");
   put.set(http::field::content_type, "application/x-test");
+  put.set(http::field::authorization, f.auth.admin);
   put.body() = content;
   put.prepare_payload();
   http::write(c.socket, put);
@@ -351,6 +360,7 @@ TEST_CASE("artifacts over HTTP: a 64 MiB upload and download stream, with a Rang
   auto url = "/api/v1/artifacts/" + meta["id"].get<std::string>() + "/content";
   http::request<http::empty_body> get{http::verb::get, url, 11};
   get.set(http::field::host, "127.0.0.1");
+  get.set(http::field::authorization, f.auth.admin);
   http::write(c.socket, get);
   auto whole = c.receive();
   REQUIRE(whole.result_int() == 200);
@@ -368,6 +378,7 @@ TEST_CASE("artifacts over HTTP: a 64 MiB upload and download stream, with a Rang
   http::request<http::string_body> chunked{http::verb::put,
                                            "/api/v1/projects/p1/artifacts/blob.bin", 11};
   chunked.set(http::field::host, "127.0.0.1");
+  chunked.set(http::field::authorization, f.auth.admin);
   chunked.chunked(true);
   chunked.body() = content.substr(0, 300000);
   http::write(c.socket, chunked);
@@ -387,7 +398,8 @@ TEST_CASE(
     raw_client c(port);
     std::string head =
         "PUT /api/v1/projects/p1/artifacts/big HTTP/1.1\r\nHost: x\r\n"
-        "Content-Length: 2000000\r\nExpect: 100-continue\r\n\r\n";
+        "Content-Length: 2000000\r\nExpect: 100-continue\r\nAuthorization: " +
+        f.auth.admin + "\r\n\r\n";
     net::write(c.socket, net::buffer(head));
     auto res = c.receive();
     CHECK(res.result_int() == 413);
@@ -397,6 +409,7 @@ TEST_CASE(
     raw_client c(port);
     http::request<http::string_body> req{http::verb::put, "/api/v1/projects/p1/artifacts/big", 11};
     req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::authorization, f.auth.admin);
     req.chunked(true);
     req.body() = std::string(1024 * 1024 + 1, 'z');
     beast::error_code ec;
@@ -409,14 +422,15 @@ TEST_CASE(
       raw_client c(port);
       std::string head =
           "PUT /api/v1/projects/p1/artifacts/cut HTTP/1.1\r\nHost: x\r\n"
-          "Content-Length: 500000\r\n\r\n" +
-          std::string(200000, 'y');
+          "Content-Length: 500000\r\nAuthorization: " +
+          f.auth.admin + "\r\n\r\n" + std::string(200000, 'y');
       net::write(c.socket, net::buffer(head));
     }  // closed with 300,000 bytes missing
     // The server notices the end of stream, drops the writer, answers others.
     raw_client next(port);
     http::request<http::empty_body> get{http::verb::get, "/api/v1/projects/p1/artifacts", 11};
     get.set(http::field::host, "127.0.0.1");
+    get.set(http::field::authorization, f.auth.admin);
     http::write(next.socket, get);
     CHECK(next.receive().result_int() == 200);
   }

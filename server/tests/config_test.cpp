@@ -1,10 +1,14 @@
 // aise-server's configuration: defaults, environment, flags.
 #include "config.hpp"
 
+#include <chrono>
 #include <doctest/doctest.h>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <string>
+#include <sys/stat.h>
 #include <vector>
 
 namespace {
@@ -138,4 +142,81 @@ TEST_CASE("config: a bad config file names the file, line and key") {
   auto real = parse({"--config", "/nonexistent/aise.conf"});
   REQUIRE_FALSE(real);
   CHECK(real.error().message().find("cannot read") != std::string::npos);
+}
+
+TEST_CASE("config: authentication settings, create-admin and environment-only secrets") {
+  auto c = parse({"--jwt-issuer", "me", "--ip-rate", "2.5", "--login-burst=3"},
+                 {{"AISE_JWT_SECRET", "s3cret"},
+                  {"AISE_ADMIN_USER", "root"},
+                  {"AISE_ADMIN_PASSWORD", "pw"},
+                  {"AISE_USER_RATE", "0"}});
+  REQUIRE(c);
+  CHECK(c->jwt_secret == "s3cret");
+  CHECK(c->jwt_issuer == "me");
+  CHECK(c->jwt_audience == "aise-api");
+  CHECK(c->ip_rate == 2.5);
+  CHECK(c->user_rate == 0);
+  CHECK(c->login_burst == 3);
+  CHECK(c->admin_user == "root");
+  CHECK(c->admin_password == "pw");
+  CHECK(c->command.empty());
+  // Secrets are not flags: they would show in the process list.
+  CHECK_FALSE(parse({"--jwt-secret", "x"}));
+  CHECK_FALSE(parse({"--admin-password", "x"}));
+  CHECK_FALSE(parse({"--ip-rate", "-1"}));
+  CHECK_FALSE(parse({"--ip-rate", "fast"}));
+  CHECK_FALSE(parse({"--user", "x"}));  // only for create-admin
+
+  auto admin = parse({"create-admin", "--user", "boss", "--data-dir", "d"});
+  REQUIRE(admin);
+  CHECK(admin->command == "create-admin");
+  CHECK(admin->create_admin_user == "boss");
+  CHECK(admin->data_dir == "d");
+  CHECK(parse({"create-admin", "--user=boss"})->create_admin_user == "boss");
+  CHECK_FALSE(parse({"create-admin"}));
+}
+
+TEST_CASE("config: the JWT secret from the environment, a file, or a generated key file") {
+  namespace fs = std::filesystem;
+  auto dir = fs::temp_directory_path() /
+             ("aise_config_" +
+              std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  aise::server::config c;
+  c.data_dir = (dir / "data").string();
+
+  auto generated = aise::server::load_jwt_secret(c);
+  REQUIRE(generated);
+  CHECK(generated->size() >= 32);
+  struct stat st {};
+  REQUIRE(::stat((dir / "data" / "jwt.key").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  CHECK(aise::server::load_jwt_secret(c).value() == *generated);  // read back, not replaced
+
+  c.jwt_secret_file = (dir / "secret").string();
+  CHECK_FALSE(aise::server::load_jwt_secret(c));  // missing file
+  {
+    std::ofstream out(c.jwt_secret_file);
+    out << "short\n";
+  }
+  auto short_secret = aise::server::load_jwt_secret(c);
+  REQUIRE_FALSE(short_secret);
+  CHECK(short_secret.error().message().find("shorter than 32") != std::string::npos);
+  CHECK(short_secret.error().message().find("short\n") == std::string::npos);
+  {
+    std::ofstream out(c.jwt_secret_file);
+    out << std::string(40, 'k') << "\n";
+  }
+  CHECK(aise::server::load_jwt_secret(c).value() == std::string(40, 'k'));
+  c.jwt_secret = std::string(33, 'e');
+  CHECK(aise::server::load_jwt_secret(c).value() == std::string(33, 'e'));
+
+  CHECK(aise::server::load_admin_password(c).value().empty());
+  c.admin_password_file = (dir / "pw").string();
+  {
+    std::ofstream out(c.admin_password_file);
+    out << "pass word\n";
+  }
+  CHECK(aise::server::load_admin_password(c).value() == "pass word");
+  std::error_code ec;
+  fs::remove_all(dir, ec);
 }

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "api.hpp"
+#include "test_auth.hpp"
 
 namespace {
 
@@ -33,7 +34,7 @@ using json = nlohmann::json;
 struct server_fixture {
   explicit server_fixture(std::chrono::seconds read_timeout = std::chrono::seconds(30))
       : orch(rt),
-        api(orch),
+        api(orch, *users.auth, aise::server::test::unlimited()),
         server(
             [this](const aise::server::request& req) {
               if (req.target == "/slow") {
@@ -52,6 +53,7 @@ struct server_fixture {
     REQUIRE(server.port() != 0);
   }
 
+  aise::server::test::test_auth users;
   aise::runtime rt;
   aise::orchestrator orch;
   aise::server::api api;
@@ -63,13 +65,15 @@ struct server_fixture {
 
 // One client connection.
 struct client {
-  explicit client(std::uint16_t port) : socket(ioc) {
+  explicit client(std::uint16_t port, std::string authorization = {})
+      : socket(ioc), authorization(std::move(authorization)) {
     socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
   }
 
   void send(http::verb method, const std::string& target, const std::string& body = {}) {
     http::request<http::string_body> req{method, target, 11};
     req.set(http::field::host, "127.0.0.1");
+    if (!authorization.empty()) req.set(http::field::authorization, authorization);
     if (!body.empty()) {
       req.set(http::field::content_type, "application/json");
       req.body() = body;
@@ -92,6 +96,7 @@ struct client {
 
   net::io_context ioc;
   tcp::socket socket;
+  std::string authorization;
   beast::flat_buffer buffer;
 };
 
@@ -103,7 +108,7 @@ std::string error_code_of(const http::response<http::string_body>& res) {
 
 TEST_CASE("http: keep-alive serves several requests on one connection") {
   server_fixture f;
-  client c(f.server.port());
+  client c(f.server.port(), f.users.admin);
   auto created = c.call(http::verb::post, "/api/v1/projects", R"({"id": "p", "name": "P"})");
   CHECK(created.result_int() == 201);
   CHECK(created.keep_alive());
@@ -212,8 +217,9 @@ TEST_CASE("http: Expect: 100-continue gets a 100 before the body is sent") {
   std::string body = R"({"id": "c", "name": "continued"})";
   std::string head =
       "POST /api/v1/projects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-      "Expect: 100-continue\r\nContent-Length: " +
-      std::to_string(body.size()) + "\r\n\r\n";
+      "Authorization: " +
+      f.users.admin + "\r\nExpect: 100-continue\r\nContent-Length: " + std::to_string(body.size()) +
+      "\r\n\r\n";
   net::write(c.socket, net::buffer(head));
   net::streambuf interim;
   net::read_until(c.socket, interim, "\r\n\r\n");
@@ -233,8 +239,8 @@ TEST_CASE("http: stop lets a request whose body is still arriving finish") {
   client c(f.server.port());
   std::string body = R"({"id": "late", "name": "arriving"})";
   std::string head =
-      "POST /api/v1/projects HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: " +
-      std::to_string(body.size()) + "\r\n\r\n";
+      "POST /api/v1/projects HTTP/1.1\r\nHost: x\r\nAuthorization: " + f.users.admin +
+      "\r\nExpect: 100-continue\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
   net::write(c.socket, net::buffer(head));
   net::streambuf interim;
   net::read_until(c.socket, interim, "\r\n\r\n");  // the 100: the server has the headers
@@ -250,4 +256,39 @@ TEST_CASE("http: stop lets a request whose body is still arriving finish") {
   CHECK_FALSE(res.keep_alive());
   c.socket.close();
   CHECK(f.server.wait(std::chrono::seconds(30)));
+}
+
+TEST_CASE("http: the bearer token and the client address reach the api, with security headers") {
+  server_fixture f;
+  client anonymous(f.server.port());
+  auto refused = anonymous.call(http::verb::get, "/api/v1/me");
+  CHECK(refused.result_int() == 401);
+  CHECK(refused[http::field::www_authenticate] == R"(Bearer realm="aise")");
+  CHECK(refused["X-Content-Type-Options"] == "nosniff");
+  CHECK(refused["X-Frame-Options"] == "DENY");
+  CHECK(refused["Referrer-Policy"] == "no-referrer");
+  CHECK_FALSE(refused["Content-Security-Policy"].empty());
+  CHECK(refused[http::field::cache_control] == "no-store");
+  CHECK(refused["Strict-Transport-Security"].empty());  // no TLS yet
+
+  auto login = anonymous.call(http::verb::post, "/api/v1/auth/login",
+                              R"({"username": "root", "password": "root-password"})");
+  REQUIRE(login.result_int() == 200);
+  auto tokens = json::parse(login.body());
+  client c(f.server.port(), "Bearer " + tokens["access_token"].get<std::string>());
+  auto me = c.call(http::verb::get, "/api/v1/me");
+  CHECK(me.result_int() == 200);
+  CHECK(json::parse(me.body())["username"] == "root");
+  auto audit = f.users.store->read_audit(0, 100);
+  REQUIRE(audit);
+  REQUIRE_FALSE(audit->empty());
+  CHECK(audit->back().action == "login");
+  CHECK(audit->back().ip == "127.0.0.1");
+
+  // Responses the server makes itself (here a 413) carry the headers too.
+  json big = {{"name", std::string(4096, 'x')}};
+  client oversized(f.server.port());
+  auto res = oversized.call(http::verb::post, "/api/v1/projects", big.dump());
+  CHECK(res.result_int() == 413);
+  CHECK(res["X-Content-Type-Options"] == "nosniff");
 }

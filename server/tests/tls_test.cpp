@@ -23,6 +23,7 @@
 
 #include "../../tests/unit/artifact_test_util.hpp"
 #include "http_server.hpp"
+#include "test_auth.hpp"
 
 namespace {
 
@@ -54,7 +55,7 @@ struct tls_fixture {
     aise::orchestrator_options oo;
     oo.store = store;
     orch = std::make_unique<aise::orchestrator>(rt, oo);
-    api = std::make_unique<aise::server::api>(*orch);
+    api = std::make_unique<aise::server::api>(*orch, *auth.auth, aise::server::test::unlimited());
     aise::server::http_server_options http;
     http.port = 0;
     http.tls_cert_file = (dir.path() / "cert.pem").string();
@@ -79,6 +80,7 @@ struct tls_fixture {
   }
 
   aise::test::scratch_dir dir;
+  aise::server::test::test_auth auth;
   aise::runtime rt;
   std::shared_ptr<aise::store> store;
   std::unique_ptr<aise::orchestrator> orch;
@@ -101,6 +103,7 @@ TEST_CASE("tls: HTTPS requests on one verified keep-alive connection") {
 
   http::request<http::string_body> create{http::verb::post, "/api/v1/projects", 11};
   create.set(http::field::host, "localhost");
+  create.set(http::field::authorization, f.auth.admin);
   create.body() = R"({"id": "secure", "name": "S"})";
   create.prepare_payload();
   http::write(stream, create);
@@ -112,6 +115,7 @@ TEST_CASE("tls: HTTPS requests on one verified keep-alive connection") {
 
   http::request<http::empty_body> get{http::verb::get, "/api/v1/projects/secure", 11};
   get.set(http::field::host, "localhost");
+  get.set(http::field::authorization, f.auth.admin);
   http::write(stream, get);
   http::response<http::string_body> got;
   http::read(stream, buffer, got);
@@ -203,7 +207,8 @@ TEST_CASE("tls: unusable certificate or key files are refused at start, naming t
   make_certificate(dir.path());
   aise::runtime rt;
   aise::orchestrator orch(rt);
-  aise::server::api api(orch);
+  aise::server::test::test_auth auth;
+  aise::server::api api(orch, *auth.auth, aise::server::test::unlimited());
   auto handler = [&api](const aise::server::request& r) { return api.handle(r); };
 
   aise::server::http_server_options o;

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "http_server.hpp"
+#include "test_auth.hpp"
 
 namespace {
 
@@ -56,7 +57,7 @@ struct ws_fixture {
     oo.store = store;
     orch = std::make_unique<aise::orchestrator>(rt, oo);
     REQUIRE(orch->register_kind("idle", [] { return std::make_unique<idle_agent>(); }));
-    api = std::make_unique<aise::server::api>(*orch);
+    api = std::make_unique<aise::server::api>(*orch, *auth.auth, aise::server::test::unlimited());
     ws.events = orch.get();
     aise::server::http_server_options http;
     http.host = "127.0.0.1";
@@ -110,6 +111,7 @@ struct ws_fixture {
   }
 
   std::filesystem::path dir;
+  aise::server::test::test_auth auth;
   aise::runtime rt;
   std::shared_ptr<aise::store> store;
   std::unique_ptr<aise::orchestrator> orch;

@@ -15,6 +15,7 @@
 #include <string>
 #include <unistd.h>
 
+#include "conformance/auth_store_suite.hpp"
 #include "conformance/store_suite.hpp"
 #include "postgres_url.hpp"
 
@@ -62,9 +63,19 @@ std::shared_ptr<aise::store> open_postgres() {
   return open_fresh().store;
 }
 
+// An auth store on a database of its own (created, and migrated, through
+// open_fresh's task store).
+std::shared_ptr<aise::auth_store> open_postgres_auth() {
+  auto fresh = open_fresh(1);
+  auto s = aise::sql::open_auth_store(fresh.options);
+  REQUIRE_MESSAGE(s.ok(), (s.ok() ? std::string() : s.error().describe()));
+  return *s;
+}
+
 }  // namespace
 
 AISE_STORE_CONFORMANCE_SUITE(postgresql, "postgresql", open_postgres);
+AISE_AUTH_STORE_CONFORMANCE_SUITE(postgresql, "postgresql", open_postgres_auth)
 
 TEST_CASE("postgresql store: backend name") {
   CHECK(open_postgres()->backend() == "postgresql");
