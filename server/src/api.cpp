@@ -2,6 +2,7 @@
 
 #include <aise/clock.hpp>
 #include <aise/event.hpp>
+#include <aise/metrics.hpp>
 #include <aise/runtime.hpp>
 #include <aise/store.hpp>
 #include <aise/task.hpp>
@@ -11,6 +12,8 @@
 #include <exception>
 #include <map>
 #include <optional>
+
+#include "embedded.hpp"
 
 namespace aise::server {
 
@@ -443,13 +446,33 @@ response get_agent(const call& c) {
   reject_with(404, "not_found", "no agent '" + name + "'", {{"agent", name}});
 }
 
+response metrics(const call& c) {
+  if (c.options.metrics == nullptr) {
+    reject_with(404, "not_found", "metrics are not enabled on this server");
+  }
+  response res{200, c.options.metrics->expose(), {}};
+  res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  return res;
+}
+
+response openapi(const call&) {
+  return {200, std::string(openapi_document()), {}};
+}
+
+response docs(const call&) {
+  response res{200, std::string(docs_page()), {}};
+  res.content_type = "text/html; charset=utf-8";
+  return res;
+}
+
 // ---- routing ----
 
 using handler = response (*)(const call&);
 
 struct route {
   std::string_view method;
-  std::vector<std::string_view> pattern;  // "{}" matches one non-empty segment
+  // "{}" (shown as "{id}") or "{name}" matches one non-empty segment
+  std::vector<std::string_view> pattern;
   handler fn;
 };
 
@@ -457,6 +480,9 @@ const std::vector<route>& routes() {
   static const std::vector<route> table = {
       {"GET", {"healthz"}, healthz},
       {"GET", {"readyz"}, readyz},
+      {"GET", {"metrics"}, metrics},
+      {"GET", {"openapi.json"}, openapi},
+      {"GET", {"docs"}, docs},
       {"POST", {"api", "v1", "projects"}, create_project},
       {"GET", {"api", "v1", "projects"}, list_projects},
       {"GET", {"api", "v1", "projects", "{}"}, get_project},
@@ -472,9 +498,24 @@ const std::vector<route>& routes() {
       {"GET", {"api", "v1", "tasks", "{}", "attempts"}, task_attempts},
       {"GET", {"api", "v1", "agent-kinds"}, agent_kinds},
       {"GET", {"api", "v1", "agents"}, list_agents},
-      {"GET", {"api", "v1", "agents", "{}"}, get_agent},
+      {"GET", {"api", "v1", "agents", "{name}"}, get_agent},
   };
   return table;
+}
+
+bool is_param(std::string_view segment) {
+  return segment.size() >= 2 && segment.front() == '{' && segment.back() == '}';
+}
+
+// "/api/v1/tasks/{id}": the route's template, as metrics, logs and the
+// OpenAPI document name it.
+std::string template_of(const route& r) {
+  std::string out;
+  for (auto segment : r.pattern) {
+    out += '/';
+    out += segment == "{}" ? std::string_view("{id}") : segment;
+  }
+  return out;
 }
 
 bool match(const route& r, const std::vector<std::string>& segments,
@@ -482,7 +523,7 @@ bool match(const route& r, const std::vector<std::string>& segments,
   if (r.pattern.size() != segments.size()) return false;
   params.clear();
   for (std::size_t i = 0; i < segments.size(); ++i) {
-    if (r.pattern[i] == "{}") {
+    if (is_param(r.pattern[i])) {
       if (segments[i].empty()) return false;
       params.push_back(segments[i]);
     } else if (r.pattern[i] != segments[i]) {
@@ -492,7 +533,10 @@ bool match(const route& r, const std::vector<std::string>& segments,
   return true;
 }
 
-response dispatch(const request& req, orchestrator& orch, const api_options& options) {
+// Sets `route` to the template of the first route matching the path (any
+// method) before running its handler, so a handler's error carries it too.
+response dispatch(const request& req, orchestrator& orch, const api_options& options,
+                  std::string& route_template) {
   std::string_view target = req.target;
   auto qmark = target.find('?');
   std::string_view path = target.substr(0, qmark);
@@ -532,7 +576,11 @@ response dispatch(const request& req, orchestrator& orch, const api_options& opt
   std::string allowed;
   for (const auto& r : routes()) {
     if (!match(r, segments, c.params)) continue;
-    if (r.method == req.method) return r.fn(c);
+    if (route_template.empty()) route_template = template_of(r);
+    if (r.method == req.method) {
+      route_template = template_of(r);
+      return r.fn(c);
+    }
     if (!allowed.empty()) allowed += ", ";
     allowed += r.method;
   }
@@ -587,19 +635,42 @@ response error_response(const aise::error& e) {
   return error_response(http_status(e.code()), to_string(e.code()), e.message());
 }
 
+std::optional<std::string_view> request::header(std::string_view name) const noexcept {
+  auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+  for (const auto& [n, v] : headers) {
+    if (n.size() == name.size() &&
+        std::equal(n.begin(), n.end(), name.begin(),
+                   [&](char a, char b) { return lower(a) == lower(b); })) {
+      return std::string_view(v);
+    }
+  }
+  return std::nullopt;
+}
+
+std::vector<route_info> api::routes() {
+  std::vector<route_info> out;
+  for (const auto& r : aise::server::routes())
+    out.push_back({std::string(r.method), template_of(r)});
+  return out;
+}
+
 api::api(orchestrator& orch, api_options options) : orch_(orch), options_(options) {}
 
 response api::handle(const request& req) const noexcept {
   try {
+    std::string route_template;
+    response res;
     try {
-      return dispatch(req, orch_, options_);
+      res = dispatch(req, orch_, options_, route_template);
     } catch (client_error& e) {
-      return std::move(e.res);
+      res = std::move(e.res);
     } catch (const std::exception& e) {
-      return error_response(500, "internal", std::string("internal error: ") + e.what());
+      res = error_response(500, "internal", std::string("internal error: ") + e.what());
     } catch (...) {
-      return error_response(500, "internal", "internal error");
+      res = error_response(500, "internal", "internal error");
     }
+    res.route = std::move(route_template);
+    return res;
   } catch (...) {
     // Building the error response itself failed (out of memory).
     return response{

@@ -59,6 +59,17 @@ result<void> set_data_dir(config& c, const std::string& v) {
   return {};
 }
 
+result<void> set_log_format(config& c, const std::string& v) {
+  if (v == "text") {
+    c.log = log_format::text;
+  } else if (v == "json") {
+    c.log = log_format::json;
+  } else {
+    return fail(errc::invalid_argument, "'" + v + "' is not text or json");
+  }
+  return {};
+}
+
 const std::vector<setting>& settings() {
   static const std::vector<setting> table = {
       {"--listen", "AISE_LISTEN", "HOST:PORT to listen on (default 127.0.0.1:8080; port 0: any)",
@@ -83,6 +94,9 @@ const std::vector<setting>& settings() {
        set_number<std::size_t, &config::handler_threads, 1, 256>},
       {"--db-pool", "AISE_DB_POOL", "SQL connections (default 4)",
        set_number<std::size_t, &config::db_pool, 1, 256>},
+      {"--log-format", "AISE_LOG_FORMAT",
+       "log lines as text (default) or json (one object per line, with request ids)",
+       set_log_format},
   };
   return table;
 }

@@ -175,6 +175,9 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     r.method = std::string(req.method_string());
     r.target = std::string(req.target());
     r.body = std::move(req.body());
+    for (const auto& field : req) {
+      r.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+    }
     busy_ = true;
     net::post(server_.pool_, [self = shared_from_this(), r = std::move(r)] {
       response res;
@@ -199,7 +202,7 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
     out->version(version_);
     out->result(static_cast<unsigned>(res.status));
     out->set(http::field::server, "aise-server/" AISE_VERSION_STRING);
-    out->set(http::field::content_type, "application/json");
+    out->set(http::field::content_type, res.content_type);
     for (auto& [name, value] : res.headers) out->set(name, value);
     out->body() = std::move(res.body);
     close_after = close_after || !keep_alive_ || server_.stopping();

@@ -3,6 +3,7 @@
 // Wiring only: configuration, the store, a runtime and an orchestrator on
 // it (recovering what a previous run left), the API and the HTTP server;
 // then it waits for SIGTERM or SIGINT and stops gracefully.
+#include <aise/metrics.hpp>
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 #include <aise/sql.hpp>
@@ -18,8 +19,35 @@
 #include "api.hpp"
 #include "config.hpp"
 #include "http_server.hpp"
+#include "observe.hpp"
 
 namespace {
+
+// aise_db_pool_*: the SQL store's connection pool (nothing for other stores).
+void add_pool_metrics(aise::metrics::registry& reg, std::shared_ptr<aise::store> store) {
+  using aise::metrics::kind;
+  using aise::metrics::sample;
+  auto read = [store](auto field) {
+    return [store, field]() -> std::vector<sample> {
+      auto s = aise::sql::get_pool_stats(*store);
+      if (!s) return {};
+      return {{{}, field(*s)}};
+    };
+  };
+  using stats = aise::sql::pool_stats;
+  reg.collect("aise_db_pool_size", "SQL connections in the pool.", kind::gauge, {},
+              read([](const stats& s) { return static_cast<double>(s.size); }));
+  reg.collect("aise_db_pool_in_use", "SQL connections leased by a store call now.", kind::gauge, {},
+              read([](const stats& s) { return static_cast<double>(s.in_use); }));
+  reg.collect("aise_db_pool_waiting", "Store calls waiting for a free SQL connection now.",
+              kind::gauge, {}, read([](const stats& s) { return static_cast<double>(s.waiting); }));
+  reg.collect("aise_db_pool_acquisitions_total", "SQL connection leases handed out.", kind::counter,
+              {}, read([](const stats& s) { return static_cast<double>(s.acquisitions); }));
+  reg.collect("aise_db_pool_waits_total", "SQL connection leases that had to wait.", kind::counter,
+              {}, read([](const stats& s) { return static_cast<double>(s.waits); }));
+  reg.collect("aise_db_pool_wait_seconds_total", "Time spent waiting for SQL connections.",
+              kind::counter, {}, read([](const stats& s) { return s.wait_seconds; }));
+}
 
 int serve(const aise::server::config& cfg, const sigset_t& signals) {
   if (cfg.db.empty()) {
@@ -39,7 +67,9 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     return 1;
   }
 
-  aise::runtime rt;
+  aise::runtime_options rt_options;
+  rt_options.logger = aise::server::make_logger("aise", cfg.log);
+  aise::runtime rt(rt_options);
   {
     aise::orchestrator_options orch_options;
     orch_options.store = *store;
@@ -52,7 +82,16 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     rt.logger().info("recovered {} unfinished tasks ({} lost attempts), {} agents",
                      recovered->tasks, recovered->lost_attempts, recovered->agents);
 
-    aise::server::api api(orch);
+    // Declared before the api and the server, which use it (destroyed after).
+    aise::metrics::registry metrics;
+    aise::metrics::add_orchestrator_metrics(metrics, orch);
+    add_pool_metrics(metrics, *store);
+    // WebSocket clients: metrics.gauge_fn("aise_websocket_clients", "...", fn) goes here.
+    aise::server::observer observer(metrics, aise::server::make_logger("access", cfg.log), cfg.log);
+
+    aise::server::api_options api_options;
+    api_options.metrics = &metrics;
+    aise::server::api api(orch, api_options);
     aise::server::http_server_options http_options;
     http_options.host = cfg.host;
     http_options.port = cfg.port;
@@ -61,7 +100,8 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     http_options.io_threads = cfg.io_threads;
     http_options.handler_threads = cfg.handler_threads;
     aise::server::http_server server(
-        [&api](const aise::server::request& req) { return api.handle(req); }, http_options);
+        observer.wrap([&api](const aise::server::request& req) { return api.handle(req); }),
+        http_options);
     if (auto started = server.start(); !started) {
       rt.logger().error("{}", started.error().describe());
       return 1;

@@ -65,3 +65,13 @@ TEST_CASE("config: bad input is an error naming the option") {
   CHECK(help->version);
   CHECK(aise::server::usage().find("--listen") != std::string::npos);
 }
+
+TEST_CASE("config: log format") {
+  CHECK(parse({})->log == aise::server::log_format::text);
+  CHECK(parse({}, {{"AISE_LOG_FORMAT", "json"}})->log == aise::server::log_format::json);
+  CHECK(parse({"--log-format", "text"}, {{"AISE_LOG_FORMAT", "json"}})->log ==
+        aise::server::log_format::text);
+  auto bad = parse({"--log-format=xml"});
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().message().find("--log-format") != std::string::npos);
+}
