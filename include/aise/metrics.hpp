@@ -164,7 +164,8 @@ class AISE_CORE_EXPORT registry {
                                       std::vector<std::string> label_names,
                                       std::vector<double> bounds = default_latency_buckets());
 
-  /// A gauge without labels whose value `fn` returns at each scrape.
+  /// A gauge without labels whose value `fn` returns at each scrape. A
+  /// scrape-time name can be registered once (again: std::invalid_argument).
   void gauge_fn(std::string name, std::string help, std::function<double()> fn);
   /// A metric whose samples `fn` returns at each scrape (label values in
   /// the order of `label_names`). Counters must only grow.
