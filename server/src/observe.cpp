@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
-#include <cmath>
 #include <ctime>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -16,11 +15,19 @@ namespace aise::server {
 
 namespace {
 
-// Ordered: ts, level and logger lead each line, the fields follow as written.
-using json = nlohmann::ordered_json;
+using json = nlohmann::json;
 
-// {"ts", "level", "logger", "msg"}; a message that is itself a JSON object
-// (the access log's) gives its fields instead of "msg".
+// Strings of a log line: invalid UTF-8 is replaced, never thrown on.
+std::string json_string(std::string_view text) {
+  return json(text).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// Marks a message that already is the rest of a JSON line: `,"k":v,…}`
+// (the access log's fields), written after ts, level and logger as it is,
+// with no parse and no copy into a JSON tree. Only this file writes it.
+constexpr char prebuilt_fields = '\x1e';
+
+// {"ts", "level", "logger", "msg"} (or the prebuilt fields instead of msg).
 class json_formatter final : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
@@ -32,25 +39,21 @@ class json_formatter final : public spdlog::formatter {
     gmtime_r(&t, &tm);
     std::array<char, 32> stamp{};
     auto n = std::strftime(stamp.data(), stamp.size(), "%Y-%m-%dT%H:%M:%S", &tm);
-    std::string ts = fmt::format("{}.{:03}Z", std::string_view(stamp.data(), n), ms.count());
     const auto level = spdlog::level::to_string_view(msg.level);
     std::string_view payload(msg.payload.data(), msg.payload.size());
-
-    json line = json::object();
-    line["ts"] = ts;
-    line["level"] = std::string_view(level.data(), level.size());
-    line["logger"] = std::string_view(msg.logger_name.data(), msg.logger_name.size());
-    json fields;
-    if (!payload.empty() && payload.front() == '{' && payload.back() == '}') {
-      fields = json::parse(payload, nullptr, false);
-    }
-    if (fields.is_object()) {
-      for (auto& [k, v] : fields.items()) line[k] = std::move(v);
+    fmt::format_to(std::back_inserter(dest), R"({{"ts":"{}.{:03}Z","level":"{}","logger":{})",
+                   std::string_view(stamp.data(), n), ms.count(),
+                   std::string_view(level.data(), level.size()),
+                   json_string(std::string_view(msg.logger_name.data(), msg.logger_name.size())));
+    if (!payload.empty() && payload.front() == prebuilt_fields) {
+      payload.remove_prefix(1);
+      dest.append(payload.data(), payload.data() + payload.size());
     } else {
-      line["msg"] = payload;
+      auto text = json_string(payload);
+      dest.append(std::string_view(R"(,"msg":)"));
+      dest.append(text.data(), text.data() + text.size());
+      dest.push_back('}');
     }
-    auto text = line.dump(-1, ' ', false, json::error_handler_t::replace);
-    dest.append(text.data(), text.data() + text.size());
     dest.push_back('\n');
   }
 
@@ -153,15 +156,14 @@ void observer::observe(const request& req, response& res, double seconds) {
   path = path.substr(0, path.find('?'));
   const double ms = seconds * 1000.0;
   if (format_ == log_format::json) {
-    json line = {{"msg", "request"},
-                 {"request_id", id},
-                 {"method", method},
-                 {"route", route},
-                 {"path", path},
-                 {"status", res.status},
-                 {"duration_ms", std::round(ms * 1000.0) / 1000.0},
-                 {"bytes", res.body.size()}};
-    log_->info("{}", line.dump(-1, ' ', false, json::error_handler_t::replace));
+    // id, method and route are plain tokens (checked, or ours); the path
+    // is the client's: quoted.
+    log_->info(
+        "{}"
+        R"(,"msg":"request","request_id":"{}","method":"{}","route":{},"path":{},"status":{},)"
+        R"("duration_ms":{:.3f},"bytes":{}}})",
+        prebuilt_fields, id, method, json_string(route), json_string(path), res.status, ms,
+        res.body.size());
   } else {
     log_->info("{} {} {} {:.3f} ms {} B path={} request_id={}", method, route, res.status, ms,
                res.body.size(), path, id);

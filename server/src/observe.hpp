@@ -37,9 +37,10 @@ namespace aise::server {
 /// A logger writing to stderr in `format`, named `name`.
 std::shared_ptr<spdlog::logger> make_logger(std::string name, log_format format);
 
-/// Makes `logger` write in `format` (replaces its formatter). In json, a
-/// message that is itself a JSON object (the access log's) gives its
-/// fields to the line instead of a "msg" string.
+/// Makes `logger` write in `format` (replaces its formatter). In json,
+/// each line is {"ts", "level", "logger", "msg"}; the access lines of an
+/// `observer` in the json format carry their fields instead of a text "msg"
+/// (give the observer and its logger the same format).
 void set_log_format(spdlog::logger& logger, log_format format);
 
 /// Whether `id` may be taken as a request id as it is.
