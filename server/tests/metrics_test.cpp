@@ -166,7 +166,7 @@ std::string find_promtool() {
 
 }  // namespace
 
-TEST_CASE("metrics: requests are counted by method, route template and status") {
+TEST_CASE("metrics: requests are counted by method and route template and status") {
   observed o;
   o.call("POST", "/api/v1/projects", R"({"id": "p1", "name": "P"})");
   o.call("GET", "/api/v1/tasks/t-a");
@@ -248,7 +248,7 @@ TEST_CASE("metrics: without a registry /metrics is a 404") {
   (void)rt.shutdown();
 }
 
-TEST_CASE("request ids: echoed when sane, generated otherwise") {
+TEST_CASE("request ids: echoed when sane and generated otherwise") {
   observed o;
   auto given = o.call("GET", "/healthz", {}, {{"x-request-id", "abc-123.4:5_6"}});
   CHECK(header(given, "X-Request-Id") == "abc-123.4:5_6");
@@ -299,7 +299,7 @@ TEST_CASE("logs: one JSON access line per request with its fields") {
   CHECK(text.find("Authorization") == std::string::npos);
 }
 
-TEST_CASE("logs: the json format escapes other messages, the text format stays text") {
+TEST_CASE("logs: the json format escapes other messages and the text format stays text") {
   std::ostringstream out;
   auto logger = std::make_shared<spdlog::logger>(
       "aise", std::make_shared<spdlog::sinks::ostream_sink_mt>(out));
