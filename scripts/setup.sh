@@ -29,8 +29,8 @@ AISE_PACKAGES=(
   python3-sklearn
   # aise::rabbitmq (rabbitmq-c) and RabbitMQ for the tests (scripts/services.sh starts a private one)
   librabbitmq-dev rabbitmq-server
-  # tests
-  doctest-dev
+  # tests (promtool, of the prometheus package, checks aise-server's /metrics)
+  doctest-dev prometheus
   # peer benchmark (CAF) in bench/
   libcaf-dev
   # format and lint checks

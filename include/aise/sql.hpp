@@ -33,6 +33,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -81,6 +82,22 @@ AISE_SQL_EXPORT result<std::shared_ptr<store>> open_store(const store_options& o
 /// tables come with migration 0004). Same errors and contract as
 /// `open_store`. A host usually opens both on the same URL.
 AISE_SQL_EXPORT result<std::shared_ptr<auth_store>> open_auth_store(const store_options& options);
+
+/// Use of a SQL store's connection pool (for metrics): a snapshot, read
+/// without blocking the pool's users for more than a lock.
+struct AISE_SQL_EXPORT pool_stats {
+  std::size_t size = 0;            ///< Connections in the pool.
+  std::size_t in_use = 0;          ///< Leased by a store call right now.
+  std::size_t waiting = 0;         ///< Store calls waiting for a free connection now.
+  std::uint64_t acquisitions = 0;  ///< Leases handed out since open.
+  std::uint64_t waits = 0;         ///< Of those, how many had to wait (the pool was empty).
+  double wait_seconds = 0;         ///< Total time spent waiting, in seconds.
+};
+
+/// The pool use of a store returned by `open_store`; nullopt for any other
+/// store (the in-memory one, a user's). Thread-safe; never blocks on the
+/// database.
+AISE_SQL_EXPORT std::optional<pool_stats> get_pool_stats(const store& s);
 
 /// One migration shipped with this library and, when applied, its record.
 struct AISE_SQL_EXPORT migration_info {

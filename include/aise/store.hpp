@@ -28,6 +28,7 @@
 #include <aise/event.hpp>
 #include <aise/task.hpp>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -103,6 +104,20 @@ struct AISE_CORE_EXPORT task_filter {
   std::string parent;              ///< Empty = any.
   std::string after;               ///< Cursor.
   std::size_t limit = 100;         ///< 1 … 1000; larger values are clamped.
+};
+
+/// How many tasks are in each state (`store::count_tasks`).
+struct AISE_CORE_EXPORT task_counts {
+  /// Indexed by `task_state`'s value (pending = 0 … awaiting_approval = 7).
+  std::array<std::uint64_t, 8> by_state{};
+  [[nodiscard]] std::uint64_t operator[](task_state s) const noexcept {
+    return by_state[static_cast<std::size_t>(s)];
+  }
+  [[nodiscard]] std::uint64_t& operator[](task_state s) noexcept {
+    return by_state[static_cast<std::size_t>(s)];
+  }
+  /// Every task counted.
+  [[nodiscard]] std::uint64_t total() const noexcept;
 };
 
 /// One compare-and-set change of a task, with its attempt row and event.
@@ -258,6 +273,13 @@ class AISE_CORE_EXPORT store {
       const std::vector<task_update>& batch) = 0;
   virtual result<task> get_task(std::string_view id) = 0;
   virtual result<page<task>> list_tasks(const task_filter& f) = 0;
+  /// How many tasks of `project` (every project when empty) are in each
+  /// state: for gauges and dashboards (aise-server's /metrics). libaise's
+  /// stores answer from their indexes (SQL: one GROUP BY on the state
+  /// index; memory: one pass under its lock); the default implementation
+  /// pages through `list_tasks`, correct for any store but slow for big ones.
+  /// Errors: those of the backend (`unavailable`).
+  virtual result<task_counts> count_tasks(std::string_view project);
   /// Attempts of a task ordered by number; empty for a task never started;
   /// `not_found` for an unknown task.
   virtual result<std::vector<task_attempt>> list_attempts(std::string_view task_id) = 0;

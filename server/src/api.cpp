@@ -2,15 +2,20 @@
 
 #include <aise/clock.hpp>
 #include <aise/event.hpp>
+#include <aise/metrics.hpp>
 #include <aise/runtime.hpp>
 #include <aise/store.hpp>
 #include <aise/task.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <optional>
+
+#include "embedded.hpp"
 
 namespace aise::server {
 
@@ -1072,13 +1077,37 @@ response audit_trail(const call& c) {
   return json_response(200, {{"items", std::move(items)}, {"next", std::move(next)}});
 }
 
+response metrics(const call& c) {
+  if (c.options.metrics == nullptr) {
+    reject_with(404, "not_found", "metrics are not enabled on this server");
+  }
+  response res{200, c.options.metrics->expose(), {}};
+  res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  return res;
+}
+
+response openapi(const call&) {
+  return {200, std::string(openapi_document()), {}};
+}
+
+response docs(const call&) {
+  response res{200, std::string(docs_page()), {}};
+  res.content_type = "text/html; charset=utf-8";
+  // The page's own script and style are inline; it fetches /openapi.json.
+  res.headers.emplace_back("Content-Security-Policy",
+                           "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                           "'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'");
+  return res;
+}
+
 // ---- routing ----
 
 using handler = response (*)(const call&);
 
 struct route {
   std::string_view method;
-  std::vector<std::string_view> pattern;  // "{}" matches one non-empty segment
+  // "{}" (shown as "{id}") or "{name}" matches one non-empty segment
+  std::vector<std::string_view> pattern;
   handler fn;
   route_access access;
   route_scope scope;     // what params[0] names
@@ -1093,6 +1122,9 @@ const std::vector<route>& route_table() {
   static const std::vector<route> table = {
       {"GET", {"healthz"}, healthz, a::open, s::none},
       {"GET", {"readyz"}, readyz, a::open, s::none},
+      {"GET", {"metrics"}, metrics, a::open, s::none},
+      {"GET", {"openapi.json"}, openapi, a::open, s::none},
+      {"GET", {"docs"}, docs, a::open, s::none},
       {"POST", {"api", "v1", "auth", "login"}, login, a::open, s::none},
       {"POST", {"api", "v1", "auth", "refresh"}, refresh_tokens, a::open, s::none},
       {"POST", {"api", "v1", "auth", "logout"}, logout, a::user, s::none},
@@ -1134,20 +1166,24 @@ const std::vector<route>& route_table() {
       {"GET", {"api", "v1", "tasks", "{}", "attempts"}, task_attempts, a::viewer, s::task},
       {"GET", {"api", "v1", "agent-kinds"}, agent_kinds, a::user, s::none},
       {"GET", {"api", "v1", "agents"}, list_agents, a::user, s::none},
-      {"GET", {"api", "v1", "agents", "{}"}, get_agent, a::viewer, s::agent},
+      {"GET", {"api", "v1", "agents", "{name}"}, get_agent, a::viewer, s::agent},
       // The handlers check the project (from the body or the agent's record).
       {"POST", {"api", "v1", "agents"}, spawn_agent, a::user, s::none},
-      {"POST", {"api", "v1", "agents", "{}", "stop"}, stop_agent, a::maintainer, s::agent},
-      {"POST", {"api", "v1", "agents", "{}", "restart"}, restart_agent, a::maintainer, s::agent},
+      {"POST", {"api", "v1", "agents", "{name}", "stop"}, stop_agent, a::maintainer, s::agent},
+      {"POST",
+       {"api", "v1", "agents", "{name}", "restart"},
+       restart_agent,
+       a::maintainer,
+       s::agent},
       {"PUT",
-       {"api", "v1", "projects", "{}", "artifacts", "{}"},
+       {"api", "v1", "projects", "{id}", "artifacts", "{name}"},
        upload_artifact,
        a::maintainer,
        s::project,
        true},
       {"GET", {"api", "v1", "projects", "{}", "artifacts"}, list_artifacts, a::viewer, s::project},
       {"GET",
-       {"api", "v1", "projects", "{}", "artifacts", "{}", "versions"},
+       {"api", "v1", "projects", "{id}", "artifacts", "{name}", "versions"},
        artifact_versions,
        a::viewer,
        s::project},
@@ -1162,12 +1198,27 @@ const std::vector<route>& route_table() {
   return table;
 }
 
+bool is_param(std::string_view segment) {
+  return segment.size() >= 2 && segment.front() == '{' && segment.back() == '}';
+}
+
+// "/api/v1/tasks/{id}": the route's template, as metrics, logs and the
+// OpenAPI document name it.
+std::string template_of(const route& r) {
+  std::string out;
+  for (auto segment : r.pattern) {
+    out += '/';
+    out += segment == "{}" ? std::string_view("{id}") : segment;
+  }
+  return out;
+}
+
 bool match(const route& r, const std::vector<std::string>& segments,
            std::vector<std::string>& params) {
   if (r.pattern.size() != segments.size()) return false;
   params.clear();
   for (std::size_t i = 0; i < segments.size(); ++i) {
-    if (r.pattern[i] == "{}") {
+    if (is_param(r.pattern[i])) {
       if (segments[i].empty()) return false;
       params.push_back(segments[i]);
     } else if (r.pattern[i] != segments[i]) {
@@ -1297,9 +1348,12 @@ response run_route(const route& r, call& c, const limiter_set& limits,
   return r.fn(c);
 }
 
+// Sets `route_template` to the template of the first route matching the
+// path (any method) before running its handler, so a handler's error
+// carries it too.
 response dispatch(const request& req, orchestrator& orch, authenticator& auth,
                   const api_options& options, const limiter_set& limits, artifact_store* artifacts,
-                  upload_start* upload) {
+                  upload_start* upload, std::string& route_template) {
   const auto now = std::chrono::steady_clock::now();
   if (auto d = limits.ip.take(req.remote, now); !d.allowed) too_many(d, "address");
   std::string_view target = req.target;
@@ -1334,7 +1388,11 @@ response dispatch(const request& req, orchestrator& orch, authenticator& auth,
   std::string allowed;
   for (const auto& r : route_table()) {
     if (!match(r, *segments, c.params)) continue;
-    if (r.method == req.method) return run_route(r, c, limits, now);
+    if (route_template.empty()) route_template = template_of(r);
+    if (r.method == req.method) {
+      route_template = template_of(r);
+      return run_route(r, c, limits, now);
+    }
     if (!allowed.empty()) allowed += ", ";
     allowed += r.method;
   }
@@ -1410,21 +1468,37 @@ response error_response(const aise::error& e) {
 }
 
 std::optional<std::string_view> request::header(std::string_view name) const noexcept {
-  for (const auto& [key, value] : headers) {
-    if (key == name) return std::string_view(value);
+  auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+  for (const auto& [n, v] : headers) {
+    if (n.size() == name.size() &&
+        std::equal(n.begin(), n.end(), name.begin(),
+                   [&](char a, char b) { return lower(a) == lower(b); })) {
+      return std::string_view(v);
+    }
   }
   return std::nullopt;
 }
 
 void add_security_headers(response& res, std::string_view path, bool hsts) {
-  res.headers.emplace_back("X-Content-Type-Options", "nosniff");
-  res.headers.emplace_back("X-Frame-Options", "DENY");
-  res.headers.emplace_back("Referrer-Policy", "no-referrer");
-  res.headers.emplace_back("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'");
-  if (path == "/api" || path.rfind("/api/", 0) == 0) {
-    res.headers.emplace_back("Cache-Control", "no-store");
-  }
-  if (hsts) res.headers.emplace_back("Strict-Transport-Security", "max-age=31536000");
+  // A header the handler set itself (e.g. a page's own Content-Security-
+  // Policy) wins: two policies would both be enforced.
+  auto add = [&res](const char* name, std::string value) {
+    for (const auto& [k, v] : res.headers) {
+      if (k.size() == std::strlen(name) && std::equal(k.begin(), k.end(), name, [](char a, char b) {
+            return std::tolower(static_cast<unsigned char>(a)) ==
+                   std::tolower(static_cast<unsigned char>(b));
+          })) {
+        return;
+      }
+    }
+    res.headers.emplace_back(name, std::move(value));
+  };
+  add("X-Content-Type-Options", "nosniff");
+  add("X-Frame-Options", "DENY");
+  add("Referrer-Policy", "no-referrer");
+  add("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'");
+  if (path == "/api" || path.rfind("/api/", 0) == 0) add("Cache-Control", "no-store");
+  if (hsts) add("Strict-Transport-Security", "max-age=31536000");
 }
 
 struct api::limiters {
@@ -1448,18 +1522,18 @@ api::~api() = default;
 std::vector<route_info> api::routes() {
   std::vector<route_info> out;
   for (const auto& r : route_table()) {
-    std::string path;
-    for (auto segment : r.pattern) path += "/" + std::string(segment);
-    out.push_back({std::string(r.method), std::move(path), r.access, r.scope});
+    out.push_back({std::string(r.method), template_of(r), r.access, r.scope});
   }
   return out;
 }
 
 response api::handle(const request& req) const noexcept {
+  std::string route_template;
   response res = guarded([&] {
     return dispatch(req, orch_, auth_, options_, {limiters_->ip, limiters_->user, limiters_->login},
-                    artifacts_.get(), nullptr);
+                    artifacts_.get(), nullptr, route_template);
   });
+  res.route = std::move(route_template);
   try {
     std::string_view target = req.target;
     add_security_headers(res, target.substr(0, target.find('?')), options_.hsts);
@@ -1488,10 +1562,13 @@ bool api::streams_body(const request& head) const noexcept {
 
 upload_start api::begin_upload(const request& head) const noexcept {
   upload_start start;
+  std::string route_template;
   start.refused = guarded([&] {
     return dispatch(head, orch_, auth_, options_,
-                    {limiters_->ip, limiters_->user, limiters_->login}, artifacts_.get(), &start);
+                    {limiters_->ip, limiters_->user, limiters_->login}, artifacts_.get(), &start,
+                    route_template);
   });
+  start.refused.route = std::move(route_template);
   if (start.sink == nullptr && start.refused.status < 400) {
     // Not a streamed route after all (a race with nothing: routes are fixed).
     start.refused = error_response(500, "internal", "the route does not stream its body");

@@ -42,6 +42,10 @@
 
 #include "rate_limit.hpp"
 
+namespace aise::metrics {
+class registry;
+}
+
 namespace aise::server {
 
 /// An HTTP request as the API sees it.
@@ -50,10 +54,11 @@ struct request {
   std::string target;  ///< Path plus optional query, e.g. "/api/v1/projects?limit=10".
   std::string body;    ///< The raw body (JSON for the routes that take one).
   std::string remote;  ///< The client's address ("" when not over the network).
-  /// Request headers, names in lower case, in arrival order.
+  /// Request headers in arrival order (the HTTP server gives the names in
+  /// lower case); looked up case-insensitively by `header`.
   std::vector<std::pair<std::string, std::string>> headers;
 
-  /// The first header called `name` (give it in lower case), if any.
+  /// The first header named `name` (case-insensitive), or nullopt.
   [[nodiscard]] std::optional<std::string_view> header(std::string_view name) const noexcept;
 };
 
@@ -91,6 +96,10 @@ struct response {
   std::string content_type = "application/json";
   std::shared_ptr<body_source> stream;  ///< Replaces `body` when set.
   std::uint64_t stream_size = 0;        ///< Exact number of bytes `stream` gives.
+  /// The route template that matched, e.g. "/api/v1/tasks/{id}" (also for
+  /// a 405 on an existing path); empty when no route matched. For metrics
+  /// and logs: bounded, unlike the raw path.
+  std::string route;
 };
 
 /// What `api::begin_upload` decided: stream the body into `sink`, or (no
@@ -117,6 +126,9 @@ struct api_options {
   /// on every TLS connection itself (server/README.md, "TLS"), so this is
   /// for a deployment where a proxy in front terminates TLS.
   bool hsts = false;
+  /// Served at GET /metrics (Prometheus text); null: /metrics is a 404.
+  /// Not owned; must outlive the api.
+  const aise::metrics::registry* metrics = nullptr;
 };
 
 /// Who may call a route.
@@ -142,7 +154,7 @@ enum class route_scope {
 /// One row of the route table, as tests and documentation see it.
 struct route_info {
   std::string method;
-  std::string path;  ///< e.g. "/api/v1/projects/{}/tasks".
+  std::string path;  ///< The template, e.g. "/api/v1/projects/{id}/tasks".
   route_access access = route_access::user;
   route_scope scope = route_scope::none;
 };

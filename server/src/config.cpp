@@ -101,6 +101,17 @@ result<void> set_demo(config& c, const std::string& v) {
   return {};
 }
 
+result<void> set_log_format(config& c, const std::string& v) {
+  if (v == "text") {
+    c.log = log_format::text;
+  } else if (v == "json") {
+    c.log = log_format::json;
+  } else {
+    return fail(errc::invalid_argument, "'" + v + "' is not text or json");
+  }
+  return {};
+}
+
 template <double config::*member>
 result<void> set_rate(config& c, const std::string& v) {
   char* end = nullptr;
@@ -180,6 +191,9 @@ const std::vector<setting>& settings() {
        set_rate<&config::login_rate>},
       {"--login-burst", "AISE_LOGIN_BURST", "login burst per client address (default 10)",
        set_rate<&config::login_burst>},
+      {"--log-format", "AISE_LOG_FORMAT",
+       "log lines as text (default) or json (one object per line, with request ids)",
+       set_log_format},
   };
   return table;
 }

@@ -14,6 +14,12 @@
 
 namespace aise::server {
 
+/// How log lines look (`--log-format`).
+enum class log_format {
+  text,  ///< spdlog's default pattern: for people at a terminal.
+  json,  ///< One JSON object per line: {"ts", "level", "logger", "msg", …}.
+};
+
 /// Everything aise-server can be told; the defaults are the embedded setup.
 struct config {
   std::string host = "127.0.0.1";      ///< Address to listen on.
@@ -57,6 +63,7 @@ struct config {
   std::string command;
   std::string create_admin_user;  ///< create-admin's --user.
 
+  log_format log = log_format::text;  ///< Format of every log line.
   bool help = false;
   bool version = false;
 

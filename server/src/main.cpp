@@ -8,6 +8,7 @@
 // with a password read from stdin, and exits.
 #include <aise/artifacts.hpp>
 #include <aise/auth.hpp>
+#include <aise/metrics.hpp>
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 #include <aise/sql.hpp>
@@ -26,6 +27,7 @@
 #include "config.hpp"
 #include "demo.hpp"
 #include "http_server.hpp"
+#include "observe.hpp"
 
 namespace {
 
@@ -100,6 +102,32 @@ int create_admin(const aise::server::config& cfg) {
   return 0;
 }
 
+// aise_db_pool_*: the SQL store's connection pool (nothing for other stores).
+void add_pool_metrics(aise::metrics::registry& reg, std::shared_ptr<aise::store> store) {
+  using aise::metrics::kind;
+  using aise::metrics::sample;
+  auto read = [store](auto field) {
+    return [store, field]() -> std::vector<sample> {
+      auto s = aise::sql::get_pool_stats(*store);
+      if (!s) return {};
+      return {{{}, field(*s)}};
+    };
+  };
+  using stats = aise::sql::pool_stats;
+  reg.collect("aise_db_pool_size", "SQL connections in the pool.", kind::gauge, {},
+              read([](const stats& s) { return static_cast<double>(s.size); }));
+  reg.collect("aise_db_pool_in_use", "SQL connections leased by a store call now.", kind::gauge, {},
+              read([](const stats& s) { return static_cast<double>(s.in_use); }));
+  reg.collect("aise_db_pool_waiting", "Store calls waiting for a free SQL connection now.",
+              kind::gauge, {}, read([](const stats& s) { return static_cast<double>(s.waiting); }));
+  reg.collect("aise_db_pool_acquisitions_total", "SQL connection leases handed out.", kind::counter,
+              {}, read([](const stats& s) { return static_cast<double>(s.acquisitions); }));
+  reg.collect("aise_db_pool_waits_total", "SQL connection leases that had to wait.", kind::counter,
+              {}, read([](const stats& s) { return static_cast<double>(s.waits); }));
+  reg.collect("aise_db_pool_wait_seconds_total", "Time spent waiting for SQL connections.",
+              kind::counter, {}, read([](const stats& s) { return s.wait_seconds; }));
+}
+
 int serve(const aise::server::config& cfg, const sigset_t& signals) {
   if (cfg.db.empty() && !make_data_dir(cfg)) return 1;
   aise::sql::store_options store_options;
@@ -135,7 +163,9 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
                "AISE_ADMIN_USER and AISE_ADMIN_PASSWORD\n");
   }
 
-  aise::runtime rt;
+  aise::runtime_options rt_options;
+  rt_options.logger = aise::server::make_logger("aise", cfg.log);
+  aise::runtime rt(rt_options);
   {
     aise::orchestrator_options orch_options;
     orch_options.store = *store;
@@ -164,7 +194,15 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
       return 1;
     }
 
+    // Declared before the api and the server, which use it (destroyed after).
+    aise::metrics::registry metrics;
+    aise::metrics::add_orchestrator_metrics(metrics, orch);
+    add_pool_metrics(metrics, *store);
+    // WebSocket clients: metrics.gauge_fn("aise_websocket_clients", "...", fn) goes here.
+    aise::server::observer observer(metrics, aise::server::make_logger("access", cfg.log), cfg.log);
+
     aise::server::api_options api_options;
+    api_options.metrics = &metrics;
     api_options.ip_limit = {cfg.ip_rate, cfg.ip_burst};
     api_options.user_limit = {cfg.user_rate, cfg.user_burst};
     api_options.login_limit = {cfg.login_rate, cfg.login_burst};
@@ -186,7 +224,8 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
       return api.begin_upload(head);
     };
     aise::server::http_server server(
-        [&api](const aise::server::request& req) { return api.handle(req); }, http_options);
+        observer.wrap([&api](const aise::server::request& req) { return api.handle(req); }),
+        http_options);
     if (auto started = server.start(); !started) {
       rt.logger().error("{}", started.error().describe());
       return 1;

@@ -472,6 +472,14 @@ TEST_CASE("agents: spawn, get with snapshot, stop and restart") {
 
   auto restarted = f.expect(200, "POST", "/api/v1/agents/worker-1/restart");
   CHECK(restarted["name"] == "worker-1");
+  // A restart completes asynchronously; stop it once it runs again (a stop
+  // in between can find no agent: noted in server/README.md).
+  auto running_by = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (f.call("GET", "/api/v1/agents/worker-1").status != 200 ||
+         f.expect(200, "GET", "/api/v1/agents/worker-1")["status"] != "running") {
+    if (std::chrono::steady_clock::now() > running_by) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   auto stopped = f.expect(200, "POST", "/api/v1/agents/worker-1/stop");
   CHECK((stopped["status"] == "stopping" || stopped["status"] == "stopped"));
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);

@@ -5,6 +5,7 @@
 #include <aise/agent.hpp>
 #include <aise/artifacts.hpp>
 #include <aise/auth.hpp>
+#include <aise/metrics.hpp>
 #include <aise/orchestrator.hpp>
 #include <aise/runtime.hpp>
 #include <aise/task_context.hpp>
@@ -49,8 +50,13 @@ struct fixture {
   explicit fixture(aise::server::api_options options = aise::server::test::unlimited())
       : orch(rt, orch_options(store)),
         artifacts(open_artifacts()),
-        api(orch, *users.auth, options, artifacts) {
+        api(orch, *users.auth, with_metrics(options), artifacts) {
     REQUIRE(orch.register_kind("idle", [] { return std::make_unique<idle_agent>(); }));
+  }
+
+  aise::server::api_options with_metrics(aise::server::api_options o) {
+    o.metrics = &metrics;
+    return o;
   }
 
   static aise::orchestrator_options orch_options(std::shared_ptr<aise::store> s) {
@@ -91,6 +97,7 @@ struct fixture {
   aise::server::test::test_auth users;
   aise::test::scratch_dir dir;
   std::shared_ptr<aise::store> store = aise::make_memory_store();
+  aise::metrics::registry metrics;
   aise::runtime rt;
   aise::orchestrator orch;
   std::shared_ptr<aise::artifact_store> artifacts;
@@ -238,13 +245,14 @@ TEST_CASE("auth matrix: every route x every kind of caller x own and foreign pro
           break;
       }
       std::string target_path = r.path;
-      if (auto at = target_path.find("{}"); at != std::string::npos) {
-        target_path.replace(at, 2, param);
-      }
-      // A second parameter is an artifact name (each project has one).
-      if (auto at = target_path.find("{}"); at != std::string::npos) {
-        target_path.replace(at, 2, "notes.txt");
-      }
+      // Path templates name their parameters ("{id}", "{name}").
+      auto fill = [&target_path](const std::string& value) {
+        auto open = target_path.find('{');
+        if (open == std::string::npos) return;
+        target_path.replace(open, target_path.find('}', open) - open + 1, value);
+      };
+      fill(param);
+      fill("notes.txt");  // a second parameter is an artifact name (each project has one)
       for (who w : {who::nobody, who::viewer, who::maintainer, who::admin, who::other_admin,
                     who::global_admin, who::disabled}) {
         auto want = expected(r, w, own);
@@ -577,6 +585,9 @@ TEST_CASE("auth: each route of this slice has the access level server/README.md 
   const std::map<std::string, route_access> documented = {
       {"GET /healthz", a::open},
       {"GET /readyz", a::open},
+      {"GET /metrics", a::open},
+      {"GET /openapi.json", a::open},
+      {"GET /docs", a::open},
       {"POST /api/v1/auth/login", a::open},
       {"POST /api/v1/auth/refresh", a::open},
       {"POST /api/v1/auth/logout", a::user},
@@ -585,26 +596,35 @@ TEST_CASE("auth: each route of this slice has the access level server/README.md 
       {"GET /api/v1/projects", a::user},
       {"GET /api/v1/agent-kinds", a::user},
       {"GET /api/v1/agents", a::user},
-      {"GET /api/v1/projects/{}", a::viewer},
-      {"GET /api/v1/projects/{}/tasks", a::viewer},
-      {"GET /api/v1/projects/{}/events", a::viewer},
-      {"GET /api/v1/tasks/{}", a::viewer},
-      {"GET /api/v1/tasks/{}/attempts", a::viewer},
-      {"GET /api/v1/agents/{}", a::viewer},
-      {"POST /api/v1/projects/{}/tasks", a::maintainer},
-      {"POST /api/v1/tasks/{}/cancel", a::maintainer},
-      {"POST /api/v1/tasks/{}/approve", a::maintainer},
-      {"POST /api/v1/tasks/{}/reject", a::maintainer},
-      {"PATCH /api/v1/projects/{}", a::project_admin},
-      {"POST /api/v1/projects/{}/archive", a::project_admin},
-      {"GET /api/v1/projects/{}/members", a::project_admin},
-      {"POST /api/v1/projects/{}/members", a::project_admin},
+      {"GET /api/v1/projects/{id}", a::viewer},
+      {"GET /api/v1/projects/{id}/tasks", a::viewer},
+      {"GET /api/v1/projects/{id}/events", a::viewer},
+      {"GET /api/v1/tasks/{id}", a::viewer},
+      {"GET /api/v1/tasks/{id}/attempts", a::viewer},
+      {"GET /api/v1/agents/{name}", a::viewer},
+      {"POST /api/v1/projects/{id}/tasks", a::maintainer},
+      {"POST /api/v1/tasks/{id}/cancel", a::maintainer},
+      {"POST /api/v1/tasks/{id}/retry", a::maintainer},
+      {"POST /api/v1/agents", a::user},
+      {"POST /api/v1/agents/{name}/stop", a::maintainer},
+      {"POST /api/v1/agents/{name}/restart", a::maintainer},
+      {"PUT /api/v1/projects/{id}/artifacts/{name}", a::maintainer},
+      {"GET /api/v1/projects/{id}/artifacts", a::viewer},
+      {"GET /api/v1/projects/{id}/artifacts/{name}/versions", a::viewer},
+      {"GET /api/v1/artifacts/{id}", a::viewer},
+      {"GET /api/v1/artifacts/{id}/content", a::viewer},
+      {"POST /api/v1/tasks/{id}/approve", a::maintainer},
+      {"POST /api/v1/tasks/{id}/reject", a::maintainer},
+      {"PATCH /api/v1/projects/{id}", a::project_admin},
+      {"POST /api/v1/projects/{id}/archive", a::project_admin},
+      {"GET /api/v1/projects/{id}/members", a::project_admin},
+      {"POST /api/v1/projects/{id}/members", a::project_admin},
       {"POST /api/v1/users", a::global_admin},
       {"GET /api/v1/users", a::global_admin},
-      {"GET /api/v1/users/{}", a::global_admin},
-      {"PATCH /api/v1/users/{}", a::global_admin},
-      {"POST /api/v1/users/{}/disable", a::global_admin},
-      {"POST /api/v1/users/{}/roles", a::global_admin},
+      {"GET /api/v1/users/{id}", a::global_admin},
+      {"PATCH /api/v1/users/{id}", a::global_admin},
+      {"POST /api/v1/users/{id}/disable", a::global_admin},
+      {"POST /api/v1/users/{id}/roles", a::global_admin},
       {"GET /api/v1/audit", a::global_admin},
   };
   std::map<std::string, route_access> actual;

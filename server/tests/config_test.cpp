@@ -220,3 +220,13 @@ TEST_CASE("config: the JWT secret from the environment, a file, or a generated k
   std::error_code ec;
   fs::remove_all(dir, ec);
 }
+
+TEST_CASE("config: log format") {
+  CHECK(parse({})->log == aise::server::log_format::text);
+  CHECK(parse({}, {{"AISE_LOG_FORMAT", "json"}})->log == aise::server::log_format::json);
+  CHECK(parse({"--log-format", "text"}, {{"AISE_LOG_FORMAT", "json"}})->log ==
+        aise::server::log_format::text);
+  auto bad = parse({"--log-format=xml"});
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().message().find("--log-format") != std::string::npos);
+}

@@ -151,6 +151,21 @@ TEST_CASE("process: aise-server serves, exits 0 on SIGTERM, and keeps its state"
   auto ready = call(port, http::verb::get, "/readyz");
   REQUIRE(ready);
   CHECK(nlohmann::json::parse(ready->body())["store"] == "sqlite");
+  // The wiring of main.cpp: store, orchestrator and SQL pool metrics; the docs page.
+  auto metrics = call(port, http::verb::get, "/metrics");
+  REQUIRE(metrics);
+  CHECK(metrics->result_int() == 200);
+  CHECK(metrics->body().find("\naise_db_pool_size 4\n") != std::string::npos);
+  CHECK(metrics->body().find("\naise_tasks{state=\"queued\"} 1\n") != std::string::npos);
+  CHECK(metrics->body().find("\naise_store_up 1\n") != std::string::npos);
+  CHECK(metrics->body().find(
+            R"(aise_http_requests_total{method="POST",route="/api/v1/projects",status="201"} 1)") !=
+        std::string::npos);
+  CHECK((*metrics)["X-Request-Id"].size() == 32);
+  auto docs = call(port, http::verb::get, "/docs");
+  REQUIRE(docs);
+  CHECK(docs->result_int() == 200);
+  CHECK((*docs)[http::field::content_type] == "text/html; charset=utf-8");
   CHECK(stop_server(first) == 0);
 
   // The generated key is private to its owner.

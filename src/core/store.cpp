@@ -26,6 +26,26 @@ std::string_view to_string(lease_state s) noexcept {
   return "unknown";
 }
 
+std::uint64_t task_counts::total() const noexcept {
+  std::uint64_t n = 0;
+  for (auto c : by_state) n += c;
+  return n;
+}
+
+result<task_counts> store::count_tasks(std::string_view project) {
+  task_counts out;
+  task_filter f;
+  f.project = std::string(project);
+  f.limit = 1000;
+  for (;;) {
+    auto page = list_tasks(f);
+    if (!page) return page.error();
+    for (const auto& t : page->items) ++out[t.state];
+    if (page->next_cursor.empty()) return out;
+    f.after = std::move(page->next_cursor);
+  }
+}
+
 result<budget_state> store::set_budget_limit(std::string, std::int64_t) {
   return no_budgets();
 }

@@ -447,6 +447,17 @@ class memory_store final : public store {
     });
   }
 
+  result<task_counts> count_tasks(std::string_view project) override {
+    return guarded("count_tasks", [&]() -> result<task_counts> {
+      task_counts out;
+      std::lock_guard lock(mutex_);
+      for (const auto& [id, row] : tasks_) {
+        if (project.empty() || row.t.project == project) ++out[row.t.state];
+      }
+      return out;
+    });
+  }
+
   result<std::vector<task_attempt>> list_attempts(std::string_view task_id) override {
     return guarded("list_attempts", [&]() -> result<std::vector<task_attempt>> {
       std::lock_guard lock(mutex_);

@@ -157,11 +157,31 @@ void pool::give_back(connection* c) noexcept {
   freed_.notify_one();
 }
 
+pool_stats pool::stats() {
+  std::lock_guard lock(mutex_);
+  pool_stats s;
+  s.size = all_.size();
+  s.in_use = all_.size() - free_.size();
+  s.waiting = waiting_;
+  s.acquisitions = acquisitions_;
+  s.waits = waits_;
+  s.wait_seconds = std::chrono::duration<double>(waited_).count();
+  return s;
+}
+
 result<pool::lease> pool::acquire() {
   connection* c = nullptr;
   {
     std::unique_lock lock(mutex_);
-    freed_.wait(lock, [&] { return !free_.empty(); });
+    ++acquisitions_;
+    if (free_.empty()) {
+      ++waits_;
+      ++waiting_;
+      const auto since = std::chrono::steady_clock::now();
+      freed_.wait(lock, [&] { return !free_.empty(); });
+      waited_ += std::chrono::steady_clock::now() - since;
+      --waiting_;
+    }
     c = free_.back();
     free_.pop_back();
   }

@@ -101,6 +101,9 @@ class pool {
   /// when a broken connection cannot be reopened.
   result<lease> acquire();
 
+  /// Use of the pool (sql.hpp, `get_pool_stats`).
+  [[nodiscard]] pool_stats stats();
+
   [[nodiscard]] dialect kind() const noexcept { return where_.kind; }
   [[nodiscard]] const target& where() const noexcept { return where_; }
 
@@ -113,6 +116,11 @@ class pool {
   std::vector<connection*> free_;
   std::mutex mutex_;
   std::condition_variable freed_;
+  // Guarded by mutex_.
+  std::size_t waiting_ = 0;
+  std::uint64_t acquisitions_ = 0;
+  std::uint64_t waits_ = 0;
+  std::chrono::steady_clock::duration waited_{};
 };
 
 /// A write transaction (BEGIN IMMEDIATE on SQLite, so that writers queue on

@@ -654,6 +654,33 @@ class sql_store final : public store {
     });
   }
 
+  // One GROUP BY over the state index (tasks_by_state, or
+  // tasks_by_project_state with a project): no table rows are read.
+  result<task_counts> count_tasks(std::string_view project) override {
+    const std::string key(project);
+    return run<task_counts>("count_tasks", [&](connection& c) -> result<task_counts> {
+      task_counts out;
+      std::string state;
+      long long n = 0;
+      soci::statement st(c.session);
+      st.exchange(soci::into(state));
+      st.exchange(soci::into(n));
+      if (!key.empty()) st.exchange(soci::use(key, "p"));
+      st.alloc();
+      st.prepare(key.empty()
+                     ? "SELECT state, COUNT(*) FROM tasks GROUP BY state"
+                     : "SELECT state, COUNT(*) FROM tasks WHERE project = :p GROUP BY state");
+      st.define_and_bind();
+      st.execute();
+      while (st.fetch()) {
+        auto s = parse_task_state(state);
+        if (!s) return error(errc::internal, "count_tasks: unknown stored state '" + state + "'");
+        out[*s] += static_cast<std::uint64_t>(n);
+      }
+      return out;
+    });
+  }
+
   result<std::vector<task_attempt>> list_attempts(std::string_view task_id) override {
     const std::string key(task_id);
     return run<std::vector<task_attempt>>(
@@ -2031,6 +2058,9 @@ class sql_store final : public store {
   std::shared_ptr<aise::clock> clock_;
   store_options options_;
   std::atomic<std::size_t> changes_{0};
+
+ public:
+  [[nodiscard]] pool_stats stats() const { return pool_->stats(); }
 };
 
 struct opened {
@@ -2075,6 +2105,11 @@ result<std::shared_ptr<store>> open_store(const store_options& options) {
   auto p = std::make_unique<detail::pool>(o->where, options, std::move(conns));
   return std::shared_ptr<store>(
       std::make_shared<sql_store>(std::move(p), std::move(clock), options));
+}
+
+std::optional<pool_stats> get_pool_stats(const store& s) {
+  if (const auto* sql = dynamic_cast<const sql_store*>(&s)) return sql->stats();
+  return std::nullopt;
 }
 
 result<schema_status> migrate(const store_options& options) {

@@ -236,6 +236,37 @@ inline void check_tricky_numbers(const nlohmann::json& j) {
 // Cases
 // ---------------------------------------------------------------------------
 
+// count_tasks: per state, per project and overall, following updates.
+inline void count_tasks_by_state(const store_factory& make) {
+  auto s = fresh(make);
+  CHECK(must(s->count_tasks("")).total() == 0);
+  auto t = [](std::string id, std::string project, task_state state) {
+    task x = make_task(std::move(id), std::move(project), "sum");
+    x.state = state;
+    return x;
+  };
+  must(s->insert_tasks({t("c-1", "p1", task_state::queued), t("c-2", "p1", task_state::queued),
+                        t("c-3", "p1", task_state::running), t("c-4", "p2", task_state::queued),
+                        t("c-5", "p2", task_state::failed)},
+                       {}));
+  auto all = must(s->count_tasks(""));
+  CHECK(all.total() == 5);
+  CHECK(all[task_state::queued] == 3);
+  CHECK(all[task_state::running] == 1);
+  CHECK(all[task_state::failed] == 1);
+  CHECK(all[task_state::succeeded] == 0);
+  auto p1 = must(s->count_tasks("p1"));
+  CHECK(p1.total() == 3);
+  CHECK(p1[task_state::queued] == 2);
+  CHECK(must(s->count_tasks("p3")).total() == 0);
+
+  must(s->update_task(change("c-1", 1, task_state::cancelled)));
+  p1 = must(s->count_tasks("p1"));
+  CHECK(p1[task_state::queued] == 1);
+  CHECK(p1[task_state::cancelled] == 1);
+  CHECK(p1.total() == 3);
+}
+
 inline void fresh_store_is_empty(const store_factory& make) {
   auto s = fresh(make);
   CHECK_FALSE(s->backend().empty());
@@ -2144,6 +2175,9 @@ inline void json_round_trip(const store_factory& make) {
   }                                                                                                \
   TEST_CASE(label " store: list_tasks filters") {                                                  \
     ::aise::conformance::store_suite::list_tasks_filters(&aise_store_conformance_make_##id);       \
+  }                                                                                                \
+  TEST_CASE(label " store: count_tasks by state") {                                                \
+    ::aise::conformance::store_suite::count_tasks_by_state(&aise_store_conformance_make_##id);     \
   }                                                                                                \
   TEST_CASE(label " store: list_tasks paging and limits") {                                        \
     ::aise::conformance::store_suite::list_tasks_paging(&aise_store_conformance_make_##id);        \

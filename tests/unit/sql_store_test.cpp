@@ -13,6 +13,7 @@
 #include <soci/soci.h>
 #include <soci/sqlite3/soci-sqlite3.h>
 #include <string>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -208,4 +209,39 @@ TEST_CASE("sqlite store: renew_leases with more keys than one statement binds") 
   auto rows = must(s->get_leases(ids));
   REQUIRE(rows.size() == 445);
   for (const auto& l : rows) CHECK(l.expires_at == at(140));
+}
+
+TEST_CASE("sqlite store: pool statistics") {
+  auto o = sqlite_options(fresh_path());
+  o.pool_size = 2;
+  auto s = must(aise::sql::open_store(o));
+  auto first = aise::sql::get_pool_stats(*s);
+  REQUIRE(first.has_value());
+  CHECK(first->size == 2);
+  CHECK(first->in_use == 0);
+  CHECK(first->waiting == 0);
+  must(s->list_projects("", 10));
+  auto after = *aise::sql::get_pool_stats(*s);
+  CHECK(after.acquisitions > first->acquisitions);
+  CHECK(after.in_use == 0);
+
+  // More callers than connections: some wait (retried until one did, with a deadline).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (aise::sql::get_pool_stats(*s)->waits == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 6; ++i) {
+      threads.emplace_back([&] {
+        for (int k = 0; k < 50; ++k) (void)s->count_tasks("");
+      });
+    }
+    for (auto& t : threads) t.join();
+  }
+  auto busy = *aise::sql::get_pool_stats(*s);
+  CHECK(busy.waits > 0);
+  CHECK(busy.waits <= busy.acquisitions);
+  CHECK(busy.wait_seconds >= 0);
+  CHECK(busy.in_use == 0);
+  CHECK(busy.waiting == 0);
+
+  CHECK_FALSE(aise::sql::get_pool_stats(*aise::make_memory_store()).has_value());
 }
