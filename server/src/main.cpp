@@ -60,6 +60,7 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     http_options.read_timeout = cfg.read_timeout;
     http_options.io_threads = cfg.io_threads;
     http_options.handler_threads = cfg.handler_threads;
+    http_options.websocket.events = &orch;  // /api/v1/ws (no authentication yet)
     aise::server::http_server server(
         [&api](const aise::server::request& req) { return api.handle(req); }, http_options);
     if (auto started = server.start(); !started) {

@@ -788,7 +788,7 @@ class ws_session : public std::enable_shared_from_this<ws_session> {
 // ---- the hub ----
 
 ws_hub::ws_hub(ws_options options, net::io_context& io, net::thread_pool& pool)
-    : options_(std::move(options)), io_(io), pool_(pool), strand_(net::make_strand(io)) {}
+    : options_(std::move(options)), io_(io), pool_(pool) {}
 
 ws_hub::~ws_hub() {
   stop();
@@ -895,17 +895,28 @@ void ws_hub::on_event(const event& e) {
   backlog_.push_back(e);
   if (!fan_out_posted_) {
     fan_out_posted_ = true;
-    net::post(strand_, [this] { fan_out(); });
+    net::post(io_, [this] { fan_out(); });
   }
 }
 
+// One fan-out job at a time (fan_out_posted_ stays set while it runs), so
+// batches reach the sessions in sequence order whatever the socket threads.
 void ws_hub::fan_out() {
-  std::vector<event> events;
-  {
-    std::lock_guard lock(backlog_mutex_);
-    events.swap(backlog_);
-    fan_out_posted_ = false;
+  for (;;) {
+    std::vector<event> events;
+    {
+      std::lock_guard lock(backlog_mutex_);
+      if (backlog_.empty()) {
+        fan_out_posted_ = false;
+        return;
+      }
+      events.swap(backlog_);
+    }
+    fan_out(std::move(events));
   }
+}
+
+void ws_hub::fan_out(std::vector<event> events) {
   // Who listens, per project of this round (a session registering after
   // this reads these events from the log).
   std::unordered_map<std::string, std::vector<std::shared_ptr<ws_session>>> listeners;
