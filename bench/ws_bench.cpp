@@ -144,6 +144,7 @@ class bench_client : public std::enable_shared_from_this<bench_client> {
     ws_.async_read(buffer_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       if (ec) {
         self->closed_ = true;
+        self->close_code_ = self->ws_.reason().code;
         return;
       }
       self->on_frame();
@@ -153,6 +154,7 @@ class bench_client : public std::enable_shared_from_this<bench_client> {
 
   [[nodiscard]] std::uint64_t next() const { return next_; }
   [[nodiscard]] bool closed() const { return closed_; }
+  [[nodiscard]] int close_code() const { return close_code_; }
   void close() {
     beast::error_code ec;
     beast::get_lowest_layer(ws_).socket().close(ec);
@@ -193,6 +195,7 @@ class bench_client : public std::enable_shared_from_this<bench_client> {
   beast::flat_buffer buffer_;
   std::uint64_t next_ = 0;
   bool closed_ = false;
+  int close_code_ = 0;
 };
 
 bool parse_args(int argc, char** argv, options& o) {
@@ -352,11 +355,20 @@ int main(int argc, char** argv) {
   aise::bench::read_system_ticks(sys1);
   const double wall_s = std::chrono::duration<double>(clock_type::now() - start).count();
 
+  // Clients the server closed while measuring (4008: slow consumer).
+  std::size_t closed_early = 0;
+  int a_close_code = 0;
+  for (auto& g : groups) g->ioc.stop();
+  for (auto& t : client_threads) t.join();
+  for (auto& c : clients) {
+    if (c->closed()) {
+      ++closed_early;
+      a_close_code = c->close_code();
+    }
+  }
   server.stop();
   server.wait(std::chrono::seconds(5));
   for (auto& c : clients) c->close();
-  for (auto& g : groups) g->ioc.stop();
-  for (auto& t : client_threads) t.join();
 
   histogram all;
   std::uint64_t duplicates = 0;
@@ -384,6 +396,8 @@ int main(int argc, char** argv) {
       {"lost", expected > got ? expected - got : 0},
       {"duplicates", duplicates},
       {"gaps", gaps},
+      {"closed_clients", closed_early},
+      {"close_code", a_close_code},
       {"p50_ms", all.percentile_ms(0.50)},
       {"p99_ms", all.percentile_ms(0.99)},
       {"p999_ms", all.percentile_ms(0.999)},
