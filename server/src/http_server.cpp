@@ -655,24 +655,26 @@ void http_server::impl::close_all() {
 
 bool http_server::impl::wait(std::chrono::milliseconds grace) {
   bool clean = true;
+  std::chrono::steady_clock::time_point deadline;
   {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return stopping_; });
-    auto deadline = std::chrono::steady_clock::now() + grace;
-    if (!changed_.wait_until(lock, deadline, [&] { return sessions_.empty(); }) ||
-        (hub_ && !hub_->wait(std::chrono::duration_cast<std::chrono::milliseconds>(
-                     deadline - std::chrono::steady_clock::now())))) {
-      clean = false;
-      lock.unlock();
-      close_all();
-      lock.lock();
+    deadline = std::chrono::steady_clock::now() + grace;
+    clean = changed_.wait_until(lock, deadline, [&] { return sessions_.empty(); });
+  }
+  // WebSocket clients got their close frames at stop; without mutex_ held
+  // (HTTP sessions unregister under it meanwhile).
+  if (clean && hub_) {
+    clean = hub_->wait(std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now()));
+  }
+  if (!clean) {
+    close_all();
+    {
+      std::unique_lock lock(mutex_);
       changed_.wait_for(lock, std::chrono::seconds(5), [&] { return sessions_.empty(); });
-      if (hub_) {
-        lock.unlock();
-        hub_->wait(std::chrono::seconds(5));
-        lock.lock();
-      }
     }
+    if (hub_) hub_->wait(std::chrono::seconds(5));
   }
   join();
   return clean;

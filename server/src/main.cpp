@@ -198,7 +198,11 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     aise::metrics::registry metrics;
     aise::metrics::add_orchestrator_metrics(metrics, orch);
     add_pool_metrics(metrics, *store);
-    // WebSocket clients: metrics.gauge_fn("aise_websocket_clients", "...", fn) goes here.
+    // Set below, before the server starts (so before any scrape).
+    const aise::server::http_server* http = nullptr;
+    metrics.gauge_fn(
+        "aise_websocket_clients", "WebSocket clients connected to /api/v1/ws.",
+        [&http] { return http ? static_cast<double>(http->websocket_clients()) : 0.0; });
     aise::server::observer observer(metrics, aise::server::make_logger("access", cfg.log), cfg.log);
 
     aise::server::api_options api_options;
@@ -223,9 +227,29 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     http_options.uploads.begin_upload = [&api](const aise::server::request& head) {
       return api.begin_upload(head);
     };
+    // /api/v1/ws: the same access tokens; a subject (user name) reads the
+    // events of the projects where it has a role (all for a global admin).
+    http_options.websocket.events = &orch;
+    http_options.websocket.access.authenticate =
+        [&auth](std::string_view token) -> aise::result<std::string> {
+      auto who = auth->authenticate(token);
+      if (!who) return who.error();
+      return who->user.username;
+    };
+    http_options.websocket.access.may_read = [&auth](const std::string& username,
+                                                     const std::string& project) {
+      auto user = auth->store().find_user(username);
+      if (!user || user->disabled) return false;
+      if (user->global_admin) return true;
+      auto roles = auth->store().roles_of(user->id);
+      if (!roles) return false;
+      auto it = roles->find(project);
+      return it != roles->end() && it->second >= aise::project_role::viewer;
+    };
     aise::server::http_server server(
         observer.wrap([&api](const aise::server::request& req) { return api.handle(req); }),
         http_options);
+    http = &server;
     if (auto started = server.start(); !started) {
       rt.logger().error("{}", started.error().describe());
       return 1;

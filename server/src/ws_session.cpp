@@ -109,6 +109,10 @@ std::optional<std::string> header_token(const http::request<http::string_body>& 
 struct ws_batch {
   std::vector<std::shared_ptr<const ws_live_event>> events;
   std::size_t bytes = 0;
+  // For a project's batch whose sequences follow one another: the frames
+  // joined by newlines, so a live session takes the batch with one copy.
+  bool contiguous = false;
+  std::string joined;
 };
 
 // One client. Everything runs on the strand of its stream, except the
@@ -195,6 +199,7 @@ class ws_session : public std::enable_shared_from_this<ws_session> {
   struct out_message {
     std::shared_ptr<const void> keep;
     const std::string* text = nullptr;
+    std::size_t count = 1;  // messages (lines) in `text`
   };
 
   // ---- upgrade and authentication ----
@@ -280,6 +285,7 @@ class ws_session : public std::enable_shared_from_this<ws_session> {
     }));
     ws_.read_message_max(opt_.max_message_size);
     ws_.text(true);
+    ws_.auto_fragment(false);  // a frame of batched messages goes out in one write
     ws_.async_accept(req_, [self = shared_from_this()](beast::error_code ec) {
       if (ec) {
         self->phase_ = phase::done;
@@ -564,11 +570,28 @@ class ws_session : public std::enable_shared_from_this<ws_session> {
     if (phase_ != phase::open || closing_) return;
     if (overflow) return slow_consumer();
     for (const auto& batch : batches) {
+      if (take_whole(batch)) continue;
       for (const auto& ev : batch->events) {
         on_live(ev);
         if (closing_) return;
       }
+      if (closing_) return;
     }
+  }
+
+  // The common case, in one piece: a live subscription and a batch of its
+  // project that starts right after what was sent.
+  bool take_whole(const std::shared_ptr<const ws_batch>& batch) {
+    if (!batch->contiguous || batch->events.empty()) return false;
+    auto it = subs_.find(batch->events.front()->project);
+    if (it == subs_.end() || it->second.state != sub_state::live ||
+        batch->events.front()->sequence != it->second.last + 1) {
+      return false;
+    }
+    if (enqueue({batch, &batch->joined, batch->events.size()})) {
+      it->second.last = batch->events.back()->sequence;
+    }
+    return true;
   }
 
   void on_live(const std::shared_ptr<const ws_live_event>& ev) {
@@ -627,52 +650,47 @@ class ws_session : public std::enable_shared_from_this<ws_session> {
   }
 
   [[nodiscard]] bool room() const {
-    return queue_.size() < opt_.max_queued_messages / 2 && queue_bytes_ < opt_.max_queued_bytes / 2;
+    return queued_messages_ < opt_.max_queued_messages / 2 &&
+           queue_bytes_ < opt_.max_queued_bytes / 2;
   }
 
   bool enqueue(out_message m) {
     if (closing_) return false;
-    if (queue_.size() >= opt_.max_queued_messages ||
+    if (queued_messages_ + m.count > opt_.max_queued_messages ||
         queue_bytes_ + m.text->size() > opt_.max_queued_bytes) {
       slow_consumer();
       return false;
     }
     queue_bytes_ += m.text->size();
+    queued_messages_ += m.count;
     queue_.push_back(std::move(m));
     write();
     return true;
   }
 
   // Queued messages go out together, one JSON object per line, in frames of
-  // at most max_frame_bytes (a longer message goes alone).
+  // at most max_frame_bytes (a longer message, or a joined batch, goes alone), copied into one
+  // buffer (cheaper for Beast than a long gather list).
   void write() {
     if (writing_ || queue_.empty() || closing_) return;
-    in_flight_.clear();
-    buffers_.clear();
-    std::size_t bytes = 0;
+    frame_.clear();
     while (!queue_.empty()) {
       auto& m = queue_.front();
-      if (!in_flight_.empty() && bytes + 1 + m.text->size() > opt_.max_frame_bytes) break;
-      if (!in_flight_.empty()) {
-        buffers_.emplace_back("\n", 1);
-        ++bytes;
-      }
-      buffers_.emplace_back(m.text->data(), m.text->size());
-      bytes += m.text->size();
+      if (!frame_.empty() && frame_.size() + 1 + m.text->size() > opt_.max_frame_bytes) break;
+      if (!frame_.empty()) frame_ += '\n';
+      frame_ += *m.text;
       queue_bytes_ -= m.text->size();
-      in_flight_.push_back(std::move(m));
+      queued_messages_ -= m.count;
       queue_.pop_front();
     }
     writing_ = true;
-    ws_.async_write(buffers_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
-      self->on_write(ec);
-    });
+    ws_.async_write(
+        net::buffer(frame_),
+        [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_write(ec); });
   }
 
   void on_write(beast::error_code ec) {
     writing_ = false;
-    in_flight_.clear();
-    buffers_.clear();
     if (ec || closing_) return;  // the read ends with the same error and finishes
     if (room() && !waiting_.empty()) {
       auto waiting = std::move(waiting_);
@@ -736,6 +754,7 @@ class ws_session : public std::enable_shared_from_this<ws_session> {
     auth_timer_.cancel();
     queue_.clear();
     queue_bytes_ = 0;
+    queued_messages_ = 0;
     waiting_.clear();
     unregister();
     subs_.clear();
@@ -772,8 +791,8 @@ class ws_session : public std::enable_shared_from_this<ws_session> {
 
   std::deque<out_message> queue_;
   std::size_t queue_bytes_ = 0;
-  std::vector<out_message> in_flight_;
-  std::vector<net::const_buffer> buffers_;
+  std::size_t queued_messages_ = 0;
+  std::string frame_;  // being written
   bool writing_ = false;
 
   std::mutex inbox_mutex_;
@@ -788,7 +807,7 @@ class ws_session : public std::enable_shared_from_this<ws_session> {
 // ---- the hub ----
 
 ws_hub::ws_hub(ws_options options, net::io_context& io, net::thread_pool& pool)
-    : options_(std::move(options)), io_(io), pool_(pool), strand_(net::make_strand(io)) {}
+    : options_(std::move(options)), io_(io), pool_(pool) {}
 
 ws_hub::~ws_hub() {
   stop();
@@ -895,17 +914,28 @@ void ws_hub::on_event(const event& e) {
   backlog_.push_back(e);
   if (!fan_out_posted_) {
     fan_out_posted_ = true;
-    net::post(strand_, [this] { fan_out(); });
+    net::post(io_, [this] { fan_out(); });
   }
 }
 
+// One fan-out job at a time (fan_out_posted_ stays set while it runs), so
+// batches reach the sessions in sequence order whatever the socket threads.
 void ws_hub::fan_out() {
-  std::vector<event> events;
-  {
-    std::lock_guard lock(backlog_mutex_);
-    events.swap(backlog_);
-    fan_out_posted_ = false;
+  for (;;) {
+    std::vector<event> events;
+    {
+      std::lock_guard lock(backlog_mutex_);
+      if (backlog_.empty()) {
+        fan_out_posted_ = false;
+        return;
+      }
+      events.swap(backlog_);
+    }
+    fan_out(std::move(events));
   }
+}
+
+void ws_hub::fan_out(std::vector<event> events) {
   // Who listens, per project of this round (a session registering after
   // this reads these events from the log).
   std::unordered_map<std::string, std::vector<std::shared_ptr<ws_session>>> listeners;
@@ -950,6 +980,18 @@ void ws_hub::fan_out() {
     }
   }
   for (auto& [project, batch] : batches) {
+    batch->contiguous = true;
+    batch->joined.reserve(batch->bytes + batch->events.size());
+    for (std::size_t i = 0; i < batch->events.size(); ++i) {
+      if (i > 0) {
+        batch->joined += '\n';
+        if (batch->events[i]->sequence != batch->events[i - 1]->sequence + 1) {
+          batch->contiguous = false;
+        }
+      }
+      batch->joined += batch->events[i]->frame;
+    }
+    if (!batch->contiguous) batch->joined.clear();
     std::shared_ptr<const ws_batch> shared = std::move(batch);
     for (auto& s : listeners[project]) s->push(shared);
   }

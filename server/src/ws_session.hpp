@@ -22,13 +22,12 @@
 ///
 /// Thread safety: every member of `ws_hub` may be called from any thread.
 /// The orchestrator listener only copies the event into the backlog; the
-/// fan-out runs on a strand of the socket threads; store calls (the log,
+/// fan-out runs on the socket threads, one job at a time; store calls (the log,
 /// the project check) and `ws_access::authenticate` run on the handler pool.
 #include <aise/event.hpp>
 
 #include <atomic>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/message.hpp>
@@ -104,11 +103,11 @@ class ws_hub {
  private:
   void on_event(const event& e);
   void fan_out();
+  void fan_out(std::vector<event> events);
 
   ws_options options_;
   boost::asio::io_context& io_;
   boost::asio::thread_pool& pool_;
-  boost::asio::strand<boost::asio::io_context::executor_type> strand_;
 
   std::mutex mutex_;
   std::condition_variable changed_;
