@@ -29,6 +29,8 @@ AISE_PACKAGES=(
   librabbitmq-dev rabbitmq-server
   # tests
   doctest-dev
+  # the dashboard test (server/tests/dashboard_test.py): headless Chromium over WebDriver
+  chromium chromium-driver
   # peer benchmark (CAF) in bench/
   libcaf-dev
   # format and lint checks

@@ -12,6 +12,8 @@
 #include <map>
 #include <optional>
 
+#include "web.hpp"
+
 namespace aise::server {
 
 namespace {
@@ -798,6 +800,16 @@ response download_artifact(const call& c) {
   return res;
 }
 
+// ---- the dashboard (src/web.*): public, no JSON ----
+
+response dashboard_page(const call& c) {
+  return serve_web_asset("index.html", c.req.header("if-none-match"));
+}
+
+response dashboard_file(const call& c) {
+  return serve_web_asset(c.params[0], c.req.header("if-none-match"));
+}
+
 // ---- routing ----
 
 using handler = response (*)(const call&);
@@ -813,6 +825,8 @@ const std::vector<route>& routes() {
   static const std::vector<route> table = {
       {"GET", {"healthz"}, healthz},
       {"GET", {"readyz"}, readyz},
+      {"GET", {""}, dashboard_page},  // "/"
+      {"GET", {"ui", "{}"}, dashboard_file},
       {"POST", {"api", "v1", "projects"}, create_project},
       {"GET", {"api", "v1", "projects"}, list_projects},
       {"GET", {"api", "v1", "projects", "{}"}, get_project},
