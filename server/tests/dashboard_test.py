@@ -253,10 +253,28 @@ def run(args):
         driver.click("#b-reject")
         wait_status(retried, "cancelled", 30)
 
-        # --- an error from the API is shown: approving a cancelled task ---
-        status, _ = http("POST", api + f"/api/v1/tasks/{retried}/approve", None, token)
-        if status != 409:
-            raise Failure(f"approving a cancelled task through the API gave {status}, not 409")
+        # --- the New task form: a refused spec shows the API's error, a good one runs ---
+        driver.click("#new-task summary")
+        driver.type("#nt-kind", "review")
+        driver.type("#nt-payload", "{not json")
+        driver.click("#nt-submit")
+        wait_for("the payload error", lambda: (driver.text("#message") or "").startswith("bad_json"), 10)
+        driver.type("#nt-payload", '{"n": -1}')
+        driver.type("#nt-priority", "1.5")
+        driver.click("#nt-submit")
+        message = wait_for("the API's error on the page",
+                           lambda: "priority" in (driver.text("#message") or "") and driver.text("#message"), 10)
+        if not message.startswith("invalid_argument"):
+            raise Failure(f"the page shows {message!r}, not the API's invalid_argument")
+        print(f"page shows the API's error: {message}")
+        driver.type("#nt-priority", "2")
+        driver.click("#nt-submit")
+        created = wait_for("the task from the form",
+                           lambda: (driver.text("#d-id") or "") not in ("", retried) and driver.text("#d-id"), 20)
+        wait_status(created, "failed", 60)
+        status, body = http("GET", api + f"/api/v1/tasks/{created}", None, token)
+        if status != 200 or body["priority"] != 2 or body["payload"] != {"n": -1}:
+            raise Failure(f"the form's task is {status} {body}")
 
         # --- the demo team's merge: Approve on the page, then it succeeds ---
         wait_status("demo-merge", "awaiting_approval", 300)
