@@ -76,7 +76,7 @@ TEST_CASE("dashboard: GET / is the page with a strict CSP") {
   CHECK(f.get("/?project=demo").body == res.body);
 }
 
-TEST_CASE("dashboard: the scripts and styles have their content types") {
+TEST_CASE("dashboard: the script, style and icon have their content types") {
   fixture f;
   auto js = f.get("/ui/app.js");
   CHECK(js.status == 200);
@@ -88,6 +88,9 @@ TEST_CASE("dashboard: the scripts and styles have their content types") {
   CHECK(css.content_type == "text/css; charset=utf-8");
   CHECK(header(css, "X-Content-Type-Options") == "nosniff");
   CHECK(header(js, "ETag") != header(css, "ETag"));
+  auto icon = f.get("/ui/favicon.svg");
+  CHECK(icon.status == 200);
+  CHECK(icon.content_type == "image/svg+xml");
 }
 
 TEST_CASE("dashboard: If-None-Match with the ETag gets a 304 without a body") {

@@ -25,6 +25,7 @@ const proto = {
     const q = token ? '?access_token=' + encodeURIComponent(token) : '';
     return scheme + '//' + location.host + '/api/v1/ws' + q;
   },
+  wsUnauthorized: 4001,                // close code for a refused token
   // Messages to send once the socket is open.
   subscribe(project, after) {
     return [{ type: 'subscribe', project, after }, { type: 'subscribe', agents: true }];
@@ -521,12 +522,14 @@ function startLive(gen) {
     if (gen !== state.generation) return;
     for (const e of proto.eventsIn(m.data, showError)) apply(e);
   };
-  ws.onclose = () => {
+  ws.onclose = async (ev) => {
     if (state.ws !== ws) return;  // replaced on purpose
     state.ws = null;
     if (gen !== state.generation) return;
     // No WebSocket here (or it dropped): poll, and try the socket again later.
     startPolling(gen);
+    // 4001: the token was refused; a fresh one may do.
+    if (ev.code === proto.wsUnauthorized && !(await tryRefresh().catch(() => false))) return;
     state.wsRetryTimer = setTimeout(() => startLive(gen), opened ? 1000 : 15000);
   };
 }
