@@ -31,6 +31,8 @@ AISE_PACKAGES=(
   librabbitmq-dev rabbitmq-server
   # tests (promtool, of the prometheus package, checks aise-server's /metrics)
   doctest-dev prometheus
+  # the dashboard test (server/tests/dashboard_test.py): headless Chromium over WebDriver
+  chromium chromium-driver
   # peer benchmark (CAF) in bench/
   libcaf-dev
   # format and lint checks

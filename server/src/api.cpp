@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "embedded.hpp"
+#include "web.hpp"
 
 namespace aise::server {
 
@@ -1100,6 +1101,16 @@ response docs(const call&) {
   return res;
 }
 
+// ---- the dashboard (src/web.*): public, no JSON ----
+
+response dashboard_page(const call& c) {
+  return serve_web_asset("index.html", c.req.header("if-none-match"));
+}
+
+response dashboard_file(const call& c) {
+  return serve_web_asset(c.params[0], c.req.header("if-none-match"));
+}
+
 // ---- routing ----
 
 using handler = response (*)(const call&);
@@ -1125,6 +1136,8 @@ const std::vector<route>& route_table() {
       {"GET", {"metrics"}, metrics, a::open, s::none},
       {"GET", {"openapi.json"}, openapi, a::open, s::none},
       {"GET", {"docs"}, docs, a::open, s::none},
+      {"GET", {""}, dashboard_page, a::open, s::none},  // "/"
+      {"GET", {"ui", "{name}"}, dashboard_file, a::open, s::none},
       {"POST", {"api", "v1", "auth", "login"}, login, a::open, s::none},
       {"POST", {"api", "v1", "auth", "refresh"}, refresh_tokens, a::open, s::none},
       {"POST", {"api", "v1", "auth", "logout"}, logout, a::user, s::none},

@@ -251,7 +251,7 @@ TEST_CASE("auth matrix: every route x every kind of caller x own and foreign pro
         if (open == std::string::npos) return;
         target_path.replace(open, target_path.find('}', open) - open + 1, value);
       };
-      fill(param);
+      fill(param.empty() ? std::string("app.js") : param);  // /ui/{name}: a dashboard file
       fill("notes.txt");  // a second parameter is an artifact name (each project has one)
       for (who w : {who::nobody, who::viewer, who::maintainer, who::admin, who::other_admin,
                     who::global_admin, who::disabled}) {
@@ -588,6 +588,8 @@ TEST_CASE("auth: each route of this slice has the access level server/README.md 
       {"GET /metrics", a::open},
       {"GET /openapi.json", a::open},
       {"GET /docs", a::open},
+      {"GET /", a::open},
+      {"GET /ui/{name}", a::open},
       {"POST /api/v1/auth/login", a::open},
       {"POST /api/v1/auth/refresh", a::open},
       {"POST /api/v1/auth/logout", a::user},

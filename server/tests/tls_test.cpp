@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -157,11 +158,16 @@ TEST_CASE("tls: a WebSocket over TLS receives live events") {
   for (int i = 0; i < 20 && !got_event; ++i) {
     beast::flat_buffer buffer;
     ws.read(buffer);
-    auto msg = json::parse(beast::buffers_to_string(buffer.data()));
-    if (msg.value("type", "") == "event") {
-      CHECK(msg["project"] == "wss");
-      CHECK(msg["sequence"].get<std::uint64_t>() >= 1);
-      got_event = true;
+    // A frame carries one or more messages, one JSON object per line.
+    std::istringstream lines(beast::buffers_to_string(buffer.data()));
+    for (std::string line; std::getline(lines, line);) {
+      if (line.empty()) continue;
+      auto msg = json::parse(line);
+      if (msg.value("type", "") == "event") {
+        CHECK(msg["project"] == "wss");
+        CHECK(msg["sequence"].get<std::uint64_t>() >= 1);
+        got_event = true;
+      }
     }
   }
   CHECK(got_event);
