@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# THE demo command: installs what is missing, builds the release variant of
-# the team example and runs it; arguments go to the example. Set-up and build
-# output go to stderr, so stdout is the example's alone.
+# THE demo command (the main job): installs what is missing, builds the
+# release variant of aise-server and runs it on the embedded defaults (a
+# SQLite file, the in-process transport) with the demo team working a sample
+# project. It prints the dashboard URL and how to log in; Ctrl-C stops it,
+# and running this again resumes where it stopped. Arguments go to
+# aise-server (e.g. --listen 0.0.0.0:8080; --help lists them). Set-up and
+# build output go to stderr.
 #
-# Usage: scripts/demo.sh [example arguments...]   (--fresh starts over, --help lists them)
+# Usage: scripts/demo.sh [aise-server arguments...]
+#        AISE_DEMO_STATE=DIR scripts/demo.sh   (default build/demo-state; remove it to start over)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 bash "$AISE_ROOT/scripts/setup.sh" >&2
 aise_configure release >&2
-aise_compile release aise_team_example >&2
+aise_compile release aise-server >&2
 
-example="$(aise_build_dir release)/examples/team/aise_team_example"
-if [[ ! -x $example ]]; then
-  aise_log "the example was not built: $example is missing"
+server="$(aise_build_dir release)/server/aise-server"
+if [[ ! -x $server ]]; then
+  aise_log "aise-server was not built: $server is missing"
   exit 1
 fi
-# State lives in build/demo-state unless the arguments choose (--state, --memory):
-# stop the demo at any moment and run this again to resume.
-for arg in "$@"; do
-  case $arg in --state | --state=* | --memory | -h | --help) exec "$example" "$@" ;; esac
-done
-exec "$example" --state "$AISE_ROOT/build/demo-state" "$@"
+exec "$server" --demo --data-dir "${AISE_DEMO_STATE:-$AISE_ROOT/build/demo-state}" "$@"

@@ -17,11 +17,17 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
+#include <fcntl.h>
 #include <filesystem>
 #include <fmt/core.h>
+#include <fstream>
 #include <iostream>
+#include <optional>
 #include <pthread.h>
+#include <random>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
+#include <utility>
 
 #include "api.hpp"
 #include "config.hpp"
@@ -128,6 +134,40 @@ void add_pool_metrics(aise::metrics::registry& reg, std::shared_ptr<aise::store>
               kind::counter, {}, read([](const stats& s) { return s.wait_seconds; }));
 }
 
+// 20 characters of [A-Za-z0-9] from the system's random source.
+std::string random_password() {
+  static constexpr char alphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  std::random_device rd;
+  std::uniform_int_distribution<std::size_t> pick(0, sizeof(alphabet) - 2);
+  std::string out;
+  for (int i = 0; i < 20; ++i) out.push_back(alphabet[pick(rd)]);
+  return out;
+}
+
+std::filesystem::path demo_login_file(const aise::server::config& cfg) {
+  return std::filesystem::path(cfg.data_dir) / "demo-admin.txt";
+}
+
+// Writes `text` to a new file readable by its owner only.
+bool write_private_file(const std::filesystem::path& path, const std::string& text) {
+  std::error_code ec;
+  std::filesystem::create_directories(path.parent_path(), ec);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  return ::close(fd) == 0 && ok;
+}
+
+// "user password" from the demo's login file, if there is one.
+std::optional<std::pair<std::string, std::string>> demo_login(const aise::server::config& cfg) {
+  std::ifstream in(demo_login_file(cfg));
+  std::string user;
+  std::string password;
+  if (!(in >> user >> password)) return std::nullopt;
+  return std::make_pair(user, password);
+}
+
 int serve(const aise::server::config& cfg, const sigset_t& signals) {
   if (cfg.db.empty() && !make_data_dir(cfg)) return 1;
   aise::sql::store_options store_options;
@@ -157,7 +197,17 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
     }
     if (*created)
       fmt::print(stderr, "aise-server: created the global admin '{}'\n", cfg.admin_user);
-  } else if (auto n = auth->store().count_users(); n && *n == 0) {
+  } else if (auto n = auth->store().count_users(); n && *n == 0 && cfg.demo) {
+    // The demo on a fresh data directory: a global admin "admin" with a
+    // random password, kept in DATA_DIR/demo-admin.txt (mode 0600) so the
+    // login line below can show it on every start. Never a fixed password.
+    auto password = random_password();
+    auto created = auth->create_first_admin("admin", password, {"", ""});
+    if (!created || !write_private_file(demo_login_file(cfg), "admin " + password + "\n")) {
+      fmt::print(stderr, "aise-server: cannot create the demo admin\n");
+      return 1;
+    }
+  } else if (n && *n == 0) {
     fmt::print(stderr,
                "aise-server: no user exists yet: run `aise-server create-admin --user NAME` or set "
                "AISE_ADMIN_USER and AISE_ADMIN_PASSWORD\n");
@@ -264,13 +314,20 @@ int serve(const aise::server::config& cfg, const sigset_t& signals) {
         rt.logger().error("demo: {}", demo.error().describe());
       } else {
         std::string base = fmt::format("{}://{}:{}", scheme, cfg.host, server.port());
-        rt.logger().info(
-            "demo: {} the sample project '{}' (merge: {}); follow it at "
-            "{}/api/v1/projects/{}/tasks; "
-            "approve the merge with: curl -X POST {}/api/v1/tasks/{}/approve",
-            demo->submitted ? "submitted" : "resumed", aise::server::demo::project_id,
-            demo->merge_state, base, aise::server::demo::project_id, base,
-            aise::server::demo::merge_id);
+        std::string login = "with your account";
+        if (auto l = demo_login(cfg)) {
+          login = fmt::format("as '{}' with password '{}' (kept in {})", l->first, l->second,
+                              demo_login_file(cfg).string());
+        }
+        rt.logger().info("demo: {} the sample project '{}' (merge: {})",
+                         demo->submitted ? "submitted" : "resumed", aise::server::demo::project_id,
+                         demo->merge_state);
+        fmt::print(stdout,
+                   "\n  aise-server demo: open the dashboard at {}/ and log in {}.\n"
+                   "  The team works the project '{}'; its merge waits for your Approve.\n"
+                   "  API docs: {}/docs   metrics: {}/metrics   stop: Ctrl-C\n\n",
+                   base, login, aise::server::demo::project_id, base, base);
+        std::fflush(stdout);
       }
     }
 

@@ -18,8 +18,8 @@
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <fstream>
-#include <sstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 
 #include "../../tests/unit/artifact_test_util.hpp"
