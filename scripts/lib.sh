@@ -39,6 +39,8 @@ aise_variant_cmake_args() {
     # libFuzzer targets: clang, only what the fuzzers need.
     fuzz) AISE_VARIANT_ARGS=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DAISE_FUZZ=ON
       -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DAISE_BUILD_TESTS=OFF
+      "-DCMAKE_CXX_FLAGS=-fsanitize=fuzzer-no-link,address,undefined"
+      "-DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link,address,undefined"
       -DAISE_BUILD_EXAMPLES=OFF -DAISE_BUILD_BENCH=OFF -DAISE_WITH_TORCH=OFF -DAISE_WITH_LLM=OFF
       -DAISE_WITH_RABBITMQ=OFF -DAISE_INSTALL=OFF) ;;
     *)
