@@ -183,8 +183,9 @@ class http_server::impl::session : public std::enable_shared_from_this<session> 
   // bodies over 1 KiB).
   template <class Next>
   void send_continue(Next next) {
-    auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_,
-                                                                   head_->get().version());
+    // version_, not head_: the head parser has been moved into the body parser.
+    auto cont =
+        std::make_shared<http::response<http::empty_body>>(http::status::continue_, version_);
     http::async_write(
         stream_, *cont,
         [self = shared_from_this(), cont, next](beast::error_code ec, std::size_t) mutable {
