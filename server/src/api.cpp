@@ -580,18 +580,39 @@ response spawn_agent(const call& c) {
   return res;
 }
 
+// The agent is known (agent_project found it) but the orchestrator has no
+// live instance: stopped, or between the two halves of a restart: 409.
+void take_live(const result<void>& r, const std::string& name) {
+  if (!r && r.error().code() == errc::not_found) {
+    reject_with(409, "conflict",
+                "agent '" + name + "' is not running here (stopped, restarting or remote)",
+                {{"agent", name}});
+  }
+  take(r);
+}
+
+// The agent's live status, or its stored record once it is gone.
+response agent_now(const call& c, const std::string& name) {
+  if (auto live = c.orch.agent_info(name)) {
+    return json_response(200, agent_status_json(*live, std::nullopt));
+  }
+  auto stored = c.db().get_agent(name);
+  if (stored) return json_response(200, agent_record_json(*stored));
+  return json_response(200, {{"name", name}, {"status", "stopped"}});
+}
+
 response stop_agent(const call& c) {
   require_role(c, agent_project(c, c.params[0]), project_role::maintainer,
                "no agent '" + c.params[0] + "'");
-  take(c.orch.stop_agent(c.params[0]));
-  return json_response(200, agent_status_json(take(c.orch.agent_info(c.params[0])), std::nullopt));
+  take_live(c.orch.stop_agent(c.params[0]), c.params[0]);
+  return agent_now(c, c.params[0]);
 }
 
 response restart_agent(const call& c) {
   require_role(c, agent_project(c, c.params[0]), project_role::maintainer,
                "no agent '" + c.params[0] + "'");
-  take(c.orch.restart_agent(c.params[0]));
-  return json_response(200, agent_status_json(take(c.orch.agent_info(c.params[0])), std::nullopt));
+  take_live(c.orch.restart_agent(c.params[0]), c.params[0]);
+  return agent_now(c, c.params[0]);
 }
 
 // ---- artifacts ----

@@ -489,6 +489,9 @@ TEST_CASE("agents: spawn, get with snapshot, stop and restart") {
   }
   CHECK(f.expect(200, "GET", "/api/v1/agents/worker-1")["status"] == "stopped");
   CHECK(f.expect(404, "POST", "/api/v1/agents/nope/stop")["error"]["code"] == "not_found");
+  // Known but stopped: stopping again is no 404 (200, or 409 while no instance exists).
+  auto again = f.call("POST", "/api/v1/agents/worker-1/stop");
+  CHECK((again.status == 200 || again.status == 409));
   CHECK(f.expect(404, "POST", "/api/v1/agents/nope/restart")["error"]["code"] == "not_found");
 }
 
